@@ -1,0 +1,77 @@
+"""Backends: run any policy under transformers (here), vLLM or SGLang (GPU engines, adapters pending)."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from backends.base import Backend, BackendError
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    name: str
+    description: str
+    module: str  # the engine package it needs
+    available: Callable[[], str | None]  # None when usable here, else why not
+    factory: Callable[..., Backend]
+
+
+def _transformers_missing() -> str | None:
+    return None if importlib.util.find_spec("transformers") else "pip install transformers"
+
+
+def _engine_missing(package: str, extra: str, label: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        if importlib.util.find_spec(package) is None:
+            return f"{label} is not installed: pip install 'dynts-bench[{extra}]' on a machine with an NVIDIA GPU"
+        return (
+            f"the {label} adapter (compaction plans applied to {label}'s paged KV blocks) has not landed yet: "
+            "use --backend transformers"
+        )
+
+    return check
+
+
+def _transformers(**kwargs: Any) -> Backend:
+    from backends.hf.backend import TransformersBackend
+
+    return TransformersBackend(**kwargs)
+
+
+def _unavailable(name: str) -> Callable[..., Backend]:
+    def factory(**kwargs: Any) -> Backend:
+        raise BackendError(BACKENDS[name].available() or f"backend {name} is unavailable")
+
+    return factory
+
+
+BACKENDS: dict[str, BackendEntry] = {
+    "transformers": BackendEntry(
+        "transformers",
+        "the project's own batched decode loop on any transformers causal LM (CPU or GPU)",
+        "transformers",
+        _transformers_missing,
+        _transformers,
+    ),
+    "vllm": BackendEntry(
+        "vllm", "vLLM paged engine (GPU)", "vllm", _engine_missing("vllm", "vllm", "vLLM"), _unavailable("vllm")
+    ),
+    "sglang": BackendEntry(
+        "sglang",
+        "SGLang paged engine (GPU)",
+        "sglang",
+        _engine_missing("sglang", "sglang", "SGLang"),
+        _unavailable("sglang"),
+    ),
+}
+
+
+def build_backend(name: str, **kwargs: Any) -> Backend:
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    return BACKENDS[name].factory(**kwargs)
+
+
+__all__ = ["BACKENDS", "BackendError", "build_backend"]

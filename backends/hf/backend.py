@@ -1,0 +1,148 @@
+"""The transformers backend: any causal LM from a directory, a GGUF file or the hub, under any policy."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable, Sequence
+
+import torch
+
+from backends.base import BackendError, GenerationRequest, SamplingParams, SequenceResult
+from backends.hf import loading
+from backends.hf.decode import ModelParts, generate_batch
+from zoo.base import ModelInfo, Policy
+from zoo.schedule import EvictionSchedule
+
+
+def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
+    """Exact bytes one token occupies in the KV cache of every layer: keys and values."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+class TransformersBackend:
+    """Runs the project's decode loop (``backends.hf.decode``) on a transformers model."""
+
+    name = "transformers"
+
+    def __init__(self, model: str, dtype: str = "float32", device: str = "cpu", batch_size: int = 8) -> None:
+        if batch_size < 1:
+            raise BackendError(f"--batch-size must be >= 1, got {batch_size}")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendError(f"--device {device} asked for, but no CUDA GPU is visible: use --device cpu")
+        self.model, self.tokenizer, self.source = loading.load(model, dtype=dtype, device=device)
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.dtype = dtype
+        config = self.model.config
+        self.parts = ModelParts(
+            decoder=self.model.get_decoder(),
+            lm_head=self.model.get_output_embeddings(),
+            num_layers=config.num_hidden_layers,
+            kv_bytes_per_token=kv_bytes_per_token(config, self.model.dtype),
+            eos_ids=self._eos_ids(),
+            pad_id=self._pad_id(),
+            think_end_id=self._token_id("</think>"),
+            decode_text=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+        )
+
+    # ------------------------------------------------------------------ model facts
+    def _eos_ids(self) -> frozenset[int]:
+        ids = set()
+        for source in (self.model.generation_config, self.model.config, self.tokenizer):
+            eos = getattr(source, "eos_token_id", None)
+            if isinstance(eos, int):
+                ids.add(eos)
+            elif isinstance(eos, (list, tuple)):
+                ids.update(int(i) for i in eos)
+        return frozenset(ids)
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad) if pad is not None else min(self._eos_ids(), default=0)
+
+    def _token_id(self, text: str) -> int | None:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids[0] if len(ids) == 1 else None
+
+    def model_info(self) -> ModelInfo:
+        config = self.model.config
+        tokenizer = self.tokenizer
+        return ModelInfo(
+            model_id=self.source.spec,
+            name_or_path=str(getattr(config, "_name_or_path", "") or self.source.path),
+            hidden_size=config.hidden_size,
+            num_layers=config.num_hidden_layers,
+            token_texts=lambda: [tokenizer.decode([i]) for i in range(len(tokenizer))],
+            think_end_id=self.parts.think_end_id,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        config = self.model.config
+        return {
+            "backend": self.name,
+            "model": self.source.spec,
+            "model_source": self.source.kind,
+            "model_path": self.source.path,
+            "architecture": type(self.model).__name__,
+            "dtype": self.dtype,
+            "device": str(self.device),
+            "num_layers": config.num_hidden_layers,
+            "hidden_size": config.hidden_size,
+            "kv_bytes_per_token": self.parts.kv_bytes_per_token,
+            "batch_size": self.batch_size,
+        }
+
+    # ------------------------------------------------------------------ prompts
+    def encode_prompt(self, text: str, chat: bool = True) -> list[int]:
+        """Token ids of a prompt; with ``chat`` the tokenizer's chat template wraps it as a user turn."""
+        if chat and self.tokenizer.chat_template:
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+            )
+            if not isinstance(ids, list):  # transformers 5 returns a BatchEncoding
+                ids = ids["input_ids"]
+            return [int(i) for i in ids]
+        return self.tokenizer.encode(text)
+
+    # ------------------------------------------------------------------ generation
+    def prepare(self, policy: Policy) -> None:
+        policy.prepare(self.model_info())
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        policy: Policy,
+        schedule: EvictionSchedule | None,
+        sampling: SamplingParams,
+        on_batch: Callable[[list[SequenceResult]], None] | None = None,
+    ) -> list[SequenceResult]:
+        """Generate in batches of ``batch_size``; ``on_batch`` sees each batch's results as soon as it is done."""
+        check_schedules(requests, policy, schedule)
+        results: list[SequenceResult] = []
+        for start in range(0, len(requests), self.batch_size):
+            batch = list(requests[start : start + self.batch_size])
+            done = generate_batch(self.parts, batch, policy, schedule, sampling, self.device)
+            results.extend(done)
+            if on_batch is not None:
+                on_batch(done)
+        return results
+
+
+def check_schedules(
+    requests: Sequence[GenerationRequest], policy: Policy, schedule: EvictionSchedule | None
+) -> None:
+    """Validate every prompt against its schedule before any generation starts (no half-finished runs)."""
+    if not policy.evicts:
+        return
+    for r in requests:
+        sched = r.schedule or schedule
+        if sched is None:
+            raise BackendError(f"policy {policy.name} evicts, so it needs a schedule (--budget or --trigger-len)")
+        if schedule is not None and r.schedule is not None:
+            if replace(r.schedule, budget=schedule.budget, trigger_len=schedule.trigger_len) != schedule:
+                raise BackendError(
+                    f"request {r.request_id}: a per-sequence schedule may change only budget or trigger_len"
+                )
+        sched.check_prompt(len(r.prompt_ids), policy.reserved_tokens())

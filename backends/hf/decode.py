@@ -1,0 +1,264 @@
+"""The project's own decode loop (not ``generate``): batched, left-padded, explicit logical positions.
+
+Per step: forward the incoming tokens through the decoder into a ``CompactingCache`` -> the policy observes
+(hidden states / queries / attention, as it declared) -> sample -> drop finished rows -> if the schedule
+triggers for any row: score -> select -> evict. Prompt tokens are processed in one prefill forward.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from backends.base import GenerationRequest, SamplingParams, SequenceResult
+from backends.hf.cache import CompactingCache
+from backends.hf.observe import KVObserver
+from backends.hf.sampling import choose_next, make_generators
+from zoo.base import CacheView, Policy, StepObservation
+from zoo.schedule import EvictionSchedule
+
+ATTENTION_STATE = "attention"  # per-slot accumulated attention, when a policy needs it
+
+
+@dataclass
+class ModelParts:
+    """What the loop needs of a causal LM: its decoder (returns final-norm hidden states) and LM head."""
+
+    decoder: torch.nn.Module
+    lm_head: torch.nn.Module
+    num_layers: int
+    kv_bytes_per_token: int  # 2 x layers x kv_heads x head_dim x itemsize
+    eos_ids: frozenset[int]
+    pad_id: int
+    think_end_id: int | None = None
+    decode_text: Callable[[list[int]], str] = lambda ids: ""
+
+
+@dataclass
+class _Row:
+    """Book-keeping of one sequence while it is in the batch."""
+
+    request: GenerationRequest
+    schedule: EvictionSchedule | None
+    generator: torch.Generator | None
+    output: list[int] = field(default_factory=list)
+    finish: str | None = None
+    next_position: int = 0
+    peak_live: int = 0
+    compressions: int = 0
+    policy_s: float = 0.0
+    done_at: float = 0.0
+
+
+class StopChecker:
+    """Detects stop strings in the tail of the generated text without re-decoding everything each step."""
+
+    def __init__(self, stops: Sequence[str], decode_text: Callable[[list[int]], str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.decode_text = decode_text
+        self.tail_tokens = max((len(s) for s in self.stops), default=0) + 8
+
+    def hit(self, ids: list[int]) -> bool:
+        if not self.stops:
+            return False
+        tail = self.decode_text(ids[-self.tail_tokens :])
+        return any(s in tail for s in self.stops)
+
+    def truncate(self, text: str) -> str:
+        cut = min((text.find(s) for s in self.stops if s in text), default=-1)
+        return text if cut < 0 else text[:cut]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def generate_batch(
+    parts: ModelParts,
+    requests: Sequence[GenerationRequest],
+    policy: Policy,
+    schedule: EvictionSchedule | None,
+    sampling: SamplingParams,
+    device: torch.device,
+    on_forward: Callable[[CompactingCache, torch.Tensor, list[str]], None] | None = None,
+) -> list[SequenceResult]:
+    """Generate every request in one batch. ``on_forward(cache, logits, request_ids)`` is a test hook."""
+    rows = [
+        _Row(r, (r.schedule or schedule) if policy.evicts else None, None, next_position=len(r.prompt_ids))
+        for r in requests
+    ]
+    if not sampling.greedy:
+        for row, gen in zip(rows, make_generators([r.seed for r in requests], device)):
+            row.generator = gen
+    prompt_len = max(len(r.prompt_ids) for r in requests)
+    capacity = max(
+        row.schedule.capacity(prompt_len, sampling.max_new_tokens)
+        if row.schedule
+        else prompt_len + sampling.max_new_tokens
+        for row in rows
+    )
+    state_names = policy.state_names + ((ATTENTION_STATE,) if "attention" in policy.needs else ())
+    cache = CompactingCache(parts.num_layers, capacity, state_names)
+    observer = KVObserver(parts.num_layers, policy.query_window if "queries" in policy.needs else 0, None)
+    stopper = StopChecker(sampling.stop, parts.decode_text)
+    want_hidden = "hidden" in policy.needs
+
+    # Left-padded prompt batch with per-row logical positions starting at 0.
+    input_ids = torch.full((len(rows), prompt_len), parts.pad_id, dtype=torch.long, device=device)
+    valid = torch.zeros(len(rows), prompt_len, dtype=torch.bool, device=device)
+    for i, r in enumerate(requests):
+        input_ids[i, prompt_len - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids, device=device)
+        valid[i, prompt_len - len(r.prompt_ids) :] = True
+    positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+
+    active = list(range(len(rows)))  # row index of every batch entry
+    _sync(device)
+    t0 = time.perf_counter()
+    is_prompt = True
+    with torch.inference_mode():
+        while True:
+            # ---- forward the incoming tokens
+            q = input_ids.shape[1]
+            start = cache.append(input_ids, positions, valid, is_prompt=is_prompt)
+            observer.begin(valid, cache.state.get(ATTENTION_STATE))
+            out = parts.decoder(
+                input_ids=input_ids,
+                attention_mask=cache.attention_mask(q),
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                kv_observer=observer,
+            )
+            cache.advance(q)
+            hidden = out.last_hidden_state
+            logits = parts.lm_head(hidden[:, -1]).float()
+            if on_forward is not None:
+                on_forward(cache, logits, [rows[i].request.request_id for i in active])
+            tp = time.perf_counter()
+            policy.observe(StepObservation(input_ids, start, hidden if want_hidden else None, is_prompt), cache.state)
+            observe_s = time.perf_counter() - tp
+
+            # ---- choose next tokens, finish rows
+            next_ids = choose_next(logits, sampling, [rows[i].generator for i in active])
+            _sync(device)
+            now = time.perf_counter()
+            if is_prompt:
+                ttft = now - t0
+            live = cache.live_counts().tolist()
+            keep_entries = []
+            for b, i in enumerate(active):
+                row = rows[i]
+                row.policy_s += observe_s
+                row.peak_live = max(row.peak_live, live[b])
+                token = int(next_ids[b])
+                row.output.append(token)
+                if token in parts.eos_ids:
+                    row.finish = "eos"
+                elif stopper.hit(row.output):
+                    row.finish = "stop"
+                elif len(row.output) >= sampling.max_new_tokens:
+                    row.finish = "length"
+                if row.finish:
+                    row.done_at = now
+                else:
+                    keep_entries.append(b)
+            if not keep_entries:
+                break
+            if len(keep_entries) < len(active):
+                sel = torch.tensor(keep_entries, device=device)
+                cache.select_rows(sel)
+                observer.select_rows(sel)
+                next_ids = next_ids.index_select(0, sel)
+                active = [active[b] for b in keep_entries]
+
+            # ---- compress when the schedule says so
+            _maybe_compress(cache, observer, policy, [rows[i] for i in active], parts.think_end_id)
+
+            input_ids = next_ids.unsqueeze(1)
+            positions = torch.tensor([[rows[i].next_position] for i in active], device=device)
+            valid = torch.ones_like(input_ids, dtype=torch.bool)
+            for i in active:
+                rows[i].next_position += 1
+            is_prompt = False
+
+    results = [_result(row, ttft, t0, parts, stopper) for row in rows]
+    for result in results:
+        result.extra["kv_batch_allocated_bytes"] = cache.peak_allocated_bytes
+        result.extra["batch_size"] = len(rows)
+    return results
+
+
+def _maybe_compress(
+    cache: CompactingCache,
+    observer: KVObserver,
+    policy: Policy,
+    rows: list[_Row],
+    think_end_id: int | None,
+) -> None:
+    if not policy.evicts:
+        return
+    live = cache.live_counts()
+    prompt_counts = (cache.is_prompt[:, : cache.length] & cache.valid[:, : cache.length]).sum(-1)
+    fired = [row.schedule.triggers(int(n)) for row, n in zip(rows, live)]
+    full = cache.length >= cache.capacity  # left padding can fill the buffer before any row's trigger
+    if not any(fired) and not full:
+        return
+    tp = time.perf_counter()
+    keep = torch.tensor(
+        [
+            row.schedule.keep_count(int(n), int(p)) if hit else int(n)
+            for row, hit, n, p in zip(rows, fired, live, prompt_counts)
+        ],
+        device=live.device,
+    )
+    t = cache.length
+    view = CacheView(
+        valid=cache.valid[:, :t],
+        positions=cache.positions[:, :t],
+        token_ids=cache.token_ids[:, :t],
+        is_prompt=cache.is_prompt[:, :t],
+        keys=[layer.live_keys() for layer in cache.layers],
+        queries=observer.queries if observer.query_window else None,
+        query_valid=observer.query_valid,
+        state={name: tensor[:, :t] for name, tensor in cache.state.items()},
+        think_end_id=think_end_id,
+    )
+    # Every row shares one schedule shape here; window and prompt protection come from the first row's.
+    sched = rows[0].schedule
+    assert sched is not None
+    scores = policy.score(view)
+    kept, kept_valid = policy.select(scores, view, keep, sched.window, sched.protect_prompt)
+    policy.evict(cache, kept, kept_valid)
+    elapsed = time.perf_counter() - tp
+    for row, hit in zip(rows, fired):
+        row.policy_s += elapsed
+        row.compressions += int(hit)
+
+
+def _result(row: _Row, ttft: float, t0: float, parts: ModelParts, stopper: StopChecker) -> SequenceResult:
+    text = parts.decode_text(row.output)
+    if row.finish == "stop":
+        text = stopper.truncate(text)
+    prompt = len(row.request.prompt_ids)
+    generated = len(row.output)
+    # the last sampled token is never fed back, so the cache saw prompt + generated - 1 tokens
+    full_tokens = prompt + generated - 1
+    return SequenceResult(
+        request_id=row.request.request_id,
+        output_ids=row.output,
+        text=text,
+        finish_reason=row.finish or "length",
+        prompt_tokens=prompt,
+        generated_tokens=generated,
+        ttft_s=ttft,
+        decode_s=max(0.0, row.done_at - t0 - ttft),
+        kv_peak_tokens=row.peak_live,
+        kv_peak_bytes=row.peak_live * parts.kv_bytes_per_token,
+        kv_full_bytes=full_tokens * parts.kv_bytes_per_token,
+        compressions=row.compressions,
+        policy_s=row.policy_s,
+    )

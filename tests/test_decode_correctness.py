@@ -1,0 +1,123 @@
+"""The decode loop against transformers itself: exactness of full cache, compaction, batching and memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backends.base import GenerationRequest, SamplingParams
+from backends.hf.decode import generate_batch
+from tests.conftest import ALL_POLICIES, EVICTING_POLICIES, make_policy
+from zoo import build_policy
+from zoo.schedule import EvictionSchedule
+
+CPU = torch.device("cpu")
+PROMPTS = [[1, 7, 9, 11, 23, 42, 8, 5], [3, 4, 17, 30], [2, 60, 61, 62, 63, 64]]
+
+
+def test_full_policy_matches_generate(tiny):
+    model, parts, _, _ = tiny
+    sampling = SamplingParams(max_new_tokens=24)
+    for prompt in PROMPTS:
+        ours = generate_batch(parts, [GenerationRequest("p", prompt)], build_policy("full"), None, sampling, CPU)
+        ref = model.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False, pad_token_id=0)
+        assert ours[0].output_ids == ref[0, len(prompt) :].tolist()
+
+
+def _masked_reference_logits(model, tokens: list[int], visible: list[list[int]]) -> torch.Tensor:
+    """One fresh forward over ``tokens`` where query ``t`` sees exactly the logical positions ``visible[t]``."""
+    n = len(tokens)
+    mask = torch.zeros(1, 1, n, n, dtype=torch.bool)
+    for t, keys in enumerate(visible):
+        mask[0, 0, t, keys] = True
+    with torch.no_grad():
+        hidden = model.get_decoder()(
+            input_ids=torch.tensor([tokens]), attention_mask=mask, position_ids=torch.arange(n)[None]
+        ).last_hidden_state
+    return model.get_output_embeddings()(hidden)[0].float()
+
+
+@pytest.mark.parametrize("mode", ["budget", "paper"])
+@pytest.mark.parametrize("name", EVICTING_POLICIES)
+def test_compaction_equals_fresh_forward_over_kept_tokens(tiny, name, mode):
+    """After every eviction, next-token logits equal a fresh forward that lets each token see only what the
+    cache held when it was processed (the kept tokens at their original positions)."""
+    model, parts, info, predictor = tiny
+    policy = make_policy(name, info, predictor)
+    if mode == "budget":
+        schedule = EvictionSchedule(budget=14, interval=3, window=4)
+    else:
+        schedule = EvictionSchedule(mode="paper", trigger_len=16, window=4, ratio=0.5)
+    prompt = PROMPTS[0]
+    steps: list[tuple[list[int], torch.Tensor]] = []
+
+    def record(cache, logits, _ids):
+        live = cache.valid[0, : cache.length]
+        steps.append((cache.positions[0, : cache.length][live].tolist(), logits[0].clone()))
+
+    result = generate_batch(
+        parts, [GenerationRequest("p", prompt)], policy, schedule, SamplingParams(max_new_tokens=40), CPU, record
+    )[0]
+    assert result.compressions >= 3, "the schedule should have compressed several times"
+    tokens = prompt + result.output_ids[:-1]
+    visible = [list(range(t + 1)) for t in range(len(prompt))]
+    visible += [positions for positions, _ in steps[1:]]
+    reference = _masked_reference_logits(model, tokens, visible)
+    for i, (positions, logits) in enumerate(steps):
+        t = len(prompt) - 1 + i
+        torch.testing.assert_close(logits, reference[t], atol=1e-5, rtol=1e-5)
+    kept = steps[-1][0]
+    assert len(kept) < len(tokens), "something must have been evicted"
+    assert set(range(len(prompt))) <= set(kept), "prompt tokens are protected by default"
+
+
+@pytest.mark.parametrize("name", ["full", *EVICTING_POLICIES])
+def test_batched_equals_unbatched(tiny, name):
+    model, parts, info, predictor = tiny
+    schedule = None if name == "full" else EvictionSchedule(budget=16, interval=4, window=4)
+    sampling = SamplingParams(max_new_tokens=30)
+    requests = [GenerationRequest(f"r{i}", p, seed=i) for i, p in enumerate(PROMPTS)]
+    batched = generate_batch(parts, requests, make_policy(name, info, predictor), schedule, sampling, CPU)
+    for request, got in zip(requests, batched):
+        alone = generate_batch(parts, [request], make_policy(name, info, predictor), schedule, sampling, CPU)[0]
+        assert got.output_ids == alone.output_ids
+        assert got.compressions == alone.compressions
+
+
+def test_sampling_is_seeded_per_request_and_batch_independent(tiny):
+    _, parts, info, predictor = tiny
+    sampling = SamplingParams(max_new_tokens=20, temperature=0.8, top_p=0.9, top_k=20)
+    requests = [GenerationRequest(f"r{i}", p, seed=100 + i) for i, p in enumerate(PROMPTS)]
+    policy = build_policy("full")
+    batched = generate_batch(parts, requests, policy, None, sampling, CPU)
+    again = generate_batch(parts, requests, policy, None, sampling, CPU)
+    alone = generate_batch(parts, [requests[1]], policy, None, sampling, CPU)[0]
+    assert [r.output_ids for r in batched] == [r.output_ids for r in again]
+    assert batched[1].output_ids == alone.output_ids
+    other_seed = generate_batch(parts, [GenerationRequest("x", PROMPTS[1], seed=7)], policy, None, sampling, CPU)
+    assert other_seed[0].output_ids != alone.output_ids
+
+
+@pytest.mark.parametrize("budget,interval", [(12, 4), (20, 8), (16, 1)])
+def test_peak_kv_bytes_follow_the_budget_formula(tiny, budget, interval):
+    _, parts, info, predictor = tiny
+    schedule = EvictionSchedule(budget=budget, interval=interval, window=4)
+    sampling = SamplingParams(max_new_tokens=48)
+    requests = [GenerationRequest(f"r{i}", p) for i, p in enumerate(PROMPTS)]
+    for name in ("window", "h2o", "dynts"):
+        results = generate_batch(parts, requests, make_policy(name, info, predictor), schedule, sampling, CPU)
+        bound = (budget + interval) * parts.kv_bytes_per_token
+        for r in results:
+            seen = r.prompt_tokens + r.generated_tokens - 1
+            assert r.kv_peak_tokens == min(seen, budget + interval)
+            assert r.kv_peak_bytes == r.kv_peak_tokens * parts.kv_bytes_per_token <= bound
+            assert r.kv_full_bytes == seen * parts.kv_bytes_per_token
+            assert r.extra["kv_batch_allocated_bytes"] <= bound * len(requests)
+    full = generate_batch(parts, requests, build_policy("full"), None, sampling, CPU)
+    assert all(r.kv_peak_bytes == r.kv_full_bytes for r in full)
+
+
+def test_every_policy_is_registered_and_tested():
+    assert {"full", "window", "streamingllm", "sepllm", "h2o", "snapkv", "tova", "rkv", "random", "dynts"} <= set(
+        ALL_POLICIES
+    )

@@ -1,0 +1,97 @@
+"""The policy zoo: one policy per module, all behind ``zoo.base.Policy``.
+
+Policies are registered by name here; third-party packages add theirs through the ``dynts_bench.policies``
+entry point group (``name = "package.module:Class"``). A policy instance is built per run (never shared).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from importlib.metadata import entry_points
+from typing import Any
+
+from zoo.base import Policy, PolicyError
+from zoo.dynts import DynTS
+from zoo.full import FullCache
+from zoo.h2o import HeavyHitterOracle
+from zoo.random import RandomEviction
+from zoo.rkv import RKV
+from zoo.sepllm import SepLLM
+from zoo.snapkv import SnapKV
+from zoo.streamingllm import StreamingLLM
+from zoo.tova import TOVA
+from zoo.window import LocalWindow
+
+_BUILTIN: tuple[type[Policy], ...] = (
+    FullCache,
+    LocalWindow,
+    StreamingLLM,
+    SepLLM,
+    HeavyHitterOracle,
+    SnapKV,
+    TOVA,
+    RKV,
+    RandomEviction,
+    DynTS,
+)
+
+
+def registry() -> dict[str, type[Policy]]:
+    """Every available policy by name: built-ins, then entry-point plugins."""
+    found = {cls.name: cls for cls in _BUILTIN}
+    for ep in entry_points(group="dynts_bench.policies"):
+        if ep.name not in found:
+            found[ep.name] = ep.load()
+    return found
+
+
+def describe(cls: type[Policy]) -> str:
+    """First sentence of the policy's docstring: its one-line description."""
+    doc = " ".join((inspect.getdoc(cls) or "").split())
+    return doc.split(". ")[0].rstrip(".") + "."
+
+
+def policy_options(cls: type[Policy]) -> dict[str, Any]:
+    """Public options of a policy class with their defaults."""
+    return {
+        f.name: (None if f.default is dataclasses.MISSING else f.default)
+        for f in dataclasses.fields(cls)
+        if f.init and not f.name.startswith("_")
+    }
+
+
+def _coerce(cls: type[Policy], key: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    hint = typing.get_type_hints(cls).get(key)
+    try:
+        if hint is bool:
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1")
+        if hint is int:
+            return int(value)
+        if hint is float:
+            return float(value)
+    except ValueError:
+        raise PolicyError(f"{cls.name} option {key} must be {hint.__name__}, got {value!r}") from None
+    return value
+
+
+def build_policy(name: str, **options: Any) -> Policy:
+    """A fresh policy instance; unknown names or options raise ``PolicyError`` listing the valid ones."""
+    known = registry()
+    if name not in known:
+        raise PolicyError(f"unknown policy {name!r}: choose one of {', '.join(known)}")
+    cls = known[name]
+    valid = policy_options(cls)
+    for key in options:
+        if key not in valid:
+            choices = ", ".join(valid) or "none"
+            raise PolicyError(f"policy {name} has no option {key!r} (its options: {choices})")
+    return cls(**{k: _coerce(cls, k, v) for k, v in options.items()})
+
+
+__all__ = ["Policy", "PolicyError", "build_policy", "describe", "policy_options", "registry"]

@@ -1,0 +1,182 @@
+"""The policy interface: score every cached token, select which survive, evict the rest.
+
+A policy is a small dataclass built per run from its options. It declares the observations it needs
+(``needs``) so that a backend computes only those: ``hidden`` (final hidden state of every processed token),
+``queries`` (the last ``query_window`` post-RoPE queries of every layer, kept by the backend so that attention
+can be computed at selection time), ``attention`` (attention received by every cached token, accumulated at
+every step -- expensive, only H2O needs it).
+
+Everything generic lives here once: protection of prompt / window / sinks, top-k under a per-sequence keep
+count with order preserved, and compaction through the cache. A baseline only writes ``score``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar, Iterator, Protocol, Sequence
+
+import torch
+
+Observation = str  # one of OBSERVATIONS
+OBSERVATIONS = frozenset({"hidden", "queries", "attention"})
+
+
+class PolicyError(ValueError):
+    """A policy option is invalid or a policy cannot run as configured; the message says how to fix it."""
+
+
+@dataclass
+class CacheView:
+    """What a policy may read at selection time. Every ``[B, T]`` tensor is over physical cache slots.
+
+    Slots are in generation order (compaction preserves order), left-padded: ``valid`` marks real tokens.
+    """
+
+    valid: torch.Tensor  # bool [B, T]
+    positions: torch.Tensor  # long [B, T] logical (RoPE) position of each slot, -1 where invalid
+    token_ids: torch.Tensor  # long [B, T]
+    is_prompt: torch.Tensor  # bool [B, T]
+    keys: Sequence[torch.Tensor]  # per layer [B, KVH, T, D], post-RoPE
+    queries: Sequence[torch.Tensor] | None = None  # per layer [B, H, w, D], oldest first
+    query_valid: torch.Tensor | None = None  # bool [B, w]: rows whose prompt was shorter than w
+    state: dict[str, torch.Tensor] = field(default_factory=dict)  # per-slot policy state, [B, T] each
+    think_end_id: int | None = None  # token id of ``</think>`` when the tokenizer has one
+
+    @property
+    def batch_size(self) -> int:
+        return self.valid.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.valid.shape[1]
+
+    def recent_window(self, window: int) -> torch.Tensor:
+        """Bool [B, T]: the last ``window`` valid slots of every row."""
+        if window <= 0:
+            return torch.zeros_like(self.valid)
+        # Rank of each valid slot counted from the end: slots are in generation order.
+        rank_from_end = self.valid.flip(-1).long().cumsum(-1).flip(-1)
+        return self.valid & (rank_from_end <= window)
+
+    def first_tokens(self, count: int) -> torch.Tensor:
+        """Bool [B, T]: the first ``count`` tokens of every sequence (attention sinks), by logical position."""
+        return self.valid & (self.positions < count)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about the served model that a policy may need to bind to it."""
+
+    model_id: str  # what the user passed as --model (alias, path or hub id)
+    name_or_path: str  # the model's own config ``_name_or_path``
+    hidden_size: int
+    num_layers: int
+    token_texts: Callable[[], list[str]]  # decoded text of every vocabulary id (computed on demand)
+    think_end_id: int | None = None
+
+
+@dataclass
+class StepObservation:
+    """What the backend saw in one forward pass, handed to ``Policy.observe``."""
+
+    token_ids: torch.Tensor  # long [B, q]
+    slot_start: int  # the q tokens were written to physical slots [slot_start, slot_start + q)
+    hidden: torch.Tensor | None = None  # [B, q, hidden] final (post-norm) hidden states, if needed
+    is_prefill: bool = False
+
+
+class CompactableCache(Protocol):
+    """What ``Policy.evict`` needs from a backend's cache."""
+
+    def compact(self, kept: torch.Tensor, kept_valid: torch.Tensor) -> None: ...
+
+
+@dataclass
+class Policy:
+    """Base class of every policy. Subclasses set ``name``, ``needs`` and implement ``score``."""
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[frozenset[Observation]] = frozenset()
+    #: per-slot state tensors the backend allocates and compacts along with the cache
+    state_names: ClassVar[tuple[str, ...]] = ()
+    #: a policy that never evicts (``full``) runs without a schedule and with an unbounded cache
+    evicts: ClassVar[bool] = True
+
+    @property
+    def query_window(self) -> int:
+        """How many recent queries per layer the backend must keep (if ``queries`` is needed)."""
+        return 0
+
+    def reserved_tokens(self) -> int:
+        """Tokens always kept besides prompt and window (sinks); used to validate budgets up front."""
+        return 0
+
+    def prepare(self, model: ModelInfo) -> None:
+        """Bind to the model before generation; refuse one this policy cannot serve (default: nothing)."""
+
+    def observe(self, obs: StepObservation, state: dict[str, torch.Tensor]) -> None:
+        """Update per-slot state after a forward pass (default: nothing)."""
+
+    def score(self, view: CacheView) -> torch.Tensor:
+        """Importance of each cached token, float [B, T]: higher is kept first."""
+        raise NotImplementedError
+
+    def protected(self, view: CacheView) -> torch.Tensor:
+        """Bool [B, T]: slots this policy always keeps beyond prompt and window (default: none)."""
+        return torch.zeros_like(view.valid)
+
+    def select(
+        self,
+        scores: torch.Tensor,
+        view: CacheView,
+        keep: torch.Tensor,
+        window: int,
+        protect_prompt: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pick ``keep[b]`` slots per row: protected slots first, then the top scores; order preserved.
+
+        Returns ``(kept, kept_valid)``, both ``[B, K]`` with ``K = max(keep)``, left-padded like the cache.
+        """
+        must = view.recent_window(window) | self.protected(view)
+        if protect_prompt:
+            must = must | view.is_prompt
+        ranked = scores.float().masked_fill(must, float("inf")).masked_fill(~view.valid, float("-inf"))
+        k = int(keep.max().item())
+        top = ranked.topk(k, dim=-1).indices
+        chosen = torch.arange(k, device=top.device).unsqueeze(0) < keep.unsqueeze(1)
+        # Unchosen entries become -1 so that sorting puts them first: the kept set is left-padded.
+        ordered = top.masked_fill(~chosen, -1).sort(dim=-1).values
+        return ordered.clamp(min=0), ordered >= 0
+
+    def evict(self, cache: CompactableCache, kept: torch.Tensor, kept_valid: torch.Tensor) -> None:
+        """Compact the cache to the kept slots (default: gather them in every layer)."""
+        cache.compact(kept, kept_valid)
+
+    # ------------------------------------------------------------------ config
+    def options(self) -> dict[str, Any]:
+        """The policy's options, as recorded in a run's config."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+
+def query_attention(view: CacheView) -> Iterator[torch.Tensor]:
+    """Per layer, attention probabilities ``[B, H, w, T]`` of the stored recent queries over the cached keys.
+
+    Query ``i`` of ``w`` (oldest first) belongs to the token in the ``(w - i)``-th last slot, so it sees only
+    slots up to its own (causal) and never invalid ones. Computed at selection time, as R-KV and SnapKV do, so
+    decoding keeps fused attention kernels. One layer at a time bounds the memory to one ``[B, H, w, T]``.
+    """
+    if view.queries is None:
+        raise PolicyError("this policy needs stored queries, but the backend provided none")
+    t = view.length
+    for q, k in zip(view.queries, view.keys):
+        q = q.float()  # [B, H, w, D]
+        w, d = q.shape[2], q.shape[3]
+        k = k.float().repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # [B, H, T, D]
+        logits = q @ k.transpose(-1, -2) / d**0.5  # [B, H, w, T]
+        limit = t - (w - 1 - torch.arange(w, device=q.device))  # query i sees slots < limit[i]
+        visible = torch.arange(t, device=q.device).unsqueeze(0) < limit.unsqueeze(1)  # [w, T]
+        mask = visible.unsqueeze(0) & view.valid.unsqueeze(1)  # [B, w, T]
+        if view.query_valid is not None:
+            mask = mask & view.query_valid[:, -w:].unsqueeze(-1)
+        logits = logits.masked_fill(~mask.unsqueeze(1), float("-inf"))
+        yield torch.softmax(logits, dim=-1).nan_to_num(0.0)  # rows without a valid query give zeros

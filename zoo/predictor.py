@@ -1,0 +1,99 @@
+"""The DynTS importance predictor: a small MLP head on the model's final hidden state.
+
+Stored as a directory with ``model.safetensors`` (weights) and ``predictor.json`` (base model, hidden size,
+layer sizes, how the labels were made). Loading refuses a predictor made for another model: its scores would be
+noise that still looks like a ranking.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from zoo.base import ModelInfo, PolicyError
+
+WEIGHTS = "model.safetensors"
+CONFIG = "predictor.json"
+
+
+@dataclass
+class PredictorConfig:
+    base_model: str
+    hidden_size: int
+    layer_sizes: list[int]  # widths of the hidden layers, e.g. [2h, h/2]; the output is 1
+    label_method: str = "answer_attention"
+    label_transform: str = "none"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def default_sizes(hidden_size: int) -> list[int]:
+        return [2 * hidden_size, max(1, hidden_size // 2)]
+
+
+class ImportancePredictor(nn.Module):
+    """Bias-free MLP ``hidden -> layer_sizes... -> 1`` with Softplus between layers and at the end (as in
+    the paper), so that scores are positive."""
+
+    def __init__(self, config: PredictorConfig) -> None:
+        super().__init__()
+        self.config = config
+        widths = [config.hidden_size, *config.layer_sizes, 1]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            layers.append(nn.Linear(a, b, bias=False))
+            layers.append(nn.Softplus())
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[..., hidden]`` -> ``[...]`` importance scores."""
+        return self.mlp(hidden.to(self.mlp[0].weight.dtype)).squeeze(-1)
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / WEIGHTS))
+        (directory / CONFIG).write_text(json.dumps(asdict(self.config), indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ImportancePredictor":
+        directory = Path(directory).expanduser()
+        if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
+            raise PolicyError(
+                f"no DynTS predictor at {directory}: expected {CONFIG} and {WEIGHTS} there "
+                "(train one with the predictor pipeline, or point --policy-arg predictor=DIR at one)"
+            )
+        try:
+            config = PredictorConfig(**json.loads((directory / CONFIG).read_text()))
+        except (TypeError, ValueError) as exc:
+            raise PolicyError(f"unreadable {directory / CONFIG}: {exc}") from None
+        model = cls(config)
+        try:
+            model.load_state_dict(load_file(str(directory / WEIGHTS)))
+        except (RuntimeError, OSError) as exc:
+            raise PolicyError(f"{directory / WEIGHTS} does not match {CONFIG}: {str(exc).splitlines()[0]}") from None
+        return model.eval()
+
+    def check_model(self, model: ModelInfo) -> None:
+        """Refuse a model other than the one this predictor was trained on."""
+        cfg = self.config
+        if cfg.hidden_size != model.hidden_size:
+            raise PolicyError(
+                f"this DynTS predictor was trained for {cfg.base_model} (hidden size {cfg.hidden_size}), but the "
+                f"model has hidden size {model.hidden_size}: use a predictor trained for {model.model_id}"
+            )
+        names = {_short(model.model_id), _short(model.name_or_path)}
+        if _short(cfg.base_model) not in names:
+            raise PolicyError(
+                f"this DynTS predictor was trained for {cfg.base_model}, not {model.model_id}: "
+                "use a predictor trained for this model"
+            )
+
+
+def _short(name: str) -> str:
+    """Compare model names by their last path component: a hub id and its local snapshot match."""
+    return Path(name.rstrip("/")).name.lower()

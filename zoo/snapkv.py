@@ -1,0 +1,43 @@
+"""SnapKV, decode-time: attention from the last queries, pooled so that clusters survive together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from zoo.base import CacheView, Policy, PolicyError, query_attention
+
+
+@dataclass
+class SnapKV(Policy):
+    """Scores each token by the attention it gets from the last ``obs_window`` queries (the observation
+    window), pooled over neighbouring positions (kernel ``kernel_size``) so that the context around an
+    important token is kept with it. Li et al., 2024, "SnapKV: LLM Knows What You are Looking for Before
+    Generation", arXiv 2404.14469. SnapKV compresses the prompt once; like R-KV we re-apply it at every
+    compression during decoding. Heads and layers are averaged so that every layer keeps the same set."""
+
+    name = "snapkv"
+    needs = frozenset({"queries"})
+    obs_window: int = 32
+    kernel_size: int = 7
+    pooling: str = "avgpool"
+
+    def __post_init__(self) -> None:
+        if self.obs_window < 1:
+            raise PolicyError(f"snapkv obs_window must be >= 1, got {self.obs_window}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise PolicyError(f"snapkv kernel_size must be an odd number >= 1, got {self.kernel_size}")
+        if self.pooling not in ("avgpool", "maxpool"):
+            raise PolicyError(f"snapkv pooling must be 'avgpool' or 'maxpool', got {self.pooling!r}")
+
+    @property
+    def query_window(self) -> int:
+        return self.obs_window
+
+    def score(self, view: CacheView) -> torch.Tensor:
+        votes = torch.stack([probs.sum(dim=2).mean(dim=1) for probs in query_attention(view)]).mean(0)
+        pad = self.kernel_size // 2
+        pool = F.avg_pool1d if self.pooling == "avgpool" else F.max_pool1d
+        return pool(votes.unsqueeze(1), self.kernel_size, stride=1, padding=pad).squeeze(1)

@@ -1,0 +1,27 @@
+"""TOVA: evict the token the current query attends to least."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from zoo.base import CacheView, Policy, query_attention
+
+
+@dataclass
+class TOVA(Policy):
+    """Token Omission Via Attention: keeps the tokens with the highest attention from the latest query,
+    averaged over heads (and here over layers, so every layer keeps the same set). Oren et al., 2024,
+    "Transformers are Multi-State RNNs", arXiv 2401.06104."""
+
+    name = "tova"
+    needs = frozenset({"queries"})
+
+    @property
+    def query_window(self) -> int:
+        return 1
+
+    def score(self, view: CacheView) -> torch.Tensor:
+        per_layer = [probs[:, :, -1].mean(dim=1) for probs in query_attention(view)]  # [B, T] each
+        return torch.stack(per_layer).mean(0)
