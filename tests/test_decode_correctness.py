@@ -63,7 +63,7 @@ def test_compaction_equals_fresh_forward_over_kept_tokens(tiny, name, mode):
     visible = [list(range(t + 1)) for t in range(len(prompt))]
     visible += [positions for positions, _ in steps[1:]]
     reference = _masked_reference_logits(model, tokens, visible)
-    for i, (positions, logits) in enumerate(steps):
+    for i, (_, logits) in enumerate(steps):
         t = len(prompt) - 1 + i
         torch.testing.assert_close(logits, reference[t], atol=1e-5, rtol=1e-5)
     kept = steps[-1][0]

@@ -12,8 +12,9 @@ count with order preserved, and compaction through the cache. A baseline only wr
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, ClassVar, Iterator, Protocol, Sequence
+from typing import Any, ClassVar, Protocol
 
 import torch
 

@@ -45,7 +45,7 @@ class ImportancePredictor(nn.Module):
         self.config = config
         widths = [config.hidden_size, *config.layer_sizes, 1]
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        for a, b in zip(widths[:-1], widths[1:]):
             layers.append(nn.Linear(a, b, bias=False))
             layers.append(nn.Softplus())
         self.mlp = nn.Sequential(*layers)
@@ -60,7 +60,7 @@ class ImportancePredictor(nn.Module):
         (directory / CONFIG).write_text(json.dumps(asdict(self.config), indent=2, sort_keys=True))
 
     @classmethod
-    def load(cls, directory: str | Path) -> "ImportancePredictor":
+    def load(cls, directory: str | Path) -> ImportancePredictor:
         directory = Path(directory).expanduser()
         if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
             raise PolicyError(

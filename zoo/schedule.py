@@ -86,6 +86,12 @@ class EvictionSchedule:
         assert self.trigger_len is not None
         return min(full, max(prompt_len, self.trigger_len))
 
+    def steady_capacity(self) -> int:
+        """Slots needed once any over-long prompt has been compressed: budget + interval, or trigger_len."""
+        limit = self.budget + self.interval if self.mode == "budget" else self.trigger_len
+        assert limit is not None
+        return limit
+
     def triggers(self, live: int) -> bool:
         """Whether a sequence holding ``live`` tokens must be compressed now."""
         if self.mode == "budget":

@@ -30,7 +30,8 @@ class SepLLM(Policy):
         return self.sinks
 
     def prepare(self, model: ModelInfo) -> None:
-        ids = [i for i, text in enumerate(model.token_texts()) if text.strip(" ") and set(text.strip(" ")) <= SEPARATORS]
+        texts = (text.strip(" ") for text in model.token_texts())
+        ids = [i for i, text in enumerate(texts) if text and set(text) <= SEPARATORS]
         self._separator_ids = torch.tensor(ids, dtype=torch.long)
 
     def protected(self, view: CacheView) -> torch.Tensor:

@@ -25,7 +25,7 @@ class CompactingLayer(CacheLayerMixin):
     is_sliding = False
     is_croppable = False
 
-    def __init__(self, owner: "CompactingCache") -> None:
+    def __init__(self, owner: CompactingCache) -> None:
         super().__init__()
         self.owner = owner
 
@@ -70,6 +70,14 @@ class CompactingLayer(CacheLayerMixin):
         # gather makes a copy first, so overlapping source and destination slots are safe
         self.keys[:, :, :k] = self.keys.gather(2, index)
         self.values[:, :, :k] = self.values.gather(2, index)
+
+    def resize_(self, capacity: int, length: int) -> None:
+        if self.is_initialized:
+            for name in ("keys", "values"):
+                old = getattr(self, name)
+                new = old.new_empty((*old.shape[:2], capacity, old.shape[3]))
+                new[:, :, :length] = old[:, :, :length]
+                setattr(self, name, new)
 
     def select_rows_(self, rows: torch.Tensor) -> None:
         if self.is_initialized:
@@ -147,6 +155,17 @@ class CompactingCache(Cache):
             tensor[:, :k] = tensor.gather(1, kept)
             tensor[:, k:] = 0
         self.length = k
+
+    def shrink(self, capacity: int) -> None:
+        """Reallocate every buffer to ``capacity`` slots (after a long prompt was compressed below it)."""
+        if capacity >= self.capacity or capacity < self.length:
+            return
+        for layer in self.layers:
+            layer.resize_(capacity, self.length)
+        for name in ("valid", "positions", "token_ids", "is_prompt"):
+            setattr(self, name, getattr(self, name)[:, :capacity].clone())
+        self.state = {n: t[:, :capacity].clone() for n, t in self.state.items()}
+        self.capacity = capacity
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Drop finished sequences from the batch (frees their share of the buffers)."""

@@ -8,8 +8,8 @@ triggers for any row: score -> select -> evict. Prompt tokens are processed in o
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
@@ -85,8 +85,14 @@ def generate_batch(
     sampling: SamplingParams,
     device: torch.device,
     on_forward: Callable[[CompactingCache, torch.Tensor, list[str]], None] | None = None,
+    record_steps: bool = False,
 ) -> list[SequenceResult]:
-    """Generate every request in one batch. ``on_forward(cache, logits, request_ids)`` is a test hook."""
+    """Generate every request in one batch.
+
+    ``on_forward(cache, logits, request_ids)`` is a test hook. With ``record_steps`` every result's ``extra``
+    gets ``step_s`` / ``step_policy_s`` / ``step_cache_tokens``: wall time, policy time and physical cache
+    length of each decode step of the batch (for benchmarks).
+    """
     rows = [
         _Row(r, (r.schedule or schedule) if policy.evicts else None, None, next_position=len(r.prompt_ids))
         for r in requests
@@ -116,8 +122,9 @@ def generate_batch(
     positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
 
     active = list(range(len(rows)))  # row index of every batch entry
+    steps: dict[str, list[float]] = {"step_s": [], "step_policy_s": [], "step_cache_tokens": []}
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = step_start = time.perf_counter()
     is_prompt = True
     with torch.inference_mode():
         while True:
@@ -140,7 +147,7 @@ def generate_batch(
                 on_forward(cache, logits, [rows[i].request.request_id for i in active])
             tp = time.perf_counter()
             policy.observe(StepObservation(input_ids, start, hidden if want_hidden else None, is_prompt), cache.state)
-            observe_s = time.perf_counter() - tp
+            observe_s = time.perf_counter() - tp + observer.take_seconds()
 
             # ---- choose next tokens, finish rows
             next_ids = choose_next(logits, sampling, [rows[i].generator for i in active])
@@ -176,7 +183,15 @@ def generate_batch(
                 active = [active[b] for b in keep_entries]
 
             # ---- compress when the schedule says so
-            _maybe_compress(cache, observer, policy, [rows[i] for i in active], parts.think_end_id)
+            compress_s = _maybe_compress(cache, observer, policy, [rows[i] for i in active], parts.think_end_id)
+            if record_steps:
+                _sync(device)
+                end = time.perf_counter()
+                if not is_prompt:
+                    steps["step_s"].append(end - step_start)
+                    steps["step_policy_s"].append(observe_s + compress_s)
+                    steps["step_cache_tokens"].append(float(cache.length))
+                step_start = end
 
             input_ids = next_ids.unsqueeze(1)
             positions = torch.tensor([[rows[i].next_position] for i in active], device=device)
@@ -189,6 +204,8 @@ def generate_batch(
     for result in results:
         result.extra["kv_batch_allocated_bytes"] = cache.peak_allocated_bytes
         result.extra["batch_size"] = len(rows)
+        if record_steps:
+            result.extra.update(steps)
     return results
 
 
@@ -198,15 +215,16 @@ def _maybe_compress(
     policy: Policy,
     rows: list[_Row],
     think_end_id: int | None,
-) -> None:
+) -> float:
+    """Compress if any row's schedule fires; returns the seconds spent (0 when nothing happened)."""
     if not policy.evicts:
-        return
+        return 0.0
     live = cache.live_counts()
     prompt_counts = (cache.is_prompt[:, : cache.length] & cache.valid[:, : cache.length]).sum(-1)
     fired = [row.schedule.triggers(int(n)) for row, n in zip(rows, live)]
     full = cache.length >= cache.capacity  # left padding can fill the buffer before any row's trigger
     if not any(fired) and not full:
-        return
+        return 0.0
     tp = time.perf_counter()
     keep = torch.tensor(
         [
@@ -233,10 +251,13 @@ def _maybe_compress(
     scores = policy.score(view)
     kept, kept_valid = policy.select(scores, view, keep, sched.window, sched.protect_prompt)
     policy.evict(cache, kept, kept_valid)
+    # a prompt longer than the budget made the buffers larger than the schedule needs: give that memory back
+    cache.shrink(max(row.schedule.steady_capacity() for row in rows if row.schedule))
     elapsed = time.perf_counter() - tp
     for row, hit in zip(rows, fired):
         row.policy_s += elapsed
         row.compressions += int(hit)
+    return elapsed
 
 
 def _result(row: _Row, ttft: float, t0: float, parts: ModelParts, stopper: StopChecker) -> SequenceResult:

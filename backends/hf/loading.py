@@ -7,11 +7,13 @@ de-quantisation takes ~20 s, so the converted model is saved once under the user
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from backends.base import BackendError
 from backends.hf.observe import register
@@ -65,7 +67,12 @@ def _from_gguf(gguf: Path, cache_name: str) -> Path:
         return target
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are already de-quantised to float32; drop the GGUF quantiser so that they can be saved.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     tmp.replace(target)  # atomic: a crash mid-save leaves no half directory behind
@@ -83,6 +90,7 @@ def load(
     if source.kind in ("alias", "gguf"):
         path = _from_gguf(Path(source.path), Path(source.path).stem)
     attn = register()
+    hf_logging.disable_progress_bar()  # our own rich progress is the one users watch
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attn)

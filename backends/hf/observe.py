@@ -9,6 +9,8 @@ The registration is stateless: all state is in the observer object of one genera
 
 from __future__ import annotations
 
+import time
+
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -28,6 +30,11 @@ class KVObserver:
         self.query_valid: torch.Tensor | None = None  # [B, w]
         self.accumulate_into = accumulate_into  # [B, capacity] float, owned by the cache state
         self.q_valid_rows: torch.Tensor | None = None  # [B, q] which incoming tokens are real
+        self.seconds = 0.0  # time spent observing inside the forward, charged to the policy
+
+    def take_seconds(self) -> float:
+        spent, self.seconds = self.seconds, 0.0
+        return spent
 
     def begin(self, incoming_valid: torch.Tensor, accumulate_into: torch.Tensor | None) -> None:
         """Called before each forward with the validity of its incoming tokens ``[B, q]``."""
@@ -40,7 +47,10 @@ class KVObserver:
             merged = new if prev is None else torch.cat([prev, new], dim=1)[:, -w:]
             self.query_valid = merged
 
-    def on_attention(self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float) -> None:
+    def on_attention(
+        self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float
+    ) -> None:
+        started = time.perf_counter()
         if self.query_window:
             w = self.query_window
             q = query[:, :, -w:].detach()
@@ -48,6 +58,7 @@ class KVObserver:
             self.queries[layer] = q if prev is None else torch.cat([prev, q], dim=2)[:, :, -w:]
         if self.accumulate_into is not None:
             self._accumulate(query, key, mask, scaling)
+        self.seconds += time.perf_counter() - started
 
     def _accumulate(self, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float) -> None:
         b, h, q_len, _ = query.shape

@@ -1,0 +1,241 @@
+"""The ``dynts-bench`` command line (typer). User mistakes print one red line and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from backends import BACKENDS, BackendError, build_backend
+from backends.base import SamplingParams
+from harness.config import RunConfig, file_sha256
+from harness.prompts import PromptFileError, default_prompts_path, load_prompts
+from harness.results import ResultsError
+from zoo import build_policy, describe, policy_options, registry
+from zoo.base import PolicyError
+from zoo.schedule import EvictionSchedule, ScheduleError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run, compare and deploy KV-cache eviction.")
+console = Console()
+err_console = Console(stderr=True)
+
+USER_ERRORS = (PolicyError, ScheduleError, BackendError, PromptFileError, ResultsError)
+DEFAULT_MODEL = "smollm2-135m"
+#: the default comparison: every policy that needs no extra files (dynts needs a trained predictor)
+DEFAULT_POLICIES = ["full", "window", "streamingllm", "sepllm", "h2o", "snapkv", "tova", "rkv", "random"]
+
+
+def fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def parse_policy_args(pairs: list[str], policies: list[str]) -> dict[str, dict[str, Any]]:
+    """``key=value`` applies to every chosen policy having that option; ``policy.key=value`` to one."""
+    per_policy: dict[str, dict[str, Any]] = {name: {} for name in policies}
+    known = registry()
+    for pair in pairs:
+        if "=" not in pair:
+            raise PolicyError(f"--policy-arg {pair!r} must look like key=value or policy.key=value")
+        key, value = pair.split("=", 1)
+        target, _, option = key.rpartition(".")
+        names = [target] if target else [n for n in policies if n in known and option in policy_options(known[n])]
+        if target and target not in per_policy:
+            raise PolicyError(f"--policy-arg {pair!r} names policy {target!r}, which is not in --policy")
+        if not names:
+            raise PolicyError(f"--policy-arg {pair!r}: none of the chosen policies has an option {option!r}")
+        for name in names:
+            per_policy[name][option] = value
+    return per_policy
+
+
+def make_schedule(
+    mode: str, budget: Optional[int], interval: int, window: int, trigger_len: Optional[int], ratio: float,
+    evict_prompt: bool,
+) -> EvictionSchedule:
+    return EvictionSchedule(
+        mode=mode,  # type: ignore[arg-type]
+        budget=budget,
+        interval=interval,
+        window=window,
+        trigger_len=trigger_len,
+        ratio=ratio,
+        protect_prompt=not evict_prompt,
+    )
+
+
+@app.command()
+def run(
+    policy: list[str] = typer.Option(DEFAULT_POLICIES, "--policy", "-p", help="Policy to run; repeat to compare."),
+    backend: str = typer.Option("transformers", help="transformers | vllm | sglang (see `dynts-bench backends`)."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Alias, local directory, .gguf file or hub id."),
+    prompts: Optional[Path] = typer.Option(None, help="JSONL of {id, prompt, answer}; default: the shipped set."),
+    task: Optional[str] = typer.Option(None, help="An lm-eval task (needs the lm-eval integration)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N prompts."),
+    mode: str = typer.Option("budget", help="Schedule: 'budget' (fixed KV budget) or 'paper' (trigger + ratio)."),
+    budget: Optional[int] = typer.Option(160, help="KV budget in tokens, prompt included (budget mode)."),
+    interval: int = typer.Option(16, help="Compress when the cache reaches budget + interval (budget mode)."),
+    window: int = typer.Option(32, help="Most recent tokens that are always kept."),
+    trigger_len: Optional[int] = typer.Option(None, help="KV length that triggers compression (paper mode)."),
+    ratio: float = typer.Option(0.4, help="Fraction of thinking tokens kept at each compression (paper mode)."),
+    evict_prompt: bool = typer.Option(False, "--evict-prompt", help="Allow prompt tokens to be evicted."),
+    predictor: Optional[Path] = typer.Option(None, help="DynTS importance predictor directory (for --policy dynts)."),
+    policy_arg: list[str] = typer.Option([], "--policy-arg", help="Policy option key=value or policy.key=value."),
+    max_new_tokens: int = typer.Option(192, help="Generation length limit per sample."),
+    temperature: float = typer.Option(0.0, help="0 = greedy."),
+    top_p: float = typer.Option(1.0),
+    top_k: int = typer.Option(0, help="0 = off."),
+    seed: int = typer.Option(0, help="Run seed; each sample's seed derives from it and the sample id."),
+    stop: list[str] = typer.Option([], "--stop", help="Stop string; repeatable."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16."),
+    device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
+    batch_size: int = typer.Option(8, help="Sequences decoded together."),
+    chat: bool = typer.Option(True, help="Wrap prompts in the tokenizer's chat template."),
+    out: Path = typer.Option(Path("results/runs"), help="Root of the result directories."),
+    run_id: Optional[str] = typer.Option(None, help="Directory name (default: policy + config hash); one policy only."),
+) -> None:
+    """Generate under one or more policies and print a comparison. Reruns resume unfinished runs."""
+    try:
+        _run(**locals())
+    except USER_ERRORS as exc:
+        fail(str(exc))
+
+
+def _run(**o: Any) -> None:
+    if o["task"] is not None:
+        raise PromptFileError(
+            f"--task {o['task']}: lm-eval tasks are not integrated yet; pass a JSONL file with --prompts"
+        )
+    policies: list[str] = list(dict.fromkeys(o["policy"]))
+    if o["run_id"] and len(policies) > 1:
+        raise ResultsError("--run-id names one directory: use it with a single --policy")
+    known = registry()
+    for name in policies:
+        if name not in known:
+            raise PolicyError(f"unknown policy {name!r}: choose one of {', '.join(known)}")
+    args = parse_policy_args(o["policy_arg"], policies)
+    if o["predictor"] is not None:
+        if "dynts" not in policies:
+            raise PolicyError("--predictor is for --policy dynts, which is not selected")
+        args["dynts"]["predictor"] = str(o["predictor"])
+    if o["backend"] not in BACKENDS:
+        raise BackendError(f"unknown backend {o['backend']!r}: choose one of {', '.join(BACKENDS)}")
+    schedule = make_schedule(
+        o["mode"], o["budget"], o["interval"], o["window"], o["trigger_len"], o["ratio"], o["evict_prompt"]
+    )
+    try:
+        sampling = SamplingParams(
+            o["max_new_tokens"], o["temperature"], o["top_p"], o["top_k"], o["seed"], tuple(o["stop"])
+        )
+    except ValueError as exc:
+        raise ScheduleError(str(exc)) from None
+    built = {name: build_policy(name, **args[name]) for name in policies}  # option errors before model load
+    prompts_path = o["prompts"] or default_prompts_path()
+    items = load_prompts(prompts_path, o["limit"])
+    with console.status(f"loading {o['model']} ..."):
+        engine = build_backend(o["backend"], model=o["model"], dtype=o["dtype"], device=o["device"],
+                               batch_size=o["batch_size"])
+    from harness.report import comparison_table
+    from harness.runner import execute
+
+    outcomes = {}
+    progress = Progress(
+        TextColumn("[bold]{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    )
+    with progress:
+        for name in policies:
+            policy = built[name]
+            config = RunConfig(
+                backend=o["backend"],
+                model=o["model"],
+                policy=name,
+                policy_options=policy.options(),
+                schedule=schedule if policy.evicts else None,
+                sampling=sampling,
+                prompts_name=prompts_path.name,
+                prompts_sha256=file_sha256(prompts_path),
+                limit=o["limit"],
+                dtype=o["dtype"],
+                device=o["device"],
+                batch_size=o["batch_size"],
+                chat=o["chat"],
+            )
+            bar = progress.add_task(name, total=len(items))
+            outcome = execute(config, engine, policy, items, o["out"], o["run_id"],
+                              on_sample=lambda bar=bar: progress.advance(bar))
+            progress.update(bar, completed=len(items))
+            outcomes[name] = outcome
+    console.print(comparison_table(outcomes))
+    for name, outcome in outcomes.items():
+        note = " (already complete, reused)" if outcome.reused else ""
+        if outcome.resumed_samples and not outcome.reused:
+            note = f" (resumed: {outcome.resumed_samples} samples were already done)"
+        console.print(f"[dim]{name}: {outcome.run_dir.path}{note}[/]")
+
+
+@app.command()
+def policies() -> None:
+    """List the policies with one-line descriptions and their options."""
+    table = Table(title="Policies")
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    table.add_column("needs")
+    table.add_column("options")
+    for name, cls in registry().items():
+        options = ", ".join(f"{k}={v}" for k, v in policy_options(cls).items())
+        table.add_row(name, describe(cls), ", ".join(sorted(cls.needs)) or "-", options or "-")
+    console.print(table)
+
+
+@app.command()
+def backends() -> None:
+    """List the backends and whether they can run here."""
+    table = Table(title="Backends")
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    table.add_column("status")
+    for entry in BACKENDS.values():
+        missing = entry.available()
+        table.add_row(entry.name, entry.description, "[green]ready[/]" if missing is None else f"[yellow]{missing}[/]")
+    console.print(table)
+
+
+@app.command()
+def bench(
+    model: str = typer.Option(DEFAULT_MODEL, help="Model to time (alias, directory, .gguf or hub id)."),
+    policy: list[str] = typer.Option(DEFAULT_POLICIES, "--policy", "-p", help="Policies to compare with full."),
+    context: list[int] = typer.Option([1024, 2048, 4096, 8192], help="Context lengths to time at; repeatable."),
+    budget: int = typer.Option(1024, help="KV budget of the evicting policies."),
+    interval: int = typer.Option(64, help="Compression interval."),
+    window: int = typer.Option(128, help="Recent window."),
+    steps: int = typer.Option(128, help="Decode steps timed per point (covers two compressions at the default)."),
+    dtype: str = typer.Option("float32"),
+    device: str = typer.Option("cpu"),
+    predictor: Optional[Path] = typer.Option(None, help="Predictor directory, to include dynts."),
+    out: Optional[Path] = typer.Option(None, help="Also write the measurements to this JSON file."),
+) -> None:
+    """Per-step decode latency and KV bytes vs context length: full cache against each policy, one run."""
+    try:
+        from harness.bench import run_bench
+
+        run_bench(console, model, policy, context, budget, interval, window, steps, dtype, device, predictor, out)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted: finished samples are saved; rerun the same command to resume[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Rich tables over finished runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.table import Table
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _fmt(value: Any, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def agreement_with(reference: list[dict[str, Any]], rows: list[dict[str, Any]]) -> float | None:
+    """Mean fraction of the reference output reproduced token for token before the first divergence."""
+    ref = {r["sample_id"]: r["output_ids"] for r in reference}
+    fractions = []
+    for row in rows:
+        want = ref.get(row["sample_id"])
+        if not want:
+            continue
+        got = row["output_ids"]
+        same = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), min(len(want), len(got)))
+        fractions.append(same / len(want))
+    return sum(fractions) / len(fractions) if fractions else None
+
+
+def comparison_table(outcomes: Mapping[str, Any]) -> Table:
+    """One row per policy: accuracy, agreement with the full cache, speed, KV memory, compression work."""
+    reference = outcomes["full"].run_dir.samples() if "full" in outcomes else None
+    table = Table(title="dynts-bench results")
+    for column, justify in (
+        ("policy", "left"), ("n", "right"), ("accuracy", "right"), ("= full", "right"), ("gen tok", "right"),
+        ("decode tok/s", "right"), ("TTFT", "right"), ("peak KV", "right"), ("KV saving", "right"),
+        ("compressions", "right"), ("policy time", "right"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for name, outcome in outcomes.items():
+        m = outcome.summary
+        agree = agreement_with(reference, outcome.run_dir.samples()) if reference is not None else None
+        table.add_row(
+            name,
+            str(m.get("n_samples", 0)),
+            _fmt(m.get("accuracy"), ".1%"),
+            _fmt(agree, ".1%"),
+            str(m.get("total_generated_tokens", "-")),
+            _fmt(m.get("decode_mean_tokens_per_s"), ".1f"),
+            _fmt(m.get("ttft_mean_s"), ".3f", " s"),
+            human_bytes(m.get("kv_peak_max_bytes")),
+            _fmt(m.get("kv_saving_ratio"), ".2f", "x"),
+            _fmt(m.get("mean_compressions"), ".1f"),
+            _fmt(m.get("policy_overhead_pct"), ".1f", "%"),
+        )
+    table.caption = (
+        "= full: share of the full-cache output reproduced before the first differing token (greedy). "
+        "peak KV: exact bytes of the largest cache a sequence held; KV saving: full-cache bytes / peak bytes. "
+        "policy time: observe + score + select + evict, as % of decode time."
+    )
+    return table

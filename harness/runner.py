@@ -1,0 +1,105 @@
+"""One run = one policy over one prompt set: resumable, results appended per sample, summary at the end."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backends.base import GenerationRequest
+from harness.config import RunConfig
+from harness.env import environment
+from harness.metrics import NvmlSampler, cuda_memory, peak_rss_bytes, reset_cuda_peak, summarize_samples
+from harness.prompts import PromptItem
+from harness.results import RunDir, config_hash, default_run_id
+from harness.scoring import is_correct
+from zoo.base import Policy
+
+
+@dataclass
+class RunOutcome:
+    run_dir: RunDir
+    summary: dict[str, Any]
+    resumed_samples: int  # samples found finished from an earlier, interrupted invocation
+    reused: bool  # the run was already complete: nothing was generated
+
+
+def request_seed(seed: int, item_id: str) -> int:
+    """A per-sample seed derived from the run seed and the sample id (stable across batching and resumes)."""
+    digest = hashlib.sha256(f"{seed}:{item_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def execute(
+    config: RunConfig,
+    backend: Any,
+    policy: Policy,
+    items: list[PromptItem],
+    out_root: Path,
+    run_id: str | None = None,
+    on_sample: Callable[[], None] | None = None,
+) -> RunOutcome:
+    """Run ``policy`` over ``items`` into ``out_root/<run-id>/``, skipping samples an earlier run finished."""
+    config_dict = config.to_dict()
+    run_dir = RunDir.open(out_root, run_id or default_run_id(config_dict), config_dict)
+    if run_dir.is_complete:
+        summary = json.loads((run_dir.path / "summary.json").read_text())
+        return RunOutcome(run_dir, summary, len(items), reused=True)
+    done = run_dir.done_ids()
+    todo = [item for item in items if item.id not in done]
+    by_id = {item.id: item for item in items}
+    seed = config.sampling.seed
+    requests = [
+        GenerationRequest(item.id, backend.encode_prompt(item.prompt, chat=config.chat), request_seed(seed, item.id))
+        for item in todo
+    ]
+    backend.prepare(policy)
+    env = environment()
+    reset_cuda_peak()
+
+    def record(results) -> None:
+        for result in results:
+            item = by_id[result.request_id]
+            row = {"sample_id": item.id, "config_hash": run_dir.config_hash, "seed": request_seed(seed, item.id)}
+            row.update(result.to_dict())
+            row["git_sha"] = env["git_sha"]
+            if item.answer is not None:
+                row["answer"] = item.answer
+                row["correct"] = is_correct(item.answer, result.text)
+            run_dir.append_sample(row)
+            if on_sample is not None:
+                on_sample()
+
+    started = time.perf_counter()
+    with NvmlSampler() as nvml:
+        backend.generate(requests, policy, config.schedule, config.sampling, on_batch=record)
+    wall = time.perf_counter() - started
+
+    rows = run_dir.samples()
+    summary = summarize_samples(rows)
+    scored = [r["correct"] for r in rows if "correct" in r]
+    summary["accuracy"] = sum(scored) / len(scored) if scored else None
+    summary["wall_s_this_invocation"] = wall
+    summary["peak_rss_bytes"] = peak_rss_bytes()
+    summary.update(cuda_memory())
+    summary["nvml"] = nvml.summary()
+    summary["kv_batch_allocated_max_bytes"] = max(
+        (r.get("extra", {}).get("kv_batch_allocated_bytes", 0) for r in rows), default=0
+    )
+    run_dir.write_summary(
+        {
+            "run_id": run_dir.path.name,
+            "config": config_dict,
+            "config_hash": config_hash(config_dict),
+            "seed": seed,
+            "model": backend.describe(),
+            "environment": env,
+            "resumed_samples": len(done),
+            "metrics": summary,
+        }
+    )
+    return RunOutcome(run_dir, summary, len(done), reused=False)
