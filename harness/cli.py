@@ -22,6 +22,8 @@ from zoo.schedule import EvictionSchedule, ScheduleError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run, compare and deploy KV-cache eviction.")
 console = Console()
+if not console.is_terminal:  # logs and CI: wide enough that the result table is not folded
+    console = Console(width=200)
 err_console = Console(stderr=True)
 
 USER_ERRORS = (PolicyError, ScheduleError, BackendError, PromptFileError, ResultsError)
