@@ -91,7 +91,7 @@ def generate_batch(
 
     ``on_forward(cache, logits, request_ids)`` is a test hook. With ``record_steps`` every result's ``extra``
     gets ``step_s`` / ``step_policy_s`` / ``step_cache_tokens``: wall time, policy time and physical cache
-    length of each decode step of the batch (for benchmarks).
+    length (before that step's compression) of each decode step of the batch (for benchmarks).
     """
     rows = [
         _Row(r, (r.schedule or schedule) if policy.evicts else None, None, next_position=len(r.prompt_ids))
@@ -183,6 +183,7 @@ def generate_batch(
                 active = [active[b] for b in keep_entries]
 
             # ---- compress when the schedule says so
+            held = cache.length  # the step's largest cache, before any compression
             compress_s = _maybe_compress(cache, observer, policy, [rows[i] for i in active], parts.think_end_id)
             if record_steps:
                 _sync(device)
@@ -190,7 +191,7 @@ def generate_batch(
                 if not is_prompt:
                     steps["step_s"].append(end - step_start)
                     steps["step_policy_s"].append(observe_s + compress_s)
-                    steps["step_cache_tokens"].append(float(cache.length))
+                    steps["step_cache_tokens"].append(float(held))
                 step_start = end
 
             input_ids = next_ids.unsqueeze(1)
