@@ -217,6 +217,7 @@ def bench(
     interval: int = typer.Option(64, help="Compression interval."),
     window: int = typer.Option(128, help="Recent window."),
     steps: int = typer.Option(128, help="Decode steps timed per point (covers two compressions at the default)."),
+    repeats: int = typer.Option(3, min=1, help="Timed runs per point, in rotating policy order; the best counts."),
     dtype: str = typer.Option("float32"),
     device: str = typer.Option("cpu"),
     predictor: Optional[Path] = typer.Option(None, help="Predictor directory, to include dynts."),
@@ -226,7 +227,9 @@ def bench(
     try:
         from harness.bench import run_bench
 
-        run_bench(console, model, policy, context, budget, interval, window, steps, dtype, device, predictor, out)
+        run_bench(
+            console, model, policy, context, budget, interval, window, steps, repeats, dtype, device, predictor, out
+        )
     except USER_ERRORS as exc:
         fail(str(exc))
 

@@ -131,3 +131,19 @@ def test_run_writes_results_and_resumes(prompts, tmp_path):
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "harness.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "run" in result.stdout
+
+
+@pytest.mark.smollm2
+def test_bench_prints_ratios_against_full(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_cli("bench", "--context", "96", "--steps", "12", "--repeats", "2", "--budget", "32",
+                     "--interval", "4", "--window", "8", "-p", "window", "-p", "snapkv", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "speedup vs full" in result.output
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["policy"] for r in rows} == {"full", "window", "snapkv"}
+    full = next(r for r in rows if r["policy"] == "full")
+    assert full["speedup_vs_full"] == 1.0 and len(full["step_ms_medians_per_repeat"]) == 2
+    per_token = 46080  # SmolLM2-135M: 2 x 30 layers x 3 KV heads x 64 dims x 4 bytes
+    assert full["kv_bytes_steady"] == (96 + 12 - 1) * per_token
+    assert all(r["kv_bytes_steady"] == 36 * per_token for r in rows if r["policy"] != "full")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from backends.base import GenerationRequest, SamplingParams
-from backends.hf.decode import generate_batch
+from backends.hf.decode import generate_batch, prefill_batch
 from tests.conftest import ALL_POLICIES, EVICTING_POLICIES, make_policy
 from zoo import build_policy
 from zoo.schedule import EvictionSchedule
@@ -121,3 +121,19 @@ def test_every_policy_is_registered_and_tested():
     assert {"full", "window", "streamingllm", "sepllm", "h2o", "snapkv", "tova", "rkv", "random", "dynts"} <= set(
         ALL_POLICIES
     )
+
+
+@pytest.mark.parametrize("name", ["full", *EVICTING_POLICIES])
+def test_shared_prefill_gives_the_same_generation(tiny, name):
+    _, parts, info, predictor = tiny
+    schedule = None if name == "full" else EvictionSchedule(budget=12, interval=3, window=4)
+    requests = [GenerationRequest(f"r{i}", p) for i, p in enumerate(PROMPTS)]
+    sampling = SamplingParams(max_new_tokens=24)
+    plain = generate_batch(parts, requests, make_policy(name, info, predictor), schedule, sampling, CPU)
+    shared = prefill_batch(parts, requests, CPU)
+    for _ in range(2):  # the prefill is not consumed: it serves any number of policies or samples
+        reused = generate_batch(
+            parts, requests, make_policy(name, info, predictor), schedule, sampling, CPU, prefill=shared
+        )
+        assert [r.output_ids for r in reused] == [r.output_ids for r in plain]
+        assert [r.compressions for r in reused] == [r.compressions for r in plain]

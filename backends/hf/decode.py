@@ -77,6 +77,94 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclass
+class Prefill:
+    """The prompt forward of a batch, reusable by any policy (benchmarks, several samples of one prompt).
+
+    Holds what every policy might need: keys/values, the last ``query_window`` queries of every layer, the
+    attention each prompt token received, and the final hidden states.
+    """
+
+    requests: list[GenerationRequest]
+    input_ids: torch.Tensor  # [B, P] left-padded
+    valid: torch.Tensor  # [B, P]
+    positions: torch.Tensor  # [B, P]
+    keys: list[torch.Tensor]  # per layer [B, KVH, P, D]
+    values: list[torch.Tensor]
+    queries: list[torch.Tensor | None]
+    query_valid: torch.Tensor | None
+    attention: torch.Tensor  # [B, P]
+    hidden: torch.Tensor  # [B, P, hidden]
+    logits: torch.Tensor  # [B, V] next-token logits
+    seconds: float
+
+
+def _left_pad(requests: Sequence[GenerationRequest], pad_id: int, device: torch.device):
+    """Left-padded ids, validity and per-row logical positions (starting at 0) of a prompt batch."""
+    prompt_len = max(len(r.prompt_ids) for r in requests)
+    input_ids = torch.full((len(requests), prompt_len), pad_id, dtype=torch.long, device=device)
+    valid = torch.zeros(len(requests), prompt_len, dtype=torch.bool, device=device)
+    for i, r in enumerate(requests):
+        input_ids[i, prompt_len - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids, device=device)
+        valid[i, prompt_len - len(r.prompt_ids) :] = True
+    positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    return input_ids, valid, positions
+
+
+def _forward(parts: ModelParts, cache: CompactingCache, observer: KVObserver, input_ids, positions, valid, prompt):
+    """One forward of the incoming tokens into the cache; returns (first slot written, hidden, last logits)."""
+    q = input_ids.shape[1]
+    start = cache.append(input_ids, positions, valid, is_prompt=prompt)
+    observer.begin(valid, cache.state.get(ATTENTION_STATE))
+    out = parts.decoder(
+        input_ids=input_ids,
+        attention_mask=cache.attention_mask(q),
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        kv_observer=observer,
+    )
+    cache.advance(q)
+    hidden = out.last_hidden_state
+    return start, hidden, parts.lm_head(hidden[:, -1]).float()
+
+
+def prefill_batch(
+    parts: ModelParts, requests: Sequence[GenerationRequest], device: torch.device, query_window: int = 64
+) -> Prefill:
+    """Run the prompt forward once, keeping everything any policy's decode could start from."""
+    input_ids, valid, positions = _left_pad(requests, parts.pad_id, device)
+    cache = CompactingCache(parts.num_layers, input_ids.shape[1], (ATTENTION_STATE,))
+    observer = KVObserver(parts.num_layers, query_window, None)
+    _sync(device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        _, hidden, logits = _forward(parts, cache, observer, input_ids, positions, valid, True)
+    _sync(device)
+    return Prefill(
+        list(requests), input_ids, valid, positions,
+        [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
+        observer.queries, observer.query_valid, cache.state[ATTENTION_STATE], hidden, logits,
+        time.perf_counter() - t0,
+    )
+
+
+def _restore(prefill: Prefill, cache: CompactingCache, observer: KVObserver) -> None:
+    """Load a shared prefill into a policy's own (differently sized) cache and observer."""
+    cache.append(prefill.input_ids, prefill.positions, prefill.valid, is_prompt=True)
+    for layer, keys, values in zip(cache.layers, prefill.keys, prefill.values):
+        layer.update(keys, values)
+    cache.advance(prefill.input_ids.shape[1])
+    if ATTENTION_STATE in cache.state:
+        cache.state[ATTENTION_STATE][:, : prefill.attention.shape[1]] = prefill.attention
+    w = observer.query_window
+    if w:
+        if any(q is None or q.shape[2] < min(w, prefill.input_ids.shape[1]) for q in prefill.queries):
+            raise ValueError(f"the shared prefill kept fewer than the {w} queries this policy needs")
+        observer.queries = [q[:, :, -w:] for q in prefill.queries]  # type: ignore[index]
+        observer.query_valid = None if prefill.query_valid is None else prefill.query_valid[:, -w:]
+
+
 def generate_batch(
     parts: ModelParts,
     requests: Sequence[GenerationRequest],
@@ -86,13 +174,18 @@ def generate_batch(
     device: torch.device,
     on_forward: Callable[[CompactingCache, torch.Tensor, list[str]], None] | None = None,
     record_steps: bool = False,
+    prefill: Prefill | None = None,
 ) -> list[SequenceResult]:
     """Generate every request in one batch.
 
     ``on_forward(cache, logits, request_ids)`` is a test hook. With ``record_steps`` every result's ``extra``
     gets ``step_s`` / ``step_policy_s`` / ``step_cache_tokens``: wall time, policy time and physical cache
     length (before that step's compression) of each decode step of the batch (for benchmarks).
+    ``prefill`` (from ``prefill_batch`` on the same requests) skips the prompt forward; TTFT then counts the
+    shared prefill's time.
     """
+    if prefill is not None and [r.request_id for r in prefill.requests] != [r.request_id for r in requests]:
+        raise ValueError("the prefill was made for other requests")
     rows = [
         _Row(r, (r.schedule or schedule) if policy.evicts else None, None, next_position=len(r.prompt_ids))
         for r in requests
@@ -113,13 +206,7 @@ def generate_batch(
     stopper = StopChecker(sampling.stop, parts.decode_text)
     want_hidden = "hidden" in policy.needs
 
-    # Left-padded prompt batch with per-row logical positions starting at 0.
-    input_ids = torch.full((len(rows), prompt_len), parts.pad_id, dtype=torch.long, device=device)
-    valid = torch.zeros(len(rows), prompt_len, dtype=torch.bool, device=device)
-    for i, r in enumerate(requests):
-        input_ids[i, prompt_len - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids, device=device)
-        valid[i, prompt_len - len(r.prompt_ids) :] = True
-    positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    input_ids, valid, positions = _left_pad(requests, parts.pad_id, device)
 
     active = list(range(len(rows)))  # row index of every batch entry
     steps: dict[str, list[float]] = {"step_s": [], "step_policy_s": [], "step_cache_tokens": []}
@@ -128,21 +215,12 @@ def generate_batch(
     is_prompt = True
     with torch.inference_mode():
         while True:
-            # ---- forward the incoming tokens
-            q = input_ids.shape[1]
-            start = cache.append(input_ids, positions, valid, is_prompt=is_prompt)
-            observer.begin(valid, cache.state.get(ATTENTION_STATE))
-            out = parts.decoder(
-                input_ids=input_ids,
-                attention_mask=cache.attention_mask(q),
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                kv_observer=observer,
-            )
-            cache.advance(q)
-            hidden = out.last_hidden_state
-            logits = parts.lm_head(hidden[:, -1]).float()
+            # ---- forward the incoming tokens (or start from a shared prefill)
+            if is_prompt and prefill is not None:
+                _restore(prefill, cache, observer)
+                start, hidden, logits = 0, prefill.hidden, prefill.logits
+            else:
+                start, hidden, logits = _forward(parts, cache, observer, input_ids, positions, valid, is_prompt)
             if on_forward is not None:
                 on_forward(cache, logits, [rows[i].request.request_id for i in active])
             tp = time.perf_counter()
@@ -154,7 +232,7 @@ def generate_batch(
             _sync(device)
             now = time.perf_counter()
             if is_prompt:
-                ttft = now - t0
+                ttft = now - t0 + (prefill.seconds if prefill is not None else 0.0)
             live = cache.live_counts().tolist()
             keep_entries = []
             for b, i in enumerate(active):
