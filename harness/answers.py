@@ -7,7 +7,9 @@ sample is flagged so that a report can count truncations.
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from dataclasses import dataclass
 
 THINK_END = "</think>"
@@ -63,3 +65,72 @@ def extract_choice(output: str, letters: str = "ABCD") -> Extracted:
     if not found:
         return Extracted(None, closed, "no_answer")
     return Extracted(found[-1], closed, "ok")
+
+
+def _in_thread(fn, timeout_s: float):
+    """Run ``fn`` in a daemon thread and give up after ``timeout_s``: math-verify's own timeouts use
+    ``signal.alarm``, which only works in the main thread, so they are off and this bounds the wait instead."""
+    box: list = []
+    worker = threading.Thread(target=lambda: box.append(fn()), daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    return box[0] if box else None
+
+
+def verify_math(gold: str, answer: str, timeout_s: float = 10.0) -> bool:
+    """Symbolic equivalence with math-verify (gold first: ``verify`` is not symmetric)."""
+    from math_verify import parse, verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+    def check() -> bool:
+        g = parse(f"${gold}$", parsing_timeout=None)
+        p = parse(f"${answer}$", parsing_timeout=None)
+        return bool(g and p and verify(g, p, timeout_seconds=None))
+
+    try:
+        return bool(_in_thread(check, timeout_s))
+    except Exception:  # noqa: BLE001 - an unparseable answer is a wrong answer, never a crash
+        return False
+
+
+@dataclass(frozen=True)
+class Scored:
+    extracted: str | None
+    correct: bool
+    thinking_closed: bool  # False: no </think> (truncated trace, or a model that does not tag its thinking)
+    reason: str  # "ok" | "wrong" | "no_box" | "no_answer" | "unclosed_thinking"
+
+    def to_dict(self) -> dict:
+        return {"extracted": self.extracted, "correct": self.correct, "thinking_closed": self.thinking_closed,
+                "score_reason": self.reason}
+
+
+class GeneratedText(str):
+    """A generated output that remembers why it ended, so that scorers downstream of lm-eval's filters can
+    tell a trace cut by the length limit from a finished one."""
+
+    finish_reason: str | None = None
+
+    @classmethod
+    def of(cls, text: str, finish_reason: str | None) -> GeneratedText:
+        out = cls(text)
+        out.finish_reason = finish_reason
+        return out
+
+
+def score(kind: str, gold: str, output: str, require_think_close: bool = False) -> Scored:
+    """Score one output. ``kind`` is ``math`` (boxed + symbolic check) or ``choice`` (letter).
+
+    A trace cut by the length limit (``GeneratedText.finish_reason == "length"``) is wrong and flagged
+    ``truncated``, whatever it boxed on the way. With ``require_think_close`` a trace that never reached
+    ``</think>`` is wrong too; otherwise that is only recorded (``thinking_closed``).
+    """
+    got = extract_math(output) if kind == "math" else extract_choice(output)
+    closed = got.closed_thinking
+    if getattr(output, "finish_reason", None) == "length":
+        return Scored(got.answer, False, closed, "truncated")
+    if got.answer is None or (not closed and require_think_close):
+        return Scored(got.answer, False, closed, got.reason if got.answer is None else "unclosed_thinking")
+    ok = verify_math(gold, got.answer) if kind == "math" else got.answer == gold.strip().upper()
+    return Scored(got.answer, ok, closed, "ok" if ok else "wrong")

@@ -14,7 +14,7 @@ from rich.table import Table
 from backends import BACKENDS, BackendError, build_backend
 from backends.base import SamplingParams
 from harness.config import RunConfig, file_sha256
-from harness.prompts import PromptFileError, default_prompts_path, load_prompts
+from harness.prompts import DataError, PromptFileError, TaskError, default_prompts_path, load_prompts
 from harness.results import ResultsError
 from zoo import build_policy, describe, policy_options, registry
 from zoo.base import PolicyError
@@ -26,7 +26,7 @@ if not console.is_terminal:  # logs and CI: wide enough that the result table is
     console = Console(width=200)
 err_console = Console(stderr=True)
 
-USER_ERRORS = (PolicyError, ScheduleError, BackendError, PromptFileError, ResultsError)
+USER_ERRORS = (PolicyError, ScheduleError, BackendError, PromptFileError, ResultsError, DataError, TaskError)
 DEFAULT_MODEL = "smollm2-135m"
 #: the default comparison: every policy that needs no extra files (dynts needs a trained predictor)
 DEFAULT_POLICIES = ["full", "window", "streamingllm", "sepllm", "h2o", "snapkv", "tova", "rkv", "random"]
@@ -77,8 +77,10 @@ def run(
     backend: str = typer.Option("transformers", help="transformers | vllm | sglang (see `dynts-bench backends`)."),
     model: str = typer.Option(DEFAULT_MODEL, help="Alias, local directory, .gguf file or hub id."),
     prompts: Optional[Path] = typer.Option(None, help="JSONL of {id, prompt, answer}; default: the shipped set."),
-    task: Optional[str] = typer.Option(None, help="An lm-eval task (needs the lm-eval integration)."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N prompts."),
+    task: Optional[str] = typer.Option(None, help="A benchmark task (see `dynts-bench tasks`), run through lm-eval."),
+    data_dir: Optional[Path] = typer.Option(None, help="Read the task's data from DIR/<task>.jsonl (offline)."),
+    samples: int = typer.Option(1, min=1, help="Samples per problem (Pass@k, Maj@k); use with --temperature."),
+    limit: Optional[int] = typer.Option(None, min=1, help="N prompts / problems (tasks: a seeded subset)."),
     mode: str = typer.Option("budget", help="Schedule: 'budget' (fixed KV budget) or 'paper' (trigger + ratio)."),
     budget: Optional[int] = typer.Option(160, help="KV budget in tokens, prompt included (budget mode)."),
     interval: int = typer.Option(16, help="Compress when the cache reaches budget + interval (budget mode)."),
@@ -88,7 +90,7 @@ def run(
     evict_prompt: bool = typer.Option(False, "--evict-prompt", help="Allow prompt tokens to be evicted."),
     predictor: Optional[Path] = typer.Option(None, help="DynTS importance predictor directory (for --policy dynts)."),
     policy_arg: list[str] = typer.Option([], "--policy-arg", help="Policy option key=value or policy.key=value."),
-    max_new_tokens: int = typer.Option(192, help="Generation length limit per sample."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Generation limit (default 192; tasks: their YAML's)."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
     top_p: float = typer.Option(1.0),
     top_k: int = typer.Option(0, help="0 = off."),
@@ -109,10 +111,10 @@ def run(
 
 
 def _run(**o: Any) -> None:
-    if o["task"] is not None:
-        raise PromptFileError(
-            f"--task {o['task']}: lm-eval tasks are not integrated yet; pass a JSONL file with --prompts"
-        )
+    if o["task"] is not None and o["prompts"] is not None:
+        raise PromptFileError("--task and --prompts are alternatives: pass one of them")
+    if o["data_dir"] is not None and o["task"] is None:
+        raise PromptFileError("--data-dir is for --task: pass the task whose data it holds")
     policies: list[str] = list(dict.fromkeys(o["policy"]))
     if o["run_id"] and len(policies) > 1:
         raise ResultsError("--run-id names one directory: use it with a single --policy")
@@ -132,18 +134,28 @@ def _run(**o: Any) -> None:
     )
     try:
         sampling = SamplingParams(
-            o["max_new_tokens"], o["temperature"], o["top_p"], o["top_k"], o["seed"], tuple(o["stop"])
+            o["max_new_tokens"] or 192, o["temperature"], o["top_p"], o["top_k"], o["seed"], tuple(o["stop"])
         )
     except ValueError as exc:
         raise ScheduleError(str(exc)) from None
     built = {name: build_policy(name, **args[name]) for name in policies}  # option errors before model load
-    prompts_path = o["prompts"] or default_prompts_path()
-    items = load_prompts(prompts_path, o["limit"])
+    task = kind = None
+    if o["task"] is not None:
+        from harness.lmeval import build_task
+
+        with console.status(f"loading task {o['task']} ..."):
+            task, kind = build_task(o["task"], o["data_dir"], o["samples"])
+        n_items = min(len(list(task.test_docs())), o["limit"] or 10**9) * o["samples"]
+        source_name, source_hash = o["task"], _task_data_hash(o["task"], o["data_dir"])
+    else:
+        prompts_path = o["prompts"] or default_prompts_path()
+        items = load_prompts(prompts_path, o["limit"])
+        n_items, source_name, source_hash = len(items), prompts_path.name, file_sha256(prompts_path)
     with console.status(f"loading {o['model']} ..."):
         engine = build_backend(o["backend"], model=o["model"], dtype=o["dtype"], device=o["device"],
                                batch_size=o["batch_size"])
     from harness.report import comparison_table
-    from harness.runner import execute
+    from harness.runner import execute, execute_task
 
     outcomes = {}
     progress = Progress(
@@ -160,18 +172,22 @@ def _run(**o: Any) -> None:
                 policy_options=policy.options(),
                 schedule=schedule if policy.evicts else None,
                 sampling=sampling,
-                prompts_name=prompts_path.name,
-                prompts_sha256=file_sha256(prompts_path),
+                prompts_name=source_name,
+                prompts_sha256=source_hash,
                 limit=o["limit"],
                 dtype=o["dtype"],
                 device=o["device"],
                 batch_size=o["batch_size"],
                 chat=o["chat"],
+                extra=_task_extra(o, kind) if task is not None else {},
             )
-            bar = progress.add_task(name, total=len(items))
-            outcome = execute(config, engine, policy, items, o["out"], o["run_id"],
-                              on_sample=lambda bar=bar: progress.advance(bar))
-            progress.update(bar, completed=len(items))
+            bar = progress.add_task(name, total=n_items)
+            advance = lambda bar=bar: progress.advance(bar)  # noqa: E731
+            if task is not None:
+                outcome = execute_task(config, engine, policy, task, o["samples"], o["out"], o["run_id"], advance)
+            else:
+                outcome = execute(config, engine, policy, items, o["out"], o["run_id"], advance)
+            progress.update(bar, completed=n_items)
             outcomes[name] = outcome
     console.print(comparison_table(outcomes))
     for name, outcome in outcomes.items():
@@ -179,6 +195,45 @@ def _run(**o: Any) -> None:
         if outcome.resumed_samples and not outcome.reused:
             note = f" (resumed: {outcome.resumed_samples} samples were already done)"
         console.print(f"[dim]{name}: {outcome.run_dir.path}{note}[/]")
+
+
+def _task_data_hash(task: str, data_dir: Optional[Path]) -> str:
+    """What identifies a task's data in the config: the local file's hash, or the hub dataset id."""
+    if data_dir is not None:
+        return file_sha256(data_dir / f"{task}.jsonl")
+    from harness.lmeval import shipped_tasks
+
+    info = shipped_tasks()[task]
+    return f"hub:{info['hub_path']}:{info['hub_name'] or ''}"
+
+
+def _task_extra(o: dict[str, Any], kind: Optional[str]) -> dict[str, Any]:
+    """Task settings recorded in the config; CLI sampling options override the task YAML's gen_kwargs."""
+    gen_kwargs: dict[str, Any] = {"max_gen_toks": o["max_new_tokens"]}
+    if o["temperature"] > 0:
+        gen_kwargs.update(do_sample=True, temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"])
+    if o["stop"]:
+        gen_kwargs["until"] = list(o["stop"])
+    return {"task": o["task"], "task_kind": kind, "samples": o["samples"], "gen_kwargs": gen_kwargs,
+            "data_dir": str(o["data_dir"]) if o["data_dir"] else None}
+
+
+@app.command()
+def tasks(data_dir: Optional[Path] = typer.Option(None, help="Show which tasks DIR holds data for.")) -> None:
+    """List the benchmark tasks with their data source (shipped YAML, local file, hub dataset)."""
+    from harness.lmeval import shipped_tasks
+
+    table = Table(title="Tasks")
+    for col in ("name", "kind", "hub dataset", "local data", "yaml"):
+        table.add_column(col)
+    for name, info in shipped_tasks().items():
+        hub = info["hub_path"] + (f" ({info['hub_name']})" if info["hub_name"] else "")
+        local = "-"
+        if data_dir is not None:
+            path = data_dir / f"{name}.jsonl"
+            local = str(path) if path.is_file() else f"[yellow]missing {path.name}[/]"
+        table.add_row(name, info["kind"], hub, local, "shipped")
+    console.print(table)
 
 
 @app.command()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Sequence
 from math import comb
-from typing import Sequence
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

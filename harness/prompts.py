@@ -15,6 +15,14 @@ class PromptFileError(ValueError):
     """The prompt file cannot be used; the message names the file, the line and the fix."""
 
 
+class DataError(ValueError):
+    """A benchmark dataset cannot be used; the message names the file and the fix."""
+
+
+class TaskError(ValueError):
+    """A benchmark task cannot be loaded; the message says which and how to fix it."""
+
+
 @dataclass(frozen=True)
 class PromptItem:
     id: str

@@ -36,12 +36,23 @@ def agreement_with(reference: list[dict[str, Any]], rows: list[dict[str, Any]]) 
     return sum(fractions) / len(fractions) if fractions else None
 
 
+def _quality(m: dict[str, Any], k: int | None) -> list[str]:
+    """Accuracy cells: plain accuracy for prompt files; Pass@1 with its CI, Pass@k and Maj@k for tasks."""
+    if k is None:
+        return [_fmt(m.get("accuracy"), ".1%")]
+    lo, hi = m.get("pass@1_ci95") or (None, None)
+    ci = f" [{lo:.0%}, {hi:.0%}]" if lo is not None else ""
+    return [_fmt(m.get("pass@1"), ".1%") + ci, f"{_fmt(m.get(f'pass@{k}'), '.1%')} / {_fmt(m.get(f'maj@{k}'), '.1%')}"]
+
+
 def comparison_table(outcomes: Mapping[str, Any]) -> Table:
     """One row per policy: accuracy, agreement with the full cache, speed, KV memory, compression work."""
     reference = outcomes["full"].run_dir.samples() if "full" in outcomes else None
     table = Table(title="dynts-bench results")
+    k = next((m.summary.get("samples_per_problem") for m in outcomes.values() if "pass@1" in m.summary), None)
     for column, justify in (
-        ("policy", "left"), ("n", "right"), ("accuracy", "right"), ("= full", "right"), ("gen tok", "right"),
+        ("policy", "left"), ("n", "right"), ("accuracy" if k is None else "pass@1 [95% CI]", "right"),
+        *([(f"pass@{k} / maj@{k}", "right")] if k is not None else []), ("= full", "right"), ("gen tok", "right"),
         ("decode tok/s", "right"), ("TTFT", "right"), ("peak KV", "right"), ("KV saving", "right"),
         ("compressions", "right"), ("policy time", "right"),
     ):
@@ -52,7 +63,7 @@ def comparison_table(outcomes: Mapping[str, Any]) -> Table:
         table.add_row(
             name,
             str(m.get("n_samples", 0)),
-            _fmt(m.get("accuracy"), ".1%"),
+            *_quality(m, k),
             _fmt(agree, ".1%"),
             str(m.get("total_generated_tokens", "-")),
             _fmt(m.get("decode_mean_tokens_per_s"), ".1f"),

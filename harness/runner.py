@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ def execute(
     config_dict = config.to_dict()
     run_dir = RunDir.open(out_root, run_id or default_run_id(config_dict), config_dict)
     if run_dir.is_complete:
-        summary = json.loads((run_dir.path / "summary.json").read_text())
+        summary = json.loads((run_dir.path / "summary.json").read_text())["metrics"]
         return RunOutcome(run_dir, summary, len(items), reused=True)
     done = run_dir.done_ids()
     todo = [item for item in items if item.id not in done]
@@ -77,12 +78,27 @@ def execute(
     started = time.perf_counter()
     with NvmlSampler() as nvml:
         backend.generate(requests, policy, config.schedule, config.sampling, on_batch=record)
-    wall = time.perf_counter() - started
-
     rows = run_dir.samples()
-    summary = summarize_samples(rows)
     scored = [r["correct"] for r in rows if "correct" in r]
-    summary["accuracy"] = sum(scored) / len(scored) if scored else None
+    accuracy = {"accuracy": sum(scored) / len(scored) if scored else None}
+    summary = _finish(run_dir, config_dict, backend, env, rows, accuracy, time.perf_counter() - started, nvml, done)
+    return RunOutcome(run_dir, summary, len(done), reused=False)
+
+
+def _finish(
+    run_dir: RunDir,
+    config_dict: dict[str, Any],
+    backend: Any,
+    env: dict[str, Any],
+    rows: list[dict[str, Any]],
+    quality: dict[str, Any],
+    wall: float,
+    nvml: NvmlSampler,
+    done: set[str],
+) -> dict[str, Any]:
+    """Aggregate the samples and write ``summary.json`` atomically; returns the metrics."""
+    summary = summarize_samples(rows)
+    summary.update(quality)
     summary["wall_s_this_invocation"] = wall
     summary["peak_rss_bytes"] = peak_rss_bytes()
     summary.update(cuda_memory())
@@ -95,11 +111,78 @@ def execute(
             "run_id": run_dir.path.name,
             "config": config_dict,
             "config_hash": config_hash(config_dict),
-            "seed": seed,
+            "seed": config_dict["sampling"]["seed"],
             "model": backend.describe(),
             "environment": env,
             "resumed_samples": len(done),
             "metrics": summary,
         }
     )
-    return RunOutcome(run_dir, summary, len(done), reused=False)
+    return summary
+
+
+def deterministic_subset(n_docs: int, limit: int | None, seed: int) -> list[int] | None:
+    """``limit`` document indices drawn with ``seed`` (sorted), or None for all documents."""
+    if limit is None or limit >= n_docs:
+        return None
+    return sorted(random.Random(seed).sample(range(n_docs), limit))
+
+
+def execute_task(
+    config: RunConfig,
+    backend: Any,
+    policy: Policy,
+    task: Any,
+    samples: int,
+    out_root: Path,
+    run_id: str | None = None,
+    on_sample: Callable[[], None] | None = None,
+) -> RunOutcome:
+    """Run an lm-eval ``task`` (built by ``harness.lmeval.build_task``) under ``policy``, resumably."""
+    from lm_eval.evaluator import simple_evaluate
+
+    from harness.lmeval import DyntsLM
+    from harness.passk import summarize_problems
+
+    config_dict = config.to_dict()
+    run_dir = RunDir.open(out_root, run_id or default_run_id(config_dict), config_dict)
+    if run_dir.is_complete:
+        summary = json.loads((run_dir.path / "summary.json").read_text())["metrics"]
+        return RunOutcome(run_dir, summary, 0, reused=True)
+    previous = {row["sample_id"]: row for row in run_dir.samples()}
+    env = environment()
+    backend.prepare(policy)
+    reset_cuda_peak()
+    seed = config.sampling.seed
+
+    def saved(row: dict[str, Any]) -> None:
+        run_dir.append_sample({**row, "config_hash": run_dir.config_hash, "git_sha": env["git_sha"]})
+        if on_sample is not None:
+            on_sample()
+
+    lm = DyntsLM(
+        backend, policy, config.schedule, config.sampling, {task.config.task: config.extra["task_kind"]},
+        seed_of=lambda sample_id: request_seed(seed, sample_id), done=previous, on_sample=saved,
+    )
+    subset = deterministic_subset(len(list(task.test_docs())), config.limit, seed)
+    gen_kwargs = {k: v for k, v in config.extra.get("gen_kwargs", {}).items() if v is not None}
+    started = time.perf_counter()
+    with NvmlSampler() as nvml:
+        evaluated = simple_evaluate(
+            model=lm, tasks=[task], samples={task.config.task: subset} if subset is not None else None,
+            apply_chat_template=config.chat, gen_kwargs=gen_kwargs or None, log_samples=False,
+            bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
+    rows = run_dir.samples()
+    problems: dict[str, list[tuple[str | None, bool]]] = {}
+    for row in rows:
+        problems.setdefault(row["doc_id"], []).append((row["extracted"], bool(row["correct"])))
+    quality: dict[str, Any] = summarize_problems(problems, samples)
+    quality["truncated_samples"] = sum(bool(r.get("truncated")) for r in rows)
+    quality["unclosed_thinking_samples"] = sum(not r.get("thinking_closed", True) for r in rows)
+    quality["no_answer_samples"] = sum(r.get("extracted") is None for r in rows)
+    quality["lm_eval"] = (evaluated or {}).get("results", {}).get(task.config.task, {})
+    summary = _finish(run_dir, config_dict, backend, env, rows, quality, time.perf_counter() - started, nvml,
+                      set(previous))
+    return RunOutcome(run_dir, summary, len(previous), reused=False)

@@ -27,6 +27,15 @@ def test_policies_lists_every_policy():
         assert name in result.output
 
 
+def test_tasks_lists_sources(tmp_path):
+    (tmp_path / "math500.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
+    result = run_cli("tasks", "--data-dir", str(tmp_path))
+    assert result.exit_code == 0
+    for name in ("aime24", "aime25", "amc23", "gk23en", "math500", "gpqa_diamond"):
+        assert name in result.output
+    assert "HuggingFaceH4/MATH-500" in result.output and "missing aime24.jsonl" in result.output
+
+
 def test_backends_say_what_is_missing():
     result = run_cli("backends")
     assert result.exit_code == 0
@@ -56,7 +65,9 @@ BAD_INPUTS = [
     (["--policy", "window", "--backend", "sglang"], "SGLang"),
     (["--policy", "window", "--backend", "tgi"], "unknown backend 'tgi'"),
     (["--policy", "window", "--prompts", "/nonexistent.jsonl"], "cannot read prompts file"),
-    (["--policy", "window", "--task", "aime24"], "lm-eval tasks are not integrated yet"),
+    (["--policy", "window", "--task", "aime99"], "unknown task 'aime99'"),
+    (["--policy", "window", "--task", "math500", "--data-dir", "/nonexistent"], "no math500.jsonl in --data-dir"),
+    (["--policy", "window", "--data-dir", "/tmp"], "--data-dir is for --task"),
     (["--policy", "window", "--temperature", "-1"], "--temperature must be >= 0"),
     (["--policy", "window", "--model", "./no/such/model"], "model path not found"),
     (["--policy", "window", "--budget", "40", "--window", "32"], "does not fit in --budget 40"),
@@ -65,7 +76,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
 def test_bad_input_is_one_red_line_and_exit_2(args, message, prompts, tmp_path):
-    if "--prompts" not in args:
+    if "--prompts" not in args and "--task" not in args:
         args = [*args, "--prompts", str(prompts)]
     result = runner.invoke(app, ["run", *args, "--out", str(tmp_path / "runs")])
     assert result.exit_code == 2, result.output
