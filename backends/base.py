@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from zoo.base import Policy
@@ -101,3 +101,21 @@ class Backend(Protocol):
     def describe(self) -> dict[str, Any]:
         """Model and engine facts recorded with every result (model id, dtype, layers, bytes per KV token)."""
         ...
+
+
+def check_schedules(
+    requests: Sequence[GenerationRequest], policy: Policy, schedule: EvictionSchedule | None
+) -> None:
+    """Validate every prompt against its schedule before any generation starts (no half-finished runs)."""
+    if not policy.evicts:
+        return
+    for r in requests:
+        sched = r.schedule or schedule
+        if sched is None:
+            raise BackendError(f"policy {policy.name} evicts, so it needs a schedule (--budget or --trigger-len)")
+        if schedule is not None and r.schedule is not None:
+            if replace(r.schedule, budget=schedule.budget, trigger_len=schedule.trigger_len) != schedule:
+                raise BackendError(
+                    f"request {r.request_id}: a per-sequence schedule may change only budget or trigger_len"
+                )
+        sched.check_prompt(len(r.prompt_ids), policy.reserved_tokens())

@@ -82,7 +82,7 @@ def run(
     samples: int = typer.Option(1, min=1, help="Samples per problem (Pass@k, Maj@k); use with --temperature."),
     limit: Optional[int] = typer.Option(None, min=1, help="N prompts / problems (tasks: a seeded subset)."),
     mode: str = typer.Option("budget", help="Schedule: 'budget' (fixed KV budget) or 'paper' (trigger + ratio)."),
-    budget: Optional[int] = typer.Option(160, help="KV budget in tokens, prompt included (budget mode)."),
+    budget: Optional[int] = typer.Option(128, help="KV budget in tokens, prompt included (budget mode)."),
     interval: int = typer.Option(16, help="Compress when the cache reaches budget + interval (budget mode)."),
     window: int = typer.Option(32, help="Most recent tokens that are always kept."),
     trigger_len: Optional[int] = typer.Option(None, help="KV length that triggers compression (paper mode)."),
@@ -154,6 +154,12 @@ def _run(**o: Any) -> None:
     with console.status(f"loading {o['model']} ..."):
         engine = build_backend(o["backend"], model=o["model"], dtype=o["dtype"], device=o["device"],
                                batch_size=o["batch_size"])
+    if task is None:  # every prompt against every schedule before any generation starts
+        from backends.base import GenerationRequest, check_schedules
+
+        encoded = [GenerationRequest(i.id, engine.encode_prompt(i.prompt, chat=o["chat"])) for i in items]
+        for policy in built.values():
+            check_schedules(encoded, policy, schedule)
     from harness.report import comparison_table
     from harness.runner import execute, execute_task
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -137,3 +139,23 @@ def test_shared_prefill_gives_the_same_generation(tiny, name):
         )
         assert [r.output_ids for r in reused] == [r.output_ids for r in plain]
         assert [r.compressions for r in reused] == [r.compressions for r in plain]
+
+
+def test_eos_and_stop_strings_end_a_sequence(tiny):
+    _, parts, _, _ = tiny
+    sampling = SamplingParams(max_new_tokens=20)
+    free = generate_batch(parts, [GenerationRequest("p", PROMPTS[0])], build_policy("full"), None, sampling, CPU)[0]
+    assert free.finish_reason == "length" and len(free.output_ids) == 20
+    eos = free.output_ids[5]
+    first = free.output_ids.index(eos)
+    with_eos = dataclasses.replace(parts, eos_ids=frozenset({eos}))
+    ended = generate_batch(with_eos, [GenerationRequest("p", PROMPTS[0])], build_policy("full"), None, sampling, CPU)
+    assert ended[0].finish_reason == "eos" and ended[0].output_ids == free.output_ids[: first + 1]
+
+    texts = dataclasses.replace(parts, decode_text=lambda ids: "".join(f"<{i}>" for i in ids))
+    stop = f"<{free.output_ids[3]}><{free.output_ids[4]}>"
+    cut = generate_batch(texts, [GenerationRequest("p", PROMPTS[0])], build_policy("full"), None,
+                         SamplingParams(max_new_tokens=20, stop=(stop,)), CPU)[0]
+    assert cut.finish_reason == "stop"
+    assert stop not in cut.text and "".join(f"<{i}>" for i in free.output_ids).startswith(cut.text)
+    assert len(cut.output_ids) <= 5

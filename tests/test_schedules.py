@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backends.base import BackendError, GenerationRequest, SamplingParams
-from backends.hf.backend import check_schedules
+from backends.base import BackendError, GenerationRequest, SamplingParams, check_schedules
 from backends.hf.decode import generate_batch
 from tests.conftest import make_policy
 from zoo import build_policy
@@ -80,3 +79,10 @@ def test_long_prompt_with_prompt_eviction_shrinks_the_buffers(tiny):
     per_token = parts.kv_bytes_per_token
     assert allocations[0] == 60 * per_token  # prefill needs the whole prompt
     assert all(a == (16 + 4) * per_token for a in allocations[1:])  # then budget + interval only
+
+
+def test_sinks_count_only_when_the_prompt_may_be_evicted():
+    schedule = EvictionSchedule(budget=20, interval=4, window=16, protect_prompt=False)
+    with pytest.raises(ScheduleError, match="16-token window plus 4 always-kept tokens"):
+        check_schedules([GenerationRequest("p", [1, 2, 3])], build_policy("streamingllm"), schedule)
+    check_schedules([GenerationRequest("p", [1, 2, 3])], build_policy("window"), schedule)

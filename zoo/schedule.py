@@ -64,17 +64,21 @@ class EvictionSchedule:
     def check_prompt(self, prompt_len: int, reserved: int = 0) -> None:
         """Refuse a prompt that cannot fit next to the window under this schedule (checked before any work).
 
-        ``reserved`` counts tokens a policy always keeps beyond prompt and window (e.g. attention sinks).
+        ``reserved`` counts tokens a policy always keeps besides prompt and window (attention sinks); they lie
+        inside the prompt when it is protected, so they only count when prompt eviction is allowed.
         """
-        if not self.protect_prompt:
-            return
         limit = self.budget if self.mode == "budget" else self.trigger_len
         assert limit is not None
-        if prompt_len + self.window + reserved >= limit:
-            name = "--budget" if self.mode == "budget" else "--trigger-len"
+        name = "--budget" if self.mode == "budget" else "--trigger-len"
+        if self.protect_prompt and prompt_len + self.window >= limit:
             raise ScheduleError(
                 f"a prompt of {prompt_len} tokens plus the {self.window}-token window does not fit in "
                 f"{name} {limit}: raise {name}, shrink --window, or pass --evict-prompt"
+            )
+        if not self.protect_prompt and self.window + reserved >= limit:
+            raise ScheduleError(
+                f"the {self.window}-token window plus {reserved} always-kept tokens (sinks) does not fit in "
+                f"{name} {limit}: raise {name} or shrink --window"
             )
 
     def capacity(self, prompt_len: int, max_new_tokens: int) -> int:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import torch
 
-from backends.base import BackendError, GenerationRequest, SamplingParams, SequenceResult
+from backends.base import BackendError, GenerationRequest, SamplingParams, SequenceResult, check_schedules
 from backends.hf import loading
 from backends.hf.decode import ModelParts, generate_batch
 from zoo.base import ModelInfo, Policy
@@ -129,21 +128,3 @@ class TransformersBackend:
             if on_batch is not None:
                 on_batch(done)
         return results
-
-
-def check_schedules(
-    requests: Sequence[GenerationRequest], policy: Policy, schedule: EvictionSchedule | None
-) -> None:
-    """Validate every prompt against its schedule before any generation starts (no half-finished runs)."""
-    if not policy.evicts:
-        return
-    for r in requests:
-        sched = r.schedule or schedule
-        if sched is None:
-            raise BackendError(f"policy {policy.name} evicts, so it needs a schedule (--budget or --trigger-len)")
-        if schedule is not None and r.schedule is not None:
-            if replace(r.schedule, budget=schedule.budget, trigger_len=schedule.trigger_len) != schedule:
-                raise BackendError(
-                    f"request {r.request_id}: a per-sequence schedule may change only budget or trigger_len"
-                )
-        sched.check_prompt(len(r.prompt_ids), policy.reserved_tokens())
