@@ -243,6 +243,55 @@ def tasks(data_dir: Optional[Path] = typer.Option(None, help="Show which tasks D
 
 
 @app.command()
+def report(
+    results_dir: Path = typer.Argument(..., help="Directory holding run directories (searched recursively)."),
+    out: Path = typer.Option(Path("report"), help="Where report.md, report.html and plots/ go."),
+) -> None:
+    """Leaderboard of finished runs: markdown, a self-contained HTML page and PNG plots."""
+    try:
+        _report(results_dir, out)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+
+
+def _report(results_dir: Path, out: Path) -> None:
+    import json
+
+    from harness.leaderboard import html_page as page
+    from harness.leaderboard import load_runs, markdown
+    from harness.plots import all_plots
+    from harness.results import atomic_write_text
+
+    if not results_dir.is_dir():
+        raise ResultsError(f"results directory not found: {results_dir}")
+    records = load_runs(results_dir)
+    if not records:
+        raise ResultsError(f"no finished runs (summary.json) under {results_dir}: run `dynts-bench run` first")
+    bench = []
+    for path in sorted(results_dir.rglob("*.json")):
+        if path.name not in ("summary.json", "config.json"):
+            try:
+                if "rows" in json.loads(path.read_text()):
+                    bench.append(path)
+            except (ValueError, OSError):
+                continue
+    with console.status("plotting ..."):
+        plots = all_plots(records, bench, out / "plots")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "report.md", markdown(records))
+    atomic_write_text(out / "report.html", page(records, plots))
+    table = Table(title=f"{len(records)} runs from {results_dir}")
+    for col in ("workload", "policy", "budget", "quality", "KV vs full", "speed vs full", "run"):
+        table.add_column(col)
+    for r in sorted(records, key=lambda r: (r.workload, r.budget_tokens or 0, -(r.quality or 0))):
+        table.add_row(r.workload, r.policy, r.budget_label, "-" if r.quality is None else f"{r.quality:.1%}",
+                      "-" if r.kv_ratio_vs_full is None else f"{r.kv_ratio_vs_full:.2f}x",
+                      "-" if r.speed_ratio_vs_full is None else f"{r.speed_ratio_vs_full:.2f}x", r.run_id)
+    console.print(table)
+    console.print(f"written {out / 'report.md'}, {out / 'report.html'} and {len(plots)} plots in {out / 'plots'}")
+
+
+@app.command()
 def policies() -> None:
     """List the policies with one-line descriptions and their options."""
     table = Table(title="Policies")

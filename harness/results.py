@@ -46,7 +46,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -69,7 +69,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
     Readers see either the old file or the complete new one, never a partial write.
     """
-    _atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -172,7 +172,7 @@ class RunDir:
             rows.append(row)
         if repaired:
             text = "".join(json.dumps(r, sort_keys=True, default=str, ensure_ascii=False) + "\n" for r in rows)
-            _atomic_write_text(path, text)
+            atomic_write_text(path, text)
         return rows
 
     def done_ids(self) -> set[str]:

@@ -1,0 +1,130 @@
+"""PNG plots for the leaderboard (matplotlib, headless): every axis labelled with its unit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.leaderboard import MIB, RunRecord
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not dominated by another with less (or equal) memory and more (or equal) quality, by memory."""
+    front, best = [], float("-inf")
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
+
+
+def _by_policy(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    out: dict[str, list[RunRecord]] = {}
+    for r in records:
+        out.setdefault(r.policy, []).append(r)
+    return out
+
+
+def accuracy_vs_budget(records: list[RunRecord], workload: str, path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for policy, runs in sorted(_by_policy(records).items()):
+        if policy == "full":
+            for r in runs:
+                if r.quality is not None:
+                    ax.axhline(100 * r.quality, color="black", linestyle="--", label="full cache")
+            continue
+        pts = sorted((r.budget_tokens, 100 * r.quality) for r in runs if r.quality is not None and r.budget_tokens)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=policy)
+    ax.set(xlabel="KV budget (tokens)", ylabel="accuracy / Pass@1 (%)", title=f"{workload}: accuracy vs KV budget")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def accuracy_vs_memory(records: list[RunRecord], workload: str, path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    points = []
+    for policy, runs in sorted(_by_policy(records).items()):
+        pts = [(r.kv_peak_bytes / MIB, 100 * r.quality) for r in runs if r.quality is not None and r.kv_peak_bytes]
+        points += pts
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=policy)
+    front = pareto_front(points)
+    if front:
+        ax.scatter([p[0] for p in front], [p[1] for p in front], s=180, facecolors="none", edgecolors="black",
+                   label="Pareto front")
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="gray", linestyle=":")
+    ax.set(xlabel="peak KV memory per sequence (MiB)", ylabel="accuracy / Pass@1 (%)",
+           title=f"{workload}: accuracy vs peak KV memory")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def speed_vs_budget(records: list[RunRecord], workload: str, path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for policy, runs in sorted(_by_policy(records).items()):
+        if policy == "full":
+            for r in runs:
+                if r.tokens_per_s:
+                    ax.axhline(r.tokens_per_s, color="black", linestyle="--", label="full cache")
+            continue
+        pts = sorted((r.budget_tokens, r.tokens_per_s) for r in runs if r.tokens_per_s and r.budget_tokens)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=policy)
+    ax.set(xlabel="KV budget (tokens)", ylabel="decode throughput (tokens/s per sequence)",
+           title=f"{workload}: decode speed vs KV budget")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def latency_vs_context(bench_json: Path, path: Path) -> Path:
+    """From a ``dynts-bench bench --out`` file: per-step latency against context length, per policy."""
+    rows = json.loads(bench_json.read_text())["rows"]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for policy in sorted({r["policy"] for r in rows}):
+        pts = sorted((r["context"], r["step_ms_median"]) for r in rows if r["policy"] == policy)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=policy,
+                linestyle="--" if policy == "full" else "-")
+    ax.set(xlabel="context length (tokens)", ylabel="decode step latency (ms, median)",
+           title=f"per-step latency vs context ({bench_json.stem})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def all_plots(records: list[RunRecord], bench_files: list[Path], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    made = []
+    for workload in sorted({r.workload for r in records}):
+        runs = [r for r in records if r.workload == workload]
+        slug = "".join(c if c.isalnum() else "_" for c in workload)
+        made.append(accuracy_vs_budget(runs, workload, out / f"{slug}-accuracy-vs-budget.png"))
+        made.append(accuracy_vs_memory(runs, workload, out / f"{slug}-accuracy-vs-kv-memory.png"))
+        made.append(speed_vs_budget(runs, workload, out / f"{slug}-speed-vs-budget.png"))
+    for bench in bench_files:
+        made.append(latency_vs_context(bench, out / f"{bench.stem}-latency-vs-context.png"))
+    return made
