@@ -12,13 +12,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from backends import BACKENDS, BackendError, build_backend
-from backends.base import SamplingParams
-from harness.config import RunConfig, file_sha256
-from harness.prompts import DataError, PromptFileError, TaskError, default_prompts_path, load_prompts
+from harness.prompts import DataError, PromptFileError, TaskError
 from harness.results import ResultsError
-from zoo import build_policy, describe, policy_options, registry
+from zoo import describe, policy_options, registry
 from zoo.base import PolicyError
-from zoo.schedule import EvictionSchedule, ScheduleError
+from zoo.schedule import ScheduleError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run, compare and deploy KV-cache eviction.")
 console = Console()
@@ -35,40 +33,6 @@ DEFAULT_POLICIES = ["full", "window", "streamingllm", "sepllm", "h2o", "snapkv",
 def fail(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
-
-
-def parse_policy_args(pairs: list[str], policies: list[str]) -> dict[str, dict[str, Any]]:
-    """``key=value`` applies to every chosen policy having that option; ``policy.key=value`` to one."""
-    per_policy: dict[str, dict[str, Any]] = {name: {} for name in policies}
-    known = registry()
-    for pair in pairs:
-        if "=" not in pair:
-            raise PolicyError(f"--policy-arg {pair!r} must look like key=value or policy.key=value")
-        key, value = pair.split("=", 1)
-        target, _, option = key.rpartition(".")
-        names = [target] if target else [n for n in policies if n in known and option in policy_options(known[n])]
-        if target and target not in per_policy:
-            raise PolicyError(f"--policy-arg {pair!r} names policy {target!r}, which is not in --policy")
-        if not names:
-            raise PolicyError(f"--policy-arg {pair!r}: none of the chosen policies has an option {option!r}")
-        for name in names:
-            per_policy[name][option] = value
-    return per_policy
-
-
-def make_schedule(
-    mode: str, budget: Optional[int], interval: int, window: int, trigger_len: Optional[int], ratio: float,
-    evict_prompt: bool,
-) -> EvictionSchedule:
-    return EvictionSchedule(
-        mode=mode,  # type: ignore[arg-type]
-        budget=budget,
-        interval=interval,
-        window=window,
-        trigger_len=trigger_len,
-        ratio=ratio,
-        protect_prompt=not evict_prompt,
-    )
 
 
 @app.command()
@@ -111,117 +75,33 @@ def run(
 
 
 def _run(**o: Any) -> None:
-    if o["task"] is not None and o["prompts"] is not None:
-        raise PromptFileError("--task and --prompts are alternatives: pass one of them")
-    if o["data_dir"] is not None and o["task"] is None:
-        raise PromptFileError("--data-dir is for --task: pass the task whose data it holds")
-    policies: list[str] = list(dict.fromkeys(o["policy"]))
-    if o["run_id"] and len(policies) > 1:
-        raise ResultsError("--run-id names one directory: use it with a single --policy")
-    known = registry()
-    for name in policies:
-        if name not in known:
-            raise PolicyError(f"unknown policy {name!r}: choose one of {', '.join(known)}")
-    args = parse_policy_args(o["policy_arg"], policies)
-    if o["predictor"] is not None:
-        if "dynts" not in policies:
-            raise PolicyError("--predictor is for --policy dynts, which is not selected")
-        args["dynts"]["predictor"] = str(o["predictor"])
-    if o["backend"] not in BACKENDS:
-        raise BackendError(f"unknown backend {o['backend']!r}: choose one of {', '.join(BACKENDS)}")
-    schedule = make_schedule(
-        o["mode"], o["budget"], o["interval"], o["window"], o["trigger_len"], o["ratio"], o["evict_prompt"]
-    )
-    try:
-        sampling = SamplingParams(
-            o["max_new_tokens"] or 192, o["temperature"], o["top_p"], o["top_k"], o["seed"], tuple(o["stop"])
-        )
-    except ValueError as exc:
-        raise ScheduleError(str(exc)) from None
-    built = {name: build_policy(name, **args[name]) for name in policies}  # option errors before model load
-    task = kind = None
-    if o["task"] is not None:
-        from harness.lmeval import build_task
+    from harness.report import comparison_table
+    from harness.runplan import execute_plan, prepare
 
-        with console.status(f"loading task {o['task']} ..."):
-            task, kind = build_task(o["task"], o["data_dir"], o["samples"])
-        n_items = min(len(list(task.test_docs())), o["limit"] or 10**9) * o["samples"]
-        source_name, source_hash = o["task"], _task_data_hash(o["task"], o["data_dir"])
-    else:
-        prompts_path = o["prompts"] or default_prompts_path()
-        items = load_prompts(prompts_path, o["limit"])
-        n_items, source_name, source_hash = len(items), prompts_path.name, file_sha256(prompts_path)
+    with console.status("checking options ..."):
+        plan = prepare(o)
     with console.status(f"loading {o['model']} ..."):
         engine = build_backend(o["backend"], model=o["model"], dtype=o["dtype"], device=o["device"],
                                batch_size=o["batch_size"])
-    if task is None:  # every prompt against every schedule before any generation starts
-        from backends.base import GenerationRequest, check_schedules
-
-        encoded = [GenerationRequest(i.id, engine.encode_prompt(i.prompt, chat=o["chat"])) for i in items]
-        for policy in built.values():
-            check_schedules(encoded, policy, schedule)
-    from harness.report import comparison_table
-    from harness.runner import execute, execute_task
-
-    outcomes = {}
     progress = Progress(
         TextColumn("[bold]{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=False,
     )
+
+    def on_start(name: str, total: int):
+        bar = progress.add_task(name, total=total)
+        return lambda: progress.advance(bar)
+
     with progress:
-        for name in policies:
-            policy = built[name]
-            config = RunConfig(
-                backend=o["backend"],
-                model=o["model"],
-                policy=name,
-                policy_options=policy.options(),
-                schedule=schedule if policy.evicts else None,
-                sampling=sampling,
-                prompts_name=source_name,
-                prompts_sha256=source_hash,
-                limit=o["limit"],
-                dtype=o["dtype"],
-                device=o["device"],
-                batch_size=o["batch_size"],
-                chat=o["chat"],
-                extra=_task_extra(o, kind) if task is not None else {},
-            )
-            bar = progress.add_task(name, total=n_items)
-            advance = lambda bar=bar: progress.advance(bar)  # noqa: E731
-            if task is not None:
-                outcome = execute_task(config, engine, policy, task, o["samples"], o["out"], o["run_id"], advance)
-            else:
-                outcome = execute(config, engine, policy, items, o["out"], o["run_id"], advance)
-            progress.update(bar, completed=n_items)
-            outcomes[name] = outcome
+        outcomes = execute_plan(plan, engine, on_start)
+        for bar in progress.task_ids:
+            progress.update(bar, completed=progress.tasks[bar].total)
     console.print(comparison_table(outcomes))
     for name, outcome in outcomes.items():
         note = " (already complete, reused)" if outcome.reused else ""
         if outcome.resumed_samples and not outcome.reused:
             note = f" (resumed: {outcome.resumed_samples} samples were already done)"
         console.print(f"[dim]{name}: {outcome.run_dir.path}{note}[/]")
-
-
-def _task_data_hash(task: str, data_dir: Optional[Path]) -> str:
-    """What identifies a task's data in the config: the local file's hash, or the hub dataset id."""
-    if data_dir is not None:
-        return file_sha256(data_dir / f"{task}.jsonl")
-    from harness.lmeval import shipped_tasks
-
-    info = shipped_tasks()[task]
-    return f"hub:{info['hub_path']}:{info['hub_name'] or ''}"
-
-
-def _task_extra(o: dict[str, Any], kind: Optional[str]) -> dict[str, Any]:
-    """Task settings recorded in the config; CLI sampling options override the task YAML's gen_kwargs."""
-    gen_kwargs: dict[str, Any] = {"max_gen_toks": o["max_new_tokens"]}
-    if o["temperature"] > 0:
-        gen_kwargs.update(do_sample=True, temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"])
-    if o["stop"]:
-        gen_kwargs["until"] = list(o["stop"])
-    return {"task": o["task"], "task_kind": kind, "samples": o["samples"], "gen_kwargs": gen_kwargs,
-            "data_dir": str(o["data_dir"]) if o["data_dir"] else None}
 
 
 @app.command()
