@@ -122,6 +122,115 @@ def tasks(data_dir: Optional[Path] = typer.Option(None, help="Show which tasks D
     console.print(table)
 
 
+def run_defaults() -> dict[str, Any]:
+    """Every ``run`` option with its default, by parameter name (what grid files may set)."""
+    import inspect
+
+    return {name: param.default.default for name, param in inspect.signature(run).parameters.items()}
+
+
+@app.command()
+def sweep(
+    grid_file: Path = typer.Argument(..., help="Grid YAML: base options + axes (see harness/grids/)."),
+    executor: str = typer.Option("local", help="local (sequential) or ray (one task per cell)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local Ray)."),
+    out: Path = typer.Option(Path("results/sweeps"), help="Sweep results go to OUT/<grid name>/."),
+) -> None:
+    """Run every cell of a grid; complete cells are skipped, interrupted ones resume."""
+    try:
+        _sweep(grid_file, executor, address, out)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+
+
+def _sweep(grid_file: Path, executor: str, address: Optional[str], out: Path) -> None:
+    from harness.results import atomic_write_json
+    from harness.runplan import prepare
+    from harness.sweep import cell_label, expand, load_grid, run_local, run_ray
+
+    if executor not in ("local", "ray"):
+        raise DataError(f"unknown --executor {executor!r}: use local or ray")
+    defaults = run_defaults()
+    grid = load_grid(grid_file, defaults)
+    target = out / grid.name
+    cells = expand(grid, {**defaults, "out": str(target)})
+    with console.status(f"checking {len(cells)} cells ..."):
+        for cell in cells:  # every option error before any model is loaded
+            prepare(cell)
+    rows: list[dict[str, Any]] = []
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        bar = progress.add_task(f"sweep {grid.name} ({executor})", total=len(cells))
+
+        def done(row: dict[str, Any]) -> None:
+            progress.update(bar, advance=1, description=f"sweep {grid.name}: {row['cell']}")
+
+        if executor == "local":
+            rows = run_local(cells, done)
+        else:
+            rows = run_ray(cells, grid.resources, address, done)
+    atomic_write_json(target / "sweep.json", {"grid": grid.__dict__, "executor": executor, "cells": rows})
+    table = Table(title=f"sweep {grid.name}: {len(rows)} cells")
+    for col in ("cell", "quality", "peak KV", "run", "status"):
+        table.add_column(col)
+    for row, cell in zip(rows, cells):
+        quality = "-" if row["quality"] is None else f"{row['quality']:.1%}"
+        kv = "-" if row["kv_peak_max_bytes"] is None else f"{row['kv_peak_max_bytes'] / 2**20:.1f} MiB"
+        table.add_row(cell_label(cell), quality, kv, Path(row["run_dir"]).name, "reused" if row["reused"] else "ran")
+    console.print(table)
+    console.print(f"[dim]written {target / 'sweep.json'}[/]")
+
+
+@app.command()
+def check(
+    results_dir: Path = typer.Argument(..., help="Runs to check (searched recursively)."),
+    baseline: Path = typer.Option(..., help="Baseline JSON, e.g. results/baselines/cpu-default.json."),
+    update: bool = typer.Option(False, "--update", help="Write RESULTS_DIR's runs as the new baseline instead."),
+    alpha: float = typer.Option(0.05, help="Significance level of the accuracy test."),
+    kv_tolerance: float = typer.Option(0.02, help="Allowed relative rise of the KV ratio to full."),
+    speed_tolerance: float = typer.Option(0.25, help="Allowed relative drop of the speed ratio to full."),
+) -> None:
+    """Regression gate: exit 0 when every baseline entry holds, 1 on a regression, 2 on bad input."""
+    try:
+        _check(results_dir, baseline, update, alpha, kv_tolerance, speed_tolerance)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+
+
+def _check(results_dir: Path, baseline: Path, update: bool, alpha: float, kv_tol: float, speed_tol: float) -> None:
+    import json
+
+    from harness.check import compare, make_baseline
+    from harness.leaderboard import load_runs
+    from harness.results import atomic_write_json
+
+    records = load_runs(results_dir) if results_dir.is_dir() else []
+    if not records:
+        raise ResultsError(f"no finished runs (summary.json) under {results_dir}")
+    if update:
+        baseline.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(baseline, make_baseline(records, baseline.stem))
+        console.print(f"baseline written: {baseline} ({len(records)} runs)")
+        return
+    try:
+        reference = json.loads(baseline.read_text())
+        reference["entries"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ResultsError(f"cannot read baseline {baseline}: create one with --update") from None
+    findings = compare(reference, records, alpha, kv_tol, speed_tol)
+    table = Table(title=f"check against {baseline.name}")
+    for col in ("entry", "metric", "baseline", "current", "rule", "result"):
+        table.add_column(col)
+    for f in findings:
+        table.add_row(f.key, f.metric, f.baseline, f.current, f.detail, "[red]FAIL[/]" if f.failed else "[green]ok[/]")
+    console.print(table)
+    failed = [f for f in findings if f.failed]
+    if failed:
+        err_console.print(f"[bold red]regression:[/] {len(failed)} of {len(findings)} checks failed")
+        raise typer.Exit(1)
+    console.print(f"[green]all {len(findings)} checks passed[/]")
+
+
 @app.command()
 def report(
     results_dir: Path = typer.Argument(..., help="Directory holding run directories (searched recursively)."),

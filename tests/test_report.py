@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import matplotlib.image as mpimg
+import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
@@ -48,6 +51,23 @@ def test_report_ranks_and_renders(tmp_path):
     assert page.count("data:image/png;base64,") == 4 and "<script" not in page
     for png in (out / "plots").glob("*.png"):
         assert mpimg.imread(png).shape[0] > 100
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_report_html_loads_in_headless_chromium(tmp_path):
+    _run(tmp_path / "runs", "full", None, 0.8, 4000, 10.0)
+    _run(tmp_path / "runs", "window", 64, 0.3, 1000, 20.0)
+    assert CliRunner().invoke(app, ["report", str(tmp_path / "runs"), "--out", str(tmp_path / "r")]).exit_code == 0
+    shot = tmp_path / "shot.png"
+    result = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+         f"--screenshot={shot}", "--window-size=1200,1400", (tmp_path / "r" / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0 and mpimg.imread(shot).shape[:2] == (1400, 1200)
+    assert "Uncaught" not in result.stderr and "CONSOLE" not in result.stderr
 
 
 def test_report_without_runs_is_a_one_line_error(tmp_path):
