@@ -34,24 +34,39 @@ def _by_policy(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
     return out
 
 
-def accuracy_vs_budget(records: list[RunRecord], workload: str, path: Path) -> Path:
+def _save(fig, ax, path: Path) -> Path:
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def _vs_budget(records: list[RunRecord], value, ylabel: str, title: str, path: Path) -> Path:
+    """One line per policy of ``value(run)`` against the KV budget; the full cache as a dashed level."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for policy, runs in sorted(_by_policy(records).items()):
         if policy == "full":
             for r in runs:
-                if r.quality is not None:
-                    ax.axhline(100 * r.quality, color="black", linestyle="--", label="full cache")
+                if value(r) is not None:
+                    ax.axhline(value(r), color="black", linestyle="--", label="full cache")
             continue
-        pts = sorted((r.budget_tokens, 100 * r.quality) for r in runs if r.quality is not None and r.budget_tokens)
+        pts = sorted((r.budget_tokens, value(r)) for r in runs if value(r) is not None and r.budget_tokens)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=policy)
-    ax.set(xlabel="KV budget (tokens)", ylabel="accuracy / Pass@1 (%)", title=f"{workload}: accuracy vs KV budget")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    ax.set(xlabel="KV budget (tokens)", ylabel=ylabel, title=title)
+    return _save(fig, ax, path)
+
+
+def accuracy_vs_budget(records: list[RunRecord], workload: str, path: Path) -> Path:
+    return _vs_budget(records, lambda r: None if r.quality is None else 100 * r.quality,
+                      "accuracy / Pass@1 (%)", f"{workload}: accuracy vs KV budget", path)
+
+
+def speed_vs_budget(records: list[RunRecord], workload: str, path: Path) -> Path:
+    return _vs_budget(records, lambda r: r.tokens_per_s, "decode throughput (tokens/s per sequence)",
+                      f"{workload}: decode speed vs KV budget", path)
 
 
 def accuracy_vs_memory(records: list[RunRecord], workload: str, path: Path) -> Path:
@@ -70,32 +85,7 @@ def accuracy_vs_memory(records: list[RunRecord], workload: str, path: Path) -> P
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="gray", linestyle=":")
     ax.set(xlabel="peak KV memory per sequence (MiB)", ylabel="accuracy / Pass@1 (%)",
            title=f"{workload}: accuracy vs peak KV memory")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def speed_vs_budget(records: list[RunRecord], workload: str, path: Path) -> Path:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for policy, runs in sorted(_by_policy(records).items()):
-        if policy == "full":
-            for r in runs:
-                if r.tokens_per_s:
-                    ax.axhline(r.tokens_per_s, color="black", linestyle="--", label="full cache")
-            continue
-        pts = sorted((r.budget_tokens, r.tokens_per_s) for r in runs if r.tokens_per_s and r.budget_tokens)
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=policy)
-    ax.set(xlabel="KV budget (tokens)", ylabel="decode throughput (tokens/s per sequence)",
-           title=f"{workload}: decode speed vs KV budget")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def latency_vs_context(bench_json: Path, path: Path) -> Path:
@@ -109,11 +99,7 @@ def latency_vs_context(bench_json: Path, path: Path) -> Path:
                 linestyle="--" if policy == "full" else "-")
     ax.set(xlabel="context length (tokens)", ylabel="decode step latency (ms, median)",
            title=f"per-step latency vs context ({bench_json.stem})")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def all_plots(records: list[RunRecord], bench_files: list[Path], out: Path) -> list[Path]:

@@ -45,11 +45,9 @@ def execute(
     on_sample: Callable[[], None] | None = None,
 ) -> RunOutcome:
     """Run ``policy`` over ``items`` into ``out_root/<run-id>/``, skipping samples an earlier run finished."""
-    config_dict = config.to_dict()
-    run_dir = RunDir.open(out_root, run_id or default_run_id(config_dict), config_dict)
-    if run_dir.is_complete:
-        summary = json.loads((run_dir.path / "summary.json").read_text())["metrics"]
-        return RunOutcome(run_dir, summary, len(items), reused=True)
+    config_dict, run_dir, finished = _open(config, out_root, run_id)
+    if finished is not None:
+        return finished
     done = run_dir.done_ids()
     todo = [item for item in items if item.id not in done]
     by_id = {item.id: item for item in items}
@@ -83,6 +81,16 @@ def execute(
     accuracy = {"accuracy": sum(scored) / len(scored) if scored else None}
     summary = _finish(run_dir, config_dict, backend, env, rows, accuracy, time.perf_counter() - started, nvml, done)
     return RunOutcome(run_dir, summary, len(done), reused=False)
+
+
+def _open(config: RunConfig, out_root: Path, run_id: str | None) -> tuple[dict, RunDir, RunOutcome | None]:
+    """The run's directory, and its outcome when it is already complete (complete runs are never redone)."""
+    config_dict = config.to_dict()
+    run_dir = RunDir.open(out_root, run_id or default_run_id(config_dict), config_dict)
+    if not run_dir.is_complete:
+        return config_dict, run_dir, None
+    summary = json.loads((run_dir.path / "summary.json").read_text())["metrics"]
+    return config_dict, run_dir, RunOutcome(run_dir, summary, summary.get("n_samples", 0), reused=True)
 
 
 def _finish(
@@ -144,11 +152,9 @@ def execute_task(
     from harness.lmeval import DyntsLM
     from harness.passk import summarize_problems
 
-    config_dict = config.to_dict()
-    run_dir = RunDir.open(out_root, run_id or default_run_id(config_dict), config_dict)
-    if run_dir.is_complete:
-        summary = json.loads((run_dir.path / "summary.json").read_text())["metrics"]
-        return RunOutcome(run_dir, summary, 0, reused=True)
+    config_dict, run_dir, finished = _open(config, out_root, run_id)
+    if finished is not None:
+        return finished
     previous = {row["sample_id"]: row for row in run_dir.samples()}
     env = environment()
     backend.prepare(policy)
