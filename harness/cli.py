@@ -144,6 +144,7 @@ def sweep(
 
 
 def _sweep(grid_file: Path, executor: str, address: Optional[str], out: Path) -> None:
+    from harness.report import human_bytes
     from harness.results import atomic_write_json
     from harness.runplan import prepare
     from harness.sweep import cell_label, expand, load_grid, run_local, run_ray
@@ -175,7 +176,7 @@ def _sweep(grid_file: Path, executor: str, address: Optional[str], out: Path) ->
         table.add_column(col)
     for row, cell in zip(rows, cells):
         quality = "-" if row["quality"] is None else f"{row['quality']:.1%}"
-        kv = "-" if row["kv_peak_max_bytes"] is None else f"{row['kv_peak_max_bytes'] / 2**20:.1f} MiB"
+        kv = human_bytes(row["kv_peak_max_bytes"])
         table.add_row(cell_label(cell), quality, kv, Path(row["run_dir"]).name, "reused" if row["reused"] else "ran")
     console.print(table)
     console.print(f"[dim]written {target / 'sweep.json'}[/]")

@@ -135,7 +135,7 @@ def prefill_batch(
     """Run the prompt forward once, keeping everything any policy's decode could start from."""
     input_ids, valid, positions = _left_pad(requests, parts.pad_id, device)
     cache = CompactingCache(parts.num_layers, input_ids.shape[1], (ATTENTION_STATE,))
-    observer = KVObserver(parts.num_layers, query_window, None)
+    observer = KVObserver(parts.num_layers, query_window)
     _sync(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -193,7 +193,8 @@ def generate_batch(
     if not sampling.greedy:
         for row, gen in zip(rows, make_generators([r.seed for r in requests], device)):
             row.generator = gen
-    prompt_len = max(len(r.prompt_ids) for r in requests)
+    input_ids, valid, positions = _left_pad(requests, parts.pad_id, device)
+    prompt_len = input_ids.shape[1]
     capacity = max(
         row.schedule.capacity(prompt_len, sampling.max_new_tokens)
         if row.schedule
@@ -202,11 +203,9 @@ def generate_batch(
     )
     state_names = policy.state_names + ((ATTENTION_STATE,) if "attention" in policy.needs else ())
     cache = CompactingCache(parts.num_layers, capacity, state_names)
-    observer = KVObserver(parts.num_layers, policy.query_window if "queries" in policy.needs else 0, None)
+    observer = KVObserver(parts.num_layers, policy.query_window if "queries" in policy.needs else 0)
     stopper = StopChecker(sampling.stop, parts.decode_text)
     want_hidden = "hidden" in policy.needs
-
-    input_ids, valid, positions = _left_pad(requests, parts.pad_id, device)
 
     active = list(range(len(rows)))  # row index of every batch entry
     steps: dict[str, list[float]] = {"step_s": [], "step_policy_s": [], "step_cache_tokens": []}

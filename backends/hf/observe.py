@@ -23,12 +23,12 @@ _QUERY_CHUNK = 256  # bounds the [B, H, chunk, T] probabilities materialised for
 class KVObserver:
     """Per-call collector of recent queries and accumulated attention (see module docstring)."""
 
-    def __init__(self, num_layers: int, query_window: int, accumulate_into: torch.Tensor | None) -> None:
+    def __init__(self, num_layers: int, query_window: int) -> None:
         self.num_layers = num_layers
         self.query_window = query_window
         self.queries: list[torch.Tensor | None] = [None] * num_layers
         self.query_valid: torch.Tensor | None = None  # [B, w]
-        self.accumulate_into = accumulate_into  # [B, capacity] float, owned by the cache state
+        self.accumulate_into: torch.Tensor | None = None  # [B, capacity], the cache's state; set per forward
         self.q_valid_rows: torch.Tensor | None = None  # [B, q] which incoming tokens are real
         self.seconds = 0.0  # time spent observing inside the forward, charged to the policy
 
