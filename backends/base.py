@@ -47,12 +47,17 @@ class SamplingParams:
 
 @dataclass
 class GenerationRequest:
-    """One sequence to generate. ``schedule`` overrides the run's schedule (per-sequence budgets)."""
+    """One sequence to generate. ``schedule`` overrides the run's schedule (per-sequence budgets).
+
+    ``forced_ids`` are written instead of the model's choices, one per step and with the policy active, before
+    the model continues on its own: trace replay (``--protocol replay``).
+    """
 
     request_id: str
     prompt_ids: list[int]
     seed: int = 0
     schedule: EvictionSchedule | None = None
+    forced_ids: list[int] | None = None
 
 
 @dataclass

@@ -12,6 +12,8 @@ import re
 import threading
 from dataclasses import dataclass
 
+from harness.scoring import last_number
+
 THINK_END = "</think>"
 _CHOICE = re.compile(r"(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-D])\)?\b|\(([A-D])\)|\b([A-D])\b", re.I)
 
@@ -67,6 +69,13 @@ def extract_choice(output: str, letters: str = "ABCD") -> Extracted:
     return Extracted(found[-1], closed, "ok")
 
 
+def extract_number(output: str) -> Extracted:
+    """The last number after ``</think>``: the tiny reasoner's ``answer 7``, compared exactly."""
+    text, closed = answer_part(output)
+    found = last_number(text) if closed else None
+    return Extracted(found, closed, "ok" if found is not None else "no_answer")
+
+
 def _in_thread(fn, timeout_s: float):
     """Run ``fn`` in a daemon thread and give up after ``timeout_s``: math-verify's own timeouts use
     ``signal.alarm``, which only works in the main thread, so they are off and this bounds the wait instead."""
@@ -120,17 +129,21 @@ class GeneratedText(str):
 
 
 def score(kind: str, gold: str, output: str, require_think_close: bool = False) -> Scored:
-    """Score one output. ``kind`` is ``math`` (boxed + symbolic check) or ``choice`` (letter).
+    """Score one output. ``kind`` is ``math`` (boxed + symbolic check), ``choice`` (letter) or ``number`` (the
+    last number after ``</think>``, exactly; a trace that never closed has no answer).
 
     A trace cut by the length limit (``GeneratedText.finish_reason == "length"``) is wrong and flagged
     ``truncated``, whatever it boxed on the way. With ``require_think_close`` a trace that never reached
     ``</think>`` is wrong too; otherwise that is only recorded (``thinking_closed``).
     """
-    got = extract_math(output) if kind == "math" else extract_choice(output)
+    got = {"math": extract_math, "choice": extract_choice, "number": extract_number}[kind](output)
     closed = got.closed_thinking
     if getattr(output, "finish_reason", None) == "length":
         return Scored(got.answer, False, closed, "truncated")
     if got.answer is None or (not closed and require_think_close):
         return Scored(got.answer, False, closed, got.reason if got.answer is None else "unclosed_thinking")
-    ok = verify_math(gold, got.answer) if kind == "math" else got.answer == gold.strip().upper()
+    if kind == "math":
+        ok = verify_math(gold, got.answer)
+    else:
+        ok = got.answer == (gold.strip().upper() if kind == "choice" else last_number(gold))
     return Scored(got.answer, ok, closed, "ok" if ok else "wrong")

@@ -43,7 +43,9 @@ def run_bench(
     predictor: Path | None,
     out: Path | None,
 ) -> list[dict]:
-    names = ["full"] + [p for p in dict.fromkeys(policies) if p != "full"]
+    from harness.runplan import BASELINES
+
+    names = ["full"] + [p for p in dict.fromkeys(policies or BASELINES) if p != "full"]
     if predictor is not None and "dynts" not in names:
         names.append("dynts")
     built = {n: build_policy(n, **({"predictor": str(predictor)} if n == "dynts" else {})) for n in names}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -25,9 +26,8 @@ if not console.is_terminal:  # logs and CI: wide enough that the result table is
 err_console = Console(stderr=True)
 
 USER_ERRORS = (PolicyError, ScheduleError, BackendError, PromptFileError, ResultsError, DataError, TaskError)
-DEFAULT_MODEL = "smollm2-135m"
-#: the default comparison: every policy that needs no extra files (dynts needs a trained predictor)
-DEFAULT_POLICIES = ["full", "window", "streamingllm", "sepllm", "h2o", "snapkv", "tova", "rkv", "random"]
+DEFAULT_MODEL = "tiny-reasoner"
+BENCH_MODEL = "smollm2-135m"  # long contexts: the tiny reasoner's positions end at 1024
 
 
 def fail(message: str) -> None:
@@ -37,16 +37,22 @@ def fail(message: str) -> None:
 
 @app.command()
 def run(
-    policy: list[str] = typer.Option(DEFAULT_POLICIES, "--policy", "-p", help="Policy to run; repeat to compare."),
+    policy: list[str] = typer.Option(
+        [], "--policy", "-p", help="Policy to run; repeat to compare. Default: every baseline (+ oracle, and dynts "
+        "with its shipped predictor, on the tiny reasoner)."),
     backend: str = typer.Option("transformers", help="transformers | vllm | sglang (see `dynts-bench backends`)."),
     model: str = typer.Option(DEFAULT_MODEL, help="Alias, local directory, .gguf file or hub id."),
-    prompts: Optional[Path] = typer.Option(None, help="JSONL of {id, prompt, answer}; default: the shipped set."),
+    prompts: Optional[Path] = typer.Option(
+        None, help="JSONL of {id, prompt, answer} (+ trace for replay); default: the tiny reasoner's held-out set."),
+    protocol: str = typer.Option(
+        "generate", help="generate: the model writes its own trace. replay: force the prompts' reference traces "
+        "(any model), then let it answer; reports KL / top-1 agreement with the full cache."),
     task: Optional[str] = typer.Option(None, help="A benchmark task (see `dynts-bench tasks`), run through lm-eval."),
     data_dir: Optional[Path] = typer.Option(None, help="Read the task's data from DIR/<task>.jsonl (offline)."),
     samples: int = typer.Option(1, min=1, help="Samples per problem (Pass@k, Maj@k); use with --temperature."),
     limit: Optional[int] = typer.Option(None, min=1, help="N prompts / problems (tasks: a seeded subset)."),
     mode: str = typer.Option("budget", help="Schedule: 'budget' (fixed KV budget) or 'paper' (trigger + ratio)."),
-    budget: Optional[int] = typer.Option(128, help="KV budget in tokens, prompt included (budget mode)."),
+    budget: Optional[int] = typer.Option(96, help="KV budget in tokens, prompt included (budget mode)."),
     interval: int = typer.Option(16, help="Compress when the cache reaches budget + interval (budget mode)."),
     window: int = typer.Option(32, help="Most recent tokens that are always kept."),
     trigger_len: Optional[int] = typer.Option(None, help="KV length that triggers compression (paper mode)."),
@@ -54,7 +60,7 @@ def run(
     evict_prompt: bool = typer.Option(False, "--evict-prompt", help="Allow prompt tokens to be evicted."),
     predictor: Optional[Path] = typer.Option(None, help="DynTS importance predictor directory (for --policy dynts)."),
     policy_arg: list[str] = typer.Option([], "--policy-arg", help="Policy option key=value or policy.key=value."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Generation limit (default 192; tasks: their YAML's)."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Generation limit (default 512; tasks: their YAML's)."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
     top_p: float = typer.Option(1.0),
     top_k: int = typer.Option(0, help="0 = off."),
@@ -113,7 +119,10 @@ def tasks(data_dir: Optional[Path] = typer.Option(None, help="Show which tasks D
     for col in ("name", "kind", "hub dataset", "local data", "yaml"):
         table.add_column(col)
     for name, info in shipped_tasks().items():
-        hub = info["hub_path"] + (f" ({info['hub_name']})" if info["hub_name"] else "")
+        if info["hub_path"] is None:
+            hub = "- (problems shipped with the package)"
+        else:
+            hub = info["hub_path"] + (f" ({info['hub_name']})" if info["hub_name"] else "")
         local = "-"
         if data_dir is not None:
             path = data_dir / f"{name}.jsonl"
@@ -310,8 +319,9 @@ def backends() -> None:
 
 @app.command()
 def bench(
-    model: str = typer.Option(DEFAULT_MODEL, help="Model to time (alias, directory, .gguf or hub id)."),
-    policy: list[str] = typer.Option(DEFAULT_POLICIES, "--policy", "-p", help="Policies to compare with full."),
+    model: str = typer.Option(BENCH_MODEL, help="Model to time (alias, directory, .gguf or hub id)."),
+    policy: list[str] = typer.Option([], "--policy", "-p", help="Policies to compare with full (default: all "
+                                     "baselines)."),
     context: list[int] = typer.Option([1024, 2048, 4096, 8192], help="Context lengths to time at; repeatable."),
     budget: int = typer.Option(1024, help="KV budget of the evicting policies."),
     interval: int = typer.Option(64, help="Compression interval."),
@@ -332,6 +342,67 @@ def bench(
         )
     except USER_ERRORS as exc:
         fail(str(exc))
+
+
+@app.command("make-task")
+def make_task(
+    out: Path = typer.Option(..., help="JSONL file to write (id, prompt, answer, trace, critical, values)."),
+    count: int = typer.Option(500, min=1, help="Number of problems."),
+    split: str = typer.Option("heldout", help="Name of the random stream: train, validation, heldout, ..."),
+    seed: int = typer.Option(0),
+    min_vars: int = typer.Option(10, help="Fewest prompt variables (steps = variables - 1)."),
+    max_vars: int = typer.Option(14, help="Most prompt variables."),
+    filler_ratio: float = typer.Option(1.6, help="Filler tokens per step-line token."),
+    gap_lines: int = typer.Option(2, help="Extra filler lines before the first step on results."),
+    recheck_prob: float = typer.Option(0.5, help="Chance that a step is re-checked."),
+) -> None:
+    """Generate tiny-reasoner problems with reference traces and ground-truth critical tokens."""
+    from harness.results import atomic_write_text
+    from harness.tinyreasoner.task import Knobs, TaskConfigError, problems, task_facts
+
+    try:
+        knobs = Knobs(min_vars, max_vars, filler_ratio, gap_lines, recheck_prob)
+    except TaskConfigError as exc:
+        fail(str(exc))
+    items = list(problems(count, seed, split, knobs))
+    atomic_write_text(out, "".join(json.dumps(p.to_json()) + "\n" for p in items))
+    table = Table(title=f"{count} problems -> {out}")
+    for column in ("median thinking tokens", "min / max", "critical (result statements)", "step lines"):
+        table.add_column(column, justify="right")
+    facts = task_facts(items)
+    table.add_row(f"{facts['median_thinking_tokens']:.0f}",
+                  f"{facts['min_thinking_tokens']:.0f} / {facts['max_thinking_tokens']:.0f}",
+                  f"{facts['critical_fraction']:.1%}", f"{facts['step_line_fraction']:.1%}")
+    console.print(table)
+
+
+@app.command("make-tiny-reasoner")
+def make_tiny_reasoner(
+    out: Path = typer.Option(..., help="Model directory to write (resumes from OUT/checkpoint.pt)."),
+    seed: int = typer.Option(0),
+    steps: int = typer.Option(10000, min=1, help="Optimiser steps (the shipped model: 10000)."),
+    batch_size: int = typer.Option(16, min=1),
+    lr: float = typer.Option(2e-3),
+    hidden_size: int = typer.Option(128),
+    layers: int = typer.Option(4),
+    threads: int = typer.Option(2, help="CPU threads for torch."),
+    heldout: int = typer.Option(500, min=1, help="Held-out problems for the final exact-match check."),
+) -> None:
+    """Train the tiny reasoning model from scratch (about 80 min on 2 CPU cores) and write its model card."""
+    from harness.tinyreasoner.train import TrainConfig
+    from harness.tinyreasoner.train import make_tiny_reasoner as make
+
+    cfg = TrainConfig(seed=seed, steps=steps, batch_size=batch_size, lr=lr, hidden_size=hidden_size, layers=layers,
+                      threads=threads)
+    progress = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console)
+    with progress:
+        bar = progress.add_task("train", total=steps)
+        report = make(out, cfg, heldout, log=progress.console.log,
+                      on_step=lambda done: progress.update(bar, completed=done))
+    held = report["heldout"]
+    console.print(f"held-out exact match {held['exact_match']:.1%} on {held['problems']} problems, median "
+                  f"thinking {held['median_thinking_tokens']:.0f} tokens; model card: {out / 'README.md'}")
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ class PromptItem:
 
 
 def default_prompts_path() -> Path:
-    return Path(str(files("harness") / "data" / "default_prompts.jsonl"))
+    return Path(str(files("harness") / "data" / "tiny_reasoner_heldout.jsonl"))
 
 
 def load_prompts(path: Path, limit: int | None = None) -> list[PromptItem]:

@@ -59,6 +59,7 @@ def execute(
     backend.prepare(policy)
     env = environment()
     reset_cuda_peak()
+    thinking = getattr(getattr(backend, "parts", None), "think_end_id", None) is not None
 
     def record(results) -> None:
         for result in results:
@@ -68,7 +69,7 @@ def execute(
             row["git_sha"] = env["git_sha"]
             if item.answer is not None:
                 row["answer"] = item.answer
-                row["correct"] = is_correct(item.answer, result.text)
+                row["correct"] = is_correct(item.answer, result.text, thinking)
             run_dir.append_sample(row)
             if on_sample is not None:
                 on_sample()

@@ -12,11 +12,27 @@ from backends import BACKENDS, BackendError
 from backends.base import GenerationRequest, SamplingParams, check_schedules
 from harness.config import RunConfig, file_sha256
 from harness.prompts import PromptFileError, PromptItem, default_prompts_path, load_prompts
+from harness.replay import ReferenceCache, TraceRow, build_items, execute_replay, load_trace_rows
 from harness.results import ResultsError
 from harness.runner import RunOutcome, execute, execute_task
 from zoo import build_policy, policy_options, registry
 from zoo.base import Policy, PolicyError
+from zoo.predictor import shipped_predictor
 from zoo.schedule import EvictionSchedule, ScheduleError
+
+
+#: every policy that needs no extra files and runs on any model
+BASELINES = ["full", "window", "streamingllm", "sepllm", "h2o", "snapkv", "tova", "rkv", "random"]
+
+
+def default_policies(model: str) -> list[str]:
+    """The default comparison: the baselines, plus the oracle and DynTS with its shipped predictor on the
+    tiny reasoner (the only model they come ready for)."""
+    from backends.hf.loading import TINY_REASONER_ALIAS
+
+    if model != TINY_REASONER_ALIAS:
+        return list(BASELINES)
+    return [*BASELINES, *(["dynts"] if shipped_predictor(model) else []), "oracle"]
 
 
 @dataclass
@@ -31,6 +47,7 @@ class RunPlan:
     n_items: int  # samples each policy produces
     source_name: str
     source_hash: str
+    trace_rows: list[TraceRow] | None = None  # --protocol replay: problems with their reference traces
 
 
 def parse_policy_args(pairs: list[str], policies: list[str]) -> dict[str, dict[str, Any]]:
@@ -58,7 +75,7 @@ def prepare(o: dict[str, Any]) -> RunPlan:
         raise PromptFileError("--task and --prompts are alternatives: pass one of them")
     if o["data_dir"] is not None and o["task"] is None:
         raise PromptFileError("--data-dir is for --task: pass the task whose data it holds")
-    policies: list[str] = list(dict.fromkeys(o["policy"]))
+    policies: list[str] = list(dict.fromkeys(o["policy"] or default_policies(o["model"])))
     if o["run_id"] and len(policies) > 1:
         raise ResultsError("--run-id names one directory: use it with a single --policy")
     known = registry()
@@ -70,6 +87,9 @@ def prepare(o: dict[str, Any]) -> RunPlan:
         if "dynts" not in policies:
             raise PolicyError("--predictor is for --policy dynts, which is not selected")
         args["dynts"]["predictor"] = str(o["predictor"])
+    if "dynts" in policies and "predictor" not in args["dynts"] and shipped_predictor(o["model"]) is None:
+        raise PolicyError(f"dynts needs an importance predictor trained for {o['model']}: pass --predictor DIR "
+                          "(a directory with predictor.json and model.safetensors)")
     if o["backend"] not in BACKENDS:
         raise BackendError(f"unknown backend {o['backend']!r}: choose one of {', '.join(BACKENDS)}")
     schedule = EvictionSchedule(
@@ -78,20 +98,31 @@ def prepare(o: dict[str, Any]) -> RunPlan:
     )
     try:
         sampling = SamplingParams(
-            o["max_new_tokens"] or 192, o["temperature"], o["top_p"], o["top_k"], o["seed"], tuple(o["stop"])
+            o["max_new_tokens"] or 512, o["temperature"], o["top_p"], o["top_k"], o["seed"], tuple(o["stop"])
         )
     except ValueError as exc:
         raise ScheduleError(str(exc)) from None
     built = {name: build_policy(name, **args[name]) for name in policies}
     task = kind = None
     items: list[PromptItem] = []
-    if o["task"] is not None:
+    trace_rows = None
+    if o["protocol"] not in ("generate", "replay"):
+        raise PromptFileError(f"unknown --protocol {o['protocol']!r}: use generate or replay")
+    if o["protocol"] == "replay":
+        if o["task"] is not None:
+            raise PromptFileError("--protocol replay forces tiny-reasoner traces: use --prompts FILE, not --task")
+        prompts_path = Path(o["prompts"]) if o["prompts"] else default_prompts_path()
+        trace_rows = load_trace_rows(prompts_path, o["limit"])
+        n_items, source_name, source_hash = len(trace_rows), prompts_path.name, file_sha256(prompts_path)
+    elif o["task"] is not None:
         from harness.lmeval import build_task, shipped_tasks
 
         task, kind = build_task(o["task"], o["data_dir"], o["samples"])
         n_items = min(len(list(task.test_docs())), o["limit"] or 10**9) * o["samples"]
         if o["data_dir"] is not None:
             source_hash = file_sha256(Path(o["data_dir"]) / f"{o['task']}.jsonl")
+        elif shipped_tasks()[o["task"]]["hub_path"] is None:  # data shipped with the package
+            source_hash = file_sha256(default_prompts_path())
         else:
             info = shipped_tasks()[o["task"]]
             source_hash = f"hub:{info['hub_path']}:{info['hub_name'] or ''}"
@@ -100,7 +131,7 @@ def prepare(o: dict[str, Any]) -> RunPlan:
         prompts_path = Path(o["prompts"]) if o["prompts"] else default_prompts_path()
         items = load_prompts(prompts_path, o["limit"])
         n_items, source_name, source_hash = len(items), prompts_path.name, file_sha256(prompts_path)
-    return RunPlan(o, built, schedule, sampling, task, kind, items, n_items, source_name, source_hash)
+    return RunPlan(o, built, schedule, sampling, task, kind, items, n_items, source_name, source_hash, trace_rows)
 
 
 def _task_extra(o: dict[str, Any], kind: str | None) -> dict[str, Any]:
@@ -121,17 +152,23 @@ def config_for(plan: RunPlan, name: str) -> RunConfig:
         schedule=plan.schedule if policy.evicts else None, sampling=plan.sampling,
         prompts_name=plan.source_name, prompts_sha256=plan.source_hash, limit=o["limit"], dtype=o["dtype"],
         device=o["device"], batch_size=o["batch_size"], chat=o["chat"],
-        extra=_task_extra(o, plan.kind) if plan.task is not None else {},
+        extra=_task_extra(o, plan.kind) if plan.task is not None else (
+            {"protocol": "replay"} if plan.trace_rows is not None else {}),
     )
 
 
 def check_prompts(plan: RunPlan, engine: Any) -> None:
     """Every prompt against every evicting policy's schedule, before any generation starts."""
-    if plan.task is None:
+    if plan.trace_rows is not None:
+        encoded = [GenerationRequest(i.id, i.prompt_ids)
+                   for i in build_items(engine, plan.trace_rows, plan.options["chat"])]
+    elif plan.task is None:
         encoded = [GenerationRequest(i.id, engine.encode_prompt(i.prompt, chat=plan.options["chat"]))
                    for i in plan.items]
-        for policy in plan.policies.values():
-            check_schedules(encoded, policy, plan.schedule)
+    else:
+        return  # lm-eval builds the task's prompts; the backend checks them before generating
+    for policy in plan.policies.values():
+        check_schedules(encoded, policy, plan.schedule)
 
 
 def execute_plan(
@@ -143,10 +180,14 @@ def execute_plan(
     check_prompts(plan, engine)
     o = plan.options
     outcomes = {}
+    references = ReferenceCache()
     for name, policy in plan.policies.items():
         config = config_for(plan, name)
         advance = on_start(name, plan.n_items) if on_start else None
-        if plan.task is not None:
+        if plan.trace_rows is not None:
+            outcomes[name] = execute_replay(config, engine, policy, plan.trace_rows, Path(o["out"]), references,
+                                            o["run_id"], advance)
+        elif plan.task is not None:
             outcomes[name] = execute_task(config, engine, policy, plan.task, o["samples"], Path(o["out"]),
                                           o["run_id"], advance)
         else:

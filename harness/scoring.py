@@ -23,7 +23,17 @@ def last_number(text: str) -> str | None:
     return _normal(found[-1]) if found else None
 
 
-def is_correct(answer: str, output: str) -> bool:
-    """Whether the last number in ``output`` equals ``answer`` (``1,200`` = ``1200``, ``3.50`` = ``3.5``)."""
-    got = last_number(output)
+def final_answer(output: str, thinking: bool = False) -> str | None:
+    """The last number after ``</think>`` (or anywhere, for models that do not think). A thinking model whose
+    trace never closed gave no answer: a digit inside an unfinished trace must not count."""
+    if "</think>" in output:
+        output = output.rsplit("</think>", 1)[1]
+    elif thinking:
+        return None
+    return last_number(output)
+
+
+def is_correct(answer: str, output: str, thinking: bool = False) -> bool:
+    """Whether the final number of ``output`` equals ``answer`` (``1,200`` = ``1200``, ``3.50`` = ``3.5``)."""
+    got = final_answer(output, thinking)
     return got is not None and got == _normal(answer.strip())

@@ -55,6 +55,10 @@ def parts_for(model: torch.nn.Module) -> ModelParts:
 
 def model_info(model: torch.nn.Module, model_id: str) -> ModelInfo:
     texts = ["." if i in SEPARATOR_IDS else f"w{i}" for i in range(VOCAB)]
+    # the words the oracle reads (the tiny-reasoner task's), so that it runs on random models too
+    texts[20], texts[21] = "step", "="
+    texts[30:40] = [str(d) for d in range(10)]
+    texts[40:50] = [f"r{k}" for k in range(1, 11)]
     return ModelInfo(model_id, model_id, model.config.hidden_size, model.config.num_hidden_layers, lambda: texts)
 
 

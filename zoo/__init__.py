@@ -16,6 +16,7 @@ from zoo.base import Policy, PolicyError
 from zoo.dynts import DynTS
 from zoo.full import FullCache
 from zoo.h2o import HeavyHitterOracle
+from zoo.oracle import Oracle
 from zoo.random import RandomEviction
 from zoo.rkv import RKV
 from zoo.sepllm import SepLLM
@@ -35,6 +36,7 @@ _BUILTIN: tuple[type[Policy], ...] = (
     RKV,
     RandomEviction,
     DynTS,
+    Oracle,
 )
 
 

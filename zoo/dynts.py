@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from zoo.base import CacheView, ModelInfo, Policy, PolicyError, StepObservation
-from zoo.predictor import ImportancePredictor
+from zoo.predictor import ImportancePredictor, shipped_predictor
 
 SCORE = "dynts_score"
 
@@ -17,7 +17,8 @@ class DynTS(Policy):
     """Dynamic Thinking-Token Selection (arXiv 2601.18383). A small MLP reads the final hidden state of every
     token once, as it is produced, and predicts how much the final answer will attend to it; at compression
     the lowest-scoring thinking tokens go. Prompt and window are kept by the schedule; tokens after
-    ``</think>`` (the answer) score +inf. ``predictor`` is a directory written by the predictor pipeline."""
+    ``</think>`` (the answer) score +inf. ``predictor`` is a directory written by the predictor pipeline; without
+it, the predictor shipped for the model (the tiny reasoner's) is used."""
 
     name = "dynts"
     needs = frozenset({"hidden"})
@@ -26,15 +27,18 @@ class DynTS(Policy):
     _model: ImportancePredictor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.predictor:
-            raise PolicyError(
-                "dynts needs a trained importance predictor: pass --policy-arg predictor=DIR "
-                "(a directory with predictor.json and model.safetensors)"
-            )
-        self._model = ImportancePredictor.load(self.predictor)
+        if self.predictor:
+            self._model = ImportancePredictor.load(self.predictor)
 
     def prepare(self, model: ModelInfo) -> None:
-        assert self._model is not None
+        if self._model is None:
+            shipped = shipped_predictor(model.model_id)
+            if shipped is None:
+                raise PolicyError(
+                    f"dynts needs an importance predictor trained for {model.model_id}: pass --predictor DIR "
+                    "(a directory with predictor.json and model.safetensors)"
+                )
+            self._model = ImportancePredictor.load(shipped)
         self._model.check_model(model)
 
     def observe(self, obs: StepObservation, state: dict[str, torch.Tensor]) -> None:

