@@ -13,8 +13,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from backends import BACKENDS, BackendError, build_backend
+from harness.importance.traces import TraceStoreError
+from harness.predictor_cli import register as register_predictor_commands
 from harness.prompts import DataError, PromptFileError, TaskError
 from harness.results import ResultsError
+from harness.tinyreasoner.task import TaskConfigError
 from zoo import describe, policy_options, registry
 from zoo.base import PolicyError
 from zoo.schedule import ScheduleError
@@ -25,7 +28,8 @@ if not console.is_terminal:  # logs and CI: wide enough that the result table is
     console = Console(width=200)
 err_console = Console(stderr=True)
 
-USER_ERRORS = (PolicyError, ScheduleError, BackendError, PromptFileError, ResultsError, DataError, TaskError)
+USER_ERRORS = (PolicyError, ScheduleError, BackendError, PromptFileError, ResultsError, DataError, TaskError,
+               TraceStoreError, TaskConfigError)
 DEFAULT_MODEL = "tiny-reasoner"
 BENCH_MODEL = "smollm2-135m"  # long contexts: the tiny reasoner's positions end at 1024
 
@@ -33,6 +37,14 @@ BENCH_MODEL = "smollm2-135m"  # long contexts: the tiny reasoner's positions end
 def fail(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def guard(action) -> None:
+    """Run ``action``; a user mistake becomes one red line and exit 2."""
+    try:
+        action()
+    except USER_ERRORS as exc:
+        fail(str(exc))
 
 
 @app.command()
@@ -68,7 +80,7 @@ def run(
     stop: list[str] = typer.Option([], "--stop", help="Stop string; repeatable."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16."),
     device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
-    batch_size: int = typer.Option(8, help="Sequences decoded together."),
+    batch_size: int = typer.Option(32, help="Sequences decoded together."),
     chat: bool = typer.Option(True, help="Wrap prompts in the tokenizer's chat template."),
     out: Path = typer.Option(Path("results/runs"), help="Root of the result directories."),
     run_id: Optional[str] = typer.Option(None, help="Directory name (default: policy + config hash); one policy only."),
@@ -350,20 +362,21 @@ def make_task(
     count: int = typer.Option(500, min=1, help="Number of problems."),
     split: str = typer.Option("heldout", help="Name of the random stream: train, validation, heldout, ..."),
     seed: int = typer.Option(0),
-    min_vars: int = typer.Option(10, help="Fewest prompt variables (steps = variables - 1)."),
-    max_vars: int = typer.Option(14, help="Most prompt variables."),
-    filler_ratio: float = typer.Option(1.6, help="Filler tokens per step-line token."),
+    min_vars: int = typer.Option(9, help="Fewest prompt variables (steps = variables - 1)."),
+    max_vars: int = typer.Option(13, help="Most prompt variables."),
+    filler_lines: int = typer.Option(2, help="Filler lines after each step (the filler ratio)."),
     gap_lines: int = typer.Option(2, help="Extra filler lines before the first step on results."),
-    recheck_prob: float = typer.Option(0.5, help="Chance that a step is re-checked."),
+    recheck: bool = typer.Option(True, help="Re-check every step ('wait check ...')."),
 ) -> None:
     """Generate tiny-reasoner problems with reference traces and ground-truth critical tokens."""
     from harness.results import atomic_write_text
-    from harness.tinyreasoner.task import Knobs, TaskConfigError, problems, task_facts
+    from harness.tinyreasoner.task import Knobs, problems, task_facts
 
     try:
-        knobs = Knobs(min_vars, max_vars, filler_ratio, gap_lines, recheck_prob)
+        knobs = Knobs(min_vars, max_vars, filler_lines, gap_lines, recheck)
     except TaskConfigError as exc:
         fail(str(exc))
+        return
     items = list(problems(count, seed, split, knobs))
     atomic_write_text(out, "".join(json.dumps(p.to_json()) + "\n" for p in items))
     table = Table(title=f"{count} problems -> {out}")
@@ -380,7 +393,7 @@ def make_task(
 def make_tiny_reasoner(
     out: Path = typer.Option(..., help="Model directory to write (resumes from OUT/checkpoint.pt)."),
     seed: int = typer.Option(0),
-    steps: int = typer.Option(10000, min=1, help="Optimiser steps (the shipped model: 10000)."),
+    steps: int = typer.Option(8000, min=1, help="Optimiser steps (the shipped model: 8000)."),
     batch_size: int = typer.Option(16, min=1),
     lr: float = typer.Option(2e-3),
     hidden_size: int = typer.Option(128),
@@ -388,7 +401,7 @@ def make_tiny_reasoner(
     threads: int = typer.Option(2, help="CPU threads for torch."),
     heldout: int = typer.Option(500, min=1, help="Held-out problems for the final exact-match check."),
 ) -> None:
-    """Train the tiny reasoning model from scratch (about 80 min on 2 CPU cores) and write its model card."""
+    """Train the tiny reasoning model from scratch (about an hour on 2 CPU cores) and write its model card."""
     from harness.tinyreasoner.train import TrainConfig
     from harness.tinyreasoner.train import make_tiny_reasoner as make
 
@@ -403,6 +416,9 @@ def make_tiny_reasoner(
     held = report["heldout"]
     console.print(f"held-out exact match {held['exact_match']:.1%} on {held['problems']} problems, median "
                   f"thinking {held['median_thinking_tokens']:.0f} tokens; model card: {out / 'README.md'}")
+
+
+register_predictor_commands(app, console, guard)
 
 
 def main() -> None:

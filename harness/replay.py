@@ -1,4 +1,4 @@
-"""Trace replay (``--protocol replay``): force a reference trace through the decode path with the policy active.
+"""Trace replay (``--protocol replay``): force a reference trace through the decode path, policy active.
 
 Models too weak to solve the task themselves (SmolLM2-135M retrieves a value stated once 400 tokens back in
 about a quarter of cases) still tell policies apart when they read the *same* tokens: every trace token is
@@ -9,8 +9,10 @@ Per sample: mean KL(full || policy) and top-1 agreement over every forced step a
 *retrievals* (a later step reading a result stated far back, the ground truth's critical tokens), the share
 whose statement was still cached (``retrieval_recall``) and the share the model predicted right
 (``retrieval_accuracy``); and whether the answer is right -- a weak signal here, since the forced trace ends
-with the final result, so answer accuracy mostly measures whether the model can copy it. ``full`` against itself is exactly 0 KL: the reference is the same decode
-path on the same batches, not a separate teacher-forced forward.
+with the final result, so answer accuracy mostly measures whether the model can copy it.
+
+``full`` against itself is exactly 0 KL: the reference is the same decode path on the same batches, not a
+separate teacher-forced forward.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class ReplayItem:
     forced_ids: list[int]  # the trace, then the answer cue
     answer: str
     retrievals: list[tuple[int, int]]  # (forced index of a stated result's value, forced index reading it)
+    think_end: int  # forced index of the first token of </think>
+    answer_start: int  # forced index of the first token after </think> (the answer cue)
 
 
 def load_trace_rows(path: Path, limit: int | None = None) -> list[TraceRow]:
@@ -119,7 +123,8 @@ def build_items(engine: Any, rows: Sequence[TraceRow], chat: bool) -> list[Repla
                 raise BackendError(f"cannot align trace word at character {start} of problem {row.id} to tokens")
             token_of.append(index)
         retrievals = [(token_of[d], token_of[u]) for d, u in retrieval_pairs(words)]
-        items.append(ReplayItem(row.id, prompt_ids, list(encoded["input_ids"]), row.answer, retrievals))
+        items.append(ReplayItem(row.id, prompt_ids, list(encoded["input_ids"]), row.answer, retrievals,
+                                token_of[-2], token_of[-1]))
     return items
 
 
@@ -186,6 +191,12 @@ def _sampling(config: RunConfig, items: dict[str, ReplayItem]):
     return replace(config.sampling, max_new_tokens=longest + ANSWER_TOKENS, temperature=0.0, stop=())
 
 
+def answer_after(engine: Any, item: ReplayItem, output_ids: list[int]) -> str | None:
+    """The model's answer after the forced trace: the first word it writes, if that is a number."""
+    words = engine.tokenizer.decode(output_ids[len(item.forced_ids) :], skip_special_tokens=True).split()
+    return last_number(words[0]) if words else None
+
+
 def _mean(values: list[Any]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -226,9 +237,7 @@ def execute_replay(
                                      backend.device, on_forward=recorder)
             for result in results:
                 item = chunk[result.request_id]
-                answer_text = backend.tokenizer.decode(result.output_ids[len(item.forced_ids):],
-                                                       skip_special_tokens=True)
-                got = last_number(answer_text.split()[0]) if answer_text.split() else None
+                got = answer_after(backend, item, result.output_ids)
                 row = {"sample_id": item.id, "config_hash": run_dir.config_hash, **result.to_dict(),
                        "git_sha": env["git_sha"], "answer": item.answer, "extracted": got,
                        "correct": got == item.answer, "forced_tokens": len(item.forced_ids),

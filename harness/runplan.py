@@ -20,7 +20,6 @@ from zoo.base import Policy, PolicyError
 from zoo.predictor import shipped_predictor
 from zoo.schedule import EvictionSchedule, ScheduleError
 
-
 #: every policy that needs no extra files and runs on any model
 BASELINES = ["full", "window", "streamingllm", "sepllm", "h2o", "snapkv", "tova", "rkv", "random"]
 

@@ -99,15 +99,15 @@ def test_predictor_for_another_model_is_refused(prompts, tmp_path):
     ImportancePredictor(PredictorConfig("some-org/other-model", 576, [8, 4])).save(pred)
     result = runner.invoke(
         app, ["run", "--policy", "dynts", "--predictor", str(pred), "--prompts", str(prompts), "--out", str(tmp_path)]
-    )
+    )  # the default model is the tiny reasoner
     assert result.exit_code == 2
-    assert "trained for some-org/other-model, not smollm2-135m" in " ".join(result.output.split())
+    assert "trained for some-org/other-model, not tiny-reasoner" in " ".join(result.output.split())
 
 
 @pytest.mark.smollm2
 def test_run_writes_results_and_resumes(prompts, tmp_path):
     out = tmp_path / "runs"
-    args = ["run", "-p", "full", "-p", "h2o", "--prompts", str(prompts), "--out", str(out),
+    args = ["run", "-p", "full", "-p", "h2o", "--model", "smollm2-135m", "--prompts", str(prompts), "--out", str(out),
             "--budget", "72", "--window", "8", "--interval", "8", "--max-new-tokens", "40"]
     first = run_cli(*args)
     assert first.exit_code == 0, first.output

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from backends.base import GenerationRequest, SamplingParams
 from backends.hf.backend import TransformersBackend
 from backends.hf.decode import generate_batch
-from backends.base import GenerationRequest, SamplingParams
 from harness.replay import ReferenceCache, TraceRow, build_items, execute_replay, load_trace_rows, retrieval_pairs
 from harness.runplan import config_for, prepare
 from harness.tinyreasoner.task import generate

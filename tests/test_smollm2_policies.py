@@ -8,6 +8,7 @@ from backends.base import GenerationRequest, SamplingParams
 from backends.hf.backend import TransformersBackend
 from tests.conftest import ALL_POLICIES
 from zoo import build_policy
+from zoo.base import PolicyError
 from zoo.predictor import ImportancePredictor, PredictorConfig
 from zoo.schedule import EvictionSchedule
 
@@ -36,6 +37,10 @@ def smollm2_predictor(tmp_path_factory, smollm2):
 @pytest.mark.parametrize("name", ALL_POLICIES)
 def test_policy_runs_end_to_end(smollm2, smollm2_predictor, name, mode):
     policy = build_policy(name, **({"predictor": str(smollm2_predictor)} if name == "dynts" else {}))
+    if name == "oracle":  # it reads the tiny-reasoner task's words, which SmolLM2 splits: refused up front
+        with pytest.raises(PolicyError, match="use it with --model tiny-reasoner"):
+            smollm2.prepare(policy)
+        return
     smollm2.prepare(policy)
     requests = [
         GenerationRequest("q1", smollm2.encode_prompt("Count from one to thirty in words.")),

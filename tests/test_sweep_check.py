@@ -57,8 +57,8 @@ def _rows(root: Path) -> dict[str, list]:
 
 @pytest.mark.smollm2
 def test_local_and_ray_sweeps_give_identical_rows_and_skip_done_cells(tmp_path, prompts_file):
-    grid = _grid(tmp_path, f"name: tiny\nbase: {{prompts: {prompts_file}, max_new_tokens: 20, window: 8, "
-                           "interval: 4, temperature: 0.7}\ngrid: {policy: [window, h2o], budget: [48, 64], "
+    grid = _grid(tmp_path, f"name: tiny\nbase: {{model: smollm2-135m, prompts: {prompts_file}, max_new_tokens: 20, "
+                           "window: 8, interval: 4, temperature: 0.7}\ngrid: {policy: [window, h2o], budget: [48, 64], "
                            "seed: [0, 1]}\nresources: {num_cpus: 1}\n")
     local = runner.invoke(app, ["sweep", str(grid), "--out", str(tmp_path / "local")], catch_exceptions=False)
     assert local.exit_code == 0, local.output

@@ -143,7 +143,7 @@ def test_cli_runs_a_task_offline_with_pass_at_k_and_resumes(tmp_path):
     out = tmp_path / "runs"
     args = ["run", "-p", "window", "--task", "math500", "--data-dir", str(FIXTURES), "--samples", "2",
             "--limit", "2", "--temperature", "0.7", "--max-new-tokens", "24", "--budget", "96", "--window", "16",
-            "--out", str(out)]
+            "--model", "smollm2-135m", "--out", str(out)]
     first = CliRunner().invoke(app, args, catch_exceptions=False)
     assert first.exit_code == 0, first.output
     assert "pass@1 [95% CI]" in first.output and "pass@2 / maj@2" in first.output

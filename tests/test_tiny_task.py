@@ -31,7 +31,7 @@ def test_generator_is_deterministic_per_seed_and_split() -> None:
 
 @pytest.mark.parametrize("index", range(20))
 def test_every_statement_is_true_and_the_answer_is_the_sum(index: int) -> None:
-    problem = generate(index, knobs=Knobs(min_vars=2, max_vars=16, filler_ratio=2.0, gap_lines=3))
+    problem = generate(index, knobs=Knobs(min_vars=2, max_vars=16, filler_lines=3, gap_lines=3))
     values = dict(problem.values)
     assert problem.answer == str(sum(values.values()) % 10)
     words = problem.trace

@@ -34,7 +34,7 @@ _NAME_IDS = {TOKEN_ID[t] for t in VOCAB if len(t) <= 3 and (t.isalpha() and len(
 @dataclass
 class TrainConfig:
     seed: int = 0
-    steps: int = 12000
+    steps: int = 8000
     batch_size: int = 16
     lr: float = 2e-3
     warmup: int = 300
@@ -60,13 +60,13 @@ def model_config(cfg: TrainConfig):
 
 
 def curriculum(progress: float) -> Knobs:
-    """Short problems with little filler first, the full distribution from 40% of training on."""
-    full = Knobs()
-    if progress < 0.15:
-        return Knobs(min_vars=4, max_vars=8, filler_ratio=1.0, gap_lines=0)
-    if progress < 0.4:
-        return Knobs(min_vars=6, max_vars=full.max_vars, filler_ratio=1.0, gap_lines=1)
-    return full
+    """An arithmetic warm-up on short problems with random filler (20%), then short problems with the
+    deterministic filler, then the full distribution from 35% of training on."""
+    if progress < 0.2:
+        return Knobs(min_vars=4, max_vars=8, gap_lines=0, random_filler=True, filler_ratio=1.0)
+    if progress < 0.35:
+        return Knobs(min_vars=6, max_vars=Knobs().max_vars, filler_lines=1, gap_lines=1)
+    return Knobs()
 
 
 def token_types(ids: list[int]) -> list[int]:
@@ -183,7 +183,7 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print,
         for kind in range(3):
             chosen = valid & (target_types == kind)
             if chosen.any():
-                window[kind].append(float(losses[chosen].mean()))
+                window[kind].append(float(losses[chosen].mean().detach()))
         if on_step is not None:
             on_step(step + 1)
         if (step + 1) % 100 == 0:

@@ -1,0 +1,150 @@
+"""Importance labels for thinking tokens: how much the final answer uses each one.
+
+``attention`` (the paper's): the attention each thinking token receives from the answer's queries (every
+position after ``</think>``), diagonal zeroed, averaged over heads, answer queries and layers. Computed one
+layer and one chunk of answer queries at a time from the stored queries and cached keys, so a long trace
+never materialises a T x T attention matrix for all layers.
+
+``gradient``: |d log p(answer) / d embedding . embedding| per token (gradient x input attribution).
+
+Labels are written to ``labels-<method>.safetensors`` in the trace store (one tensor per trace id, over its
+thinking tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from scipy.stats import spearmanr
+
+from backends.hf.observe import KVObserver
+from harness.importance.traces import Trace, TraceStore, TraceStoreError
+
+METHODS = ("attention", "gradient")
+_QUERY_CHUNK = 128
+
+
+def answer_span(trace: Trace, eos_ids: frozenset[int]) -> tuple[int, int]:
+    """``(first, end)``: answer tokens are positions ``first .. end - 1`` (after ``</think>``, before EOS)."""
+    r = trace.record
+    end = r.length - (1 if int(trace.tokens[-1]) in eos_ids else 0)
+    assert r.answer_start is not None
+    return r.answer_start, end
+
+
+def observed_forward(engine: Any, ids: torch.Tensor, query_window: int, accumulate: bool = False):
+    """One forward of ``ids`` keeping per-layer keys, the last ``query_window`` queries and (optionally) the
+    attention every token receives from every later one (H2O's statistic). Returns (keys, queries, received)."""
+    from transformers import DynamicCache
+
+    parts = engine.parts
+    observer = KVObserver(parts.num_layers, query_window)
+    received = torch.zeros(1, ids.numel(), device=engine.device) if accumulate else None
+    observer.begin(torch.ones(1, ids.numel(), dtype=torch.bool, device=engine.device), received)
+    cache = DynamicCache(config=engine.model.config)
+    with torch.inference_mode():
+        parts.decoder(input_ids=ids[None].to(engine.device), past_key_values=cache, use_cache=True,
+                      kv_observer=observer)
+    keys = [layer.keys for layer in cache.layers]
+    return keys, observer.queries, received
+
+
+def attention_from(queries: torch.Tensor, keys: torch.Tensor, first: int) -> torch.Tensor:
+    """Attention each key receives from queries at positions ``first, first+1, ...`` (causal, diagonal zeroed),
+    summed over heads and queries: ``[T]``. ``queries`` [1, H, A, D], ``keys`` [1, KVH, T, D]."""
+    h, a, d = queries.shape[1], queries.shape[2], queries.shape[3]
+    k = keys[0].float().repeat_interleave(h // keys.shape[1], dim=0)  # [H, T, D]
+    t = k.shape[1]
+    total = torch.zeros(t, device=k.device)
+    for start in range(0, a, _QUERY_CHUNK):
+        q = queries[0, :, start : start + _QUERY_CHUNK].float()  # [H, c, D]
+        rows = first + start + torch.arange(q.shape[1], device=k.device)
+        logits = (q @ k.transpose(-1, -2)) / d**0.5  # [H, c, T]
+        visible = torch.arange(t, device=k.device)[None, :] <= rows[:, None]
+        probs = logits.masked_fill(~visible, float("-inf")).softmax(-1)
+        probs = probs.masked_fill(torch.arange(t, device=k.device)[None, :] == rows[:, None], 0.0)  # diagonal
+        total += probs.sum(dim=(0, 1))
+    return total
+
+
+def attention_label(engine: Any, trace: Trace) -> torch.Tensor:
+    first, end = answer_span(trace, engine.parts.eos_ids)
+    if end <= first:
+        raise TraceStoreError(f"trace {trace.record.id} has no answer after </think>")
+    keys, queries, _ = observed_forward(engine, trace.tokens[:end], end - first)
+    heads = queries[0].shape[1]
+    per_layer = [attention_from(q, k, first) for q, k in zip(queries, keys)]
+    label = torch.stack(per_layer).mean(0) / (heads * (end - first))
+    return label[trace.record.thinking].cpu()
+
+
+def gradient_label(engine: Any, trace: Trace) -> torch.Tensor:
+    first, end = answer_span(trace, engine.parts.eos_ids)
+    if end <= first:
+        raise TraceStoreError(f"trace {trace.record.id} has no answer after </think>")
+    model = engine.model
+    ids = trace.tokens[:end].to(engine.device)
+    trainable = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            embeds = model.get_input_embeddings()(ids[None]).detach().float().requires_grad_(True)
+            logits = model(inputs_embeds=embeds.to(model.dtype)).logits[0].float()
+            logp = logits[first - 1 : end - 1].log_softmax(-1).gather(-1, ids[first:end, None]).sum()
+            logp.backward()
+    finally:
+        for p, flag in zip(model.parameters(), trainable):
+            p.requires_grad_(flag)
+    attribution = (embeds.grad[0] * embeds[0]).sum(-1).abs().detach()
+    return attribution[trace.record.thinking].cpu()
+
+
+LABELLERS: dict[str, Callable[[Any, Trace], torch.Tensor]] = {"attention": attention_label,
+                                                               "gradient": gradient_label}
+
+
+def labels_path(store: TraceStore, method: str) -> Path:
+    return store.path / f"labels-{method}.safetensors"
+
+
+def label_store(engine: Any, store: TraceStore, methods: Sequence[str],
+                on_trace: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Label every closed trace of the store with each method; returns counts and the methods' agreement."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise TraceStoreError(f"unknown label method {unknown[0]!r}: choose from {', '.join(METHODS)}")
+    records = [r for r in store.records() if r.think_end is not None]
+    if not records:
+        raise TraceStoreError(f"{store.path} holds no trace that closed its thinking: nothing to label")
+    out: dict[str, dict[str, torch.Tensor]] = {m: {} for m in methods}
+    for trace in store.load(records):
+        first, end = answer_span(trace, engine.parts.eos_ids)
+        if end <= first:
+            continue  # nothing after </think>: no answer to attribute
+        for method in methods:
+            out[method][trace.record.id] = LABELLERS[method](engine, trace).float().contiguous()
+        if on_trace is not None:
+            on_trace()
+    for method, tensors in out.items():
+        tmp = labels_path(store, method).with_suffix(".tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(labels_path(store, method))
+    report: dict[str, Any] = {"labelled": len(next(iter(out.values()))), "methods": list(methods)}
+    if len(methods) == 2:
+        a, b = out[methods[0]], out[methods[1]]
+        rhos = [spearmanr(a[k].numpy(), b[k].numpy()).statistic for k in a if a[k].numel() > 2]
+        rhos = [r for r in rhos if r == r]  # constant labels give NaN
+        report["spearman_between_methods"] = sum(rhos) / len(rhos) if rhos else None
+    return report
+
+
+def load_labels(store: TraceStore, method: str) -> dict[str, torch.Tensor]:
+    path = labels_path(store, method)
+    if not path.is_file():
+        raise TraceStoreError(f"no {method} labels in {store.path}: run dynts-bench label {store.path} "
+                              f"--method {method}")
+    return load_file(str(path))

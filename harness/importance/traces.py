@@ -1,0 +1,182 @@
+"""Reasoning traces for the DynTS predictor: tokens and final-layer hidden states, stored compactly.
+
+A *trace store* is a directory::
+
+    meta.json            model id, hidden size, source file and its hash, sampling
+    index.jsonl          one line per trace: id, shard, correct, prompt_len, think_end, length, answer, extracted
+    shards/NNNNN.safetensors   per trace: ``<id>/tokens`` (int64 [T]) and ``<id>/hidden`` (float16 [n_think, H])
+
+Hidden states are kept for the thinking tokens only (positions ``prompt_len .. think_end - 1``): the predictor
+is trained and evaluated there, and they are what dominates the size (a 7B model: 7 KiB per token). A shard is
+written atomically before its index lines are appended, so an interrupted collection resumes from the index
+without duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from backends.base import GenerationRequest, SamplingParams
+from harness.prompts import PromptItem
+from harness.replay import ANSWER_TOKENS, TraceRow, answer_after, build_items
+from harness.results import atomic_write_json
+from harness.scoring import final_answer, is_correct
+from zoo.full import FullCache
+
+
+class TraceStoreError(ValueError):
+    """A trace store cannot be used as asked; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class TraceRecord:
+    id: str
+    shard: str
+    correct: bool
+    prompt_len: int
+    think_end: int | None  # index of (the first token of) </think>; None: the thinking never closed
+    answer_start: int | None  # index of the first token after </think>
+    length: int
+    answer: str | None
+    extracted: str | None
+
+    @property
+    def thinking(self) -> slice:
+        return slice(self.prompt_len, self.think_end if self.think_end is not None else self.length)
+
+
+@dataclass
+class Trace:
+    record: TraceRecord
+    tokens: torch.Tensor  # long [T]: prompt + generated
+    hidden: torch.Tensor  # float16 [n_think, H]
+
+
+class TraceStore:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / "meta.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            raise TraceStoreError(f"{self.path} is not a trace store (no readable meta.json): collect traces "
+                                  "first with dynts-bench collect-traces") from None
+
+    def open_for(self, meta: dict[str, Any]) -> None:
+        """Create the store, or check that an existing one was collected the same way (then resume it)."""
+        if (self.path / "meta.json").is_file():
+            old = self.meta
+            if {k: old.get(k) for k in meta} != meta:
+                raise TraceStoreError(f"{self.path} holds traces collected differently ({old.get('model')}, "
+                                      f"{old.get('source')}): use another --out")
+            return
+        (self.path / "shards").mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path / "meta.json", meta)
+
+    def records(self, correct: bool | None = None) -> list[TraceRecord]:
+        index = self.path / "index.jsonl"
+        if not index.is_file():
+            return []
+        rows = [TraceRecord(**json.loads(line)) for line in index.read_text().splitlines() if line.strip()]
+        return [r for r in rows if correct is None or r.correct == correct]
+
+    def add(self, traces: Sequence[Trace]) -> None:
+        if not traces:
+            return
+        shard = f"{len(list((self.path / 'shards').glob('*.safetensors'))):05d}"
+        tensors = {}
+        for trace in traces:
+            tensors[f"{trace.record.id}/tokens"] = trace.tokens.contiguous()
+            tensors[f"{trace.record.id}/hidden"] = trace.hidden.contiguous()
+        target = self.path / "shards" / f"{shard}.safetensors"
+        tmp = target.with_suffix(".tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, target)
+        with (self.path / "index.jsonl").open("a") as fh:
+            for trace in traces:
+                fh.write(json.dumps(asdict(TraceRecord(**{**asdict(trace.record), "shard": shard}))) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def load(self, records: Sequence[TraceRecord]) -> Iterator[Trace]:
+        """Traces in the order given, reading each shard once."""
+        cache: dict[str, dict[str, torch.Tensor]] = {}
+        for record in records:
+            if record.shard not in cache:
+                cache = {record.shard: load_file(str(self.path / "shards" / f"{record.shard}.safetensors"))}
+            shard = cache[record.shard]
+            yield Trace(record, shard[f"{record.id}/tokens"], shard[f"{record.id}/hidden"])
+
+
+def final_hidden(engine: Any, ids: list[int]) -> torch.Tensor:
+    """Final (post-norm) hidden states of every token of ``ids``: one teacher-forced forward."""
+    with torch.inference_mode():
+        out = engine.parts.decoder(input_ids=torch.tensor([ids], device=engine.device), use_cache=False)
+    return out.last_hidden_state[0].float().cpu()
+
+
+def collect(
+    engine: Any,
+    items: Sequence[PromptItem] | Sequence[TraceRow],
+    store: TraceStore,
+    sampling: SamplingParams,
+    chat: bool = True,
+    on_trace: Callable[[], None] | None = None,
+) -> dict[str, int]:
+    """Generate every item with the full cache (skipping those already stored) and store the traces.
+
+    ``PromptItem``s: the model writes its own trace (it must close it with a single ``</think>`` token).
+    ``TraceRow``s (a tiny-reasoner task file): the reference trace is forced, as in replay, and the model only
+    answers -- how models that do not think (SmolLM2) get traces to label.
+    """
+    done = {r.id for r in store.records()}
+    todo = [i for i in items if i.id not in done]
+    forced = bool(todo) and isinstance(todo[0], TraceRow)
+    if not forced and engine.parts.think_end_id is None:
+        raise TraceStoreError(f"{engine.source.spec} has no single </think> token to end its own traces: collect "
+                              "forced traces instead (--prompts with a tiny-reasoner task file, --forced)")
+    for start in range(0, len(todo), engine.batch_size):
+        batch = todo[start : start + engine.batch_size]
+        if forced:
+            replay = build_items(engine, batch, chat)  # type: ignore[arg-type]
+            requests = [GenerationRequest(r.id, r.prompt_ids, forced_ids=r.forced_ids) for r in replay]
+            longest = max(len(r.forced_ids) for r in replay)
+            results = engine.generate(requests, FullCache(), None,
+                                      replace(sampling, max_new_tokens=longest + ANSWER_TOKENS))
+        else:
+            requests = [GenerationRequest(i.id, engine.encode_prompt(i.prompt, chat=chat)) for i in batch]
+            results = engine.generate(requests, FullCache(), None, sampling)
+        traces = []
+        for index, (item, request, result) in enumerate(zip(batch, requests, results)):
+            ids = request.prompt_ids + result.output_ids
+            prompt_len = len(request.prompt_ids)
+            if forced:
+                ri = replay[index]
+                think_end, answer_start = prompt_len + ri.think_end, prompt_len + ri.answer_start
+                extracted = answer_after(engine, ri, result.output_ids)
+                correct = extracted == item.answer
+            else:
+                think_end = next((p for p in range(prompt_len, len(ids)) if ids[p] == engine.parts.think_end_id),
+                                 None)
+                answer_start = None if think_end is None else think_end + 1
+                extracted = final_answer(result.text, thinking=True)
+                correct = item.answer is not None and is_correct(item.answer, result.text, thinking=True)
+            hidden = final_hidden(engine, ids)[prompt_len : think_end or len(ids)]
+            record = TraceRecord(item.id, "", correct, prompt_len, think_end, answer_start, len(ids), item.answer,
+                                 extracted)
+            traces.append(Trace(record, torch.tensor(ids), hidden.half()))
+            if on_trace is not None:
+                on_trace()
+        store.add(traces)
+    records = store.records()
+    return {"traces": len(records), "correct": sum(r.correct for r in records), "new": len(todo)}

@@ -1,0 +1,225 @@
+"""The DynTS predictor pipeline's commands: collect-traces -> label -> train-predictor -> eval-predictor, and
+analyze. Registered on the main ``dynts-bench`` app by ``harness.cli``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from harness.importance.traces import TraceStore
+
+
+def _progress(console: Console, label: str) -> Progress:
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console)
+
+
+def _engine(model: str, batch_size: int = 8, device: str = "cpu"):
+    from backends.hf.backend import TransformersBackend
+
+    return TransformersBackend(model, device=device, batch_size=batch_size)
+
+
+def _write_json(path: Optional[Path], data: Any) -> None:
+    if path is not None:
+        from harness.results import atomic_write_json
+
+        atomic_write_json(path, data)
+
+
+def register(app: typer.Typer, console: Console, guard) -> None:
+    """Add the pipeline's commands to ``app``; ``guard(fn)`` turns user errors into one red line."""
+
+    @app.command("collect-traces")
+    def collect_traces(
+        out: Path = typer.Option(..., help="Trace store directory (resumes if it exists)."),
+        model: str = typer.Option("tiny-reasoner", help="Model whose traces (and hidden states) to collect."),
+        prompts: Optional[Path] = typer.Option(None, help="JSONL of {id, prompt, answer}; default: the tiny "
+                                               "reasoner's held-out set (use `make-task --split train` for training)."),
+        limit: Optional[int] = typer.Option(None, min=1),
+        max_new_tokens: int = typer.Option(512),
+        batch_size: int = typer.Option(16),
+        device: str = typer.Option("cpu"),
+        chat: bool = typer.Option(True),
+        forced: bool = typer.Option(False, help="Force the prompts' reference traces (tiny-reasoner task files) "
+                                    "and let the model only answer: for models that do not think (SmolLM2)."),
+    ) -> None:
+        """Generate full-cache traces and store tokens + final hidden states of the thinking tokens."""
+
+        def go() -> None:
+            from backends.base import SamplingParams
+            from harness.config import file_sha256
+            from harness.importance.traces import collect
+            from harness.prompts import default_prompts_path, load_prompts
+            from harness.replay import load_trace_rows
+
+            path = prompts or default_prompts_path()
+            items = load_trace_rows(path, limit) if forced else load_prompts(path, limit)
+            engine = _engine(model, batch_size, device)
+            store = TraceStore(out)
+            store.open_for({"model": model, "hidden_size": engine.model.config.hidden_size, "source": path.name,
+                            "source_sha256": file_sha256(path), "max_new_tokens": max_new_tokens, "chat": chat,
+                            "forced": forced})
+            with _progress(console, "traces") as progress:
+                bar = progress.add_task("traces", total=len(items), completed=len(store.records()))
+                report = collect(engine, items, store, SamplingParams(max_new_tokens), chat,
+                                 on_trace=lambda: progress.advance(bar))
+            console.print(f"{report['traces']} traces in {out} ({report['correct']} correct, {report['new']} new)")
+
+        guard(go)
+
+    @app.command()
+    def label(
+        store_dir: Path = typer.Argument(..., help="Trace store (from collect-traces)."),
+        method: list[str] = typer.Option(["attention", "gradient"], "--method",
+                                         help="attention (the paper's) and/or gradient; repeatable."),
+        device: str = typer.Option("cpu"),
+    ) -> None:
+        """Label each thinking token by how much the answer uses it; with both methods, report their agreement."""
+
+        def go() -> None:
+            from harness.importance.labels import label_store
+
+            store = TraceStore(store_dir)
+            engine = _engine(store.meta["model"], device=device)
+            with _progress(console, "labels") as progress:
+                bar = progress.add_task("labels", total=len(store.records()))
+                report = label_store(engine, store, method, on_trace=lambda: progress.advance(bar))
+            agree = report.get("spearman_between_methods")
+            console.print(f"labelled {report['labelled']} traces with {', '.join(method)}"
+                          + (f"; Spearman between methods {agree:.3f}" if agree is not None else ""))
+
+        guard(go)
+
+    @app.command("train-predictor")
+    def train_predictor(
+        store_dir: Path = typer.Argument(..., help="Labelled trace store."),
+        out: Path = typer.Option(..., help="Predictor directory to write."),
+        label_method: str = typer.Option("attention"),
+        transform: str = typer.Option("power", help="none | power ((x^0.3/0.3)*10) | scale (x*1e4) | rank."),
+        layer_sizes: Optional[str] = typer.Option(None, help="Hidden widths, e.g. 256,64 (default 2h,h/2)."),
+        preset: Optional[str] = typer.Option(None, help="'paper': 8192,2048 (the reference head for 7-8B)."),
+        epochs: int = typer.Option(15),
+        lr: float = typer.Option(5e-4),
+        rank_weight: float = typer.Option(1.0, help="Weight of the pairwise ranking loss (0 = MSE only)."),
+        val_fraction: float = typer.Option(0.1),
+        seed: int = typer.Option(0),
+        include_incorrect: bool = typer.Option(False, help="Train on incorrect traces too (default: correct only)."),
+    ) -> None:
+        """Train the importance head on the frozen model's hidden states; early stopping on held-out tau."""
+
+        def go() -> None:
+            from harness.importance.fit import PRESETS, FitConfig, fit
+            from harness.importance.traces import TraceStoreError
+
+            if preset is not None and preset not in PRESETS:
+                raise TraceStoreError(f"unknown --preset {preset!r}: choose from {', '.join(PRESETS)}")
+            try:
+                sizes = [int(x) for x in layer_sizes.split(",")] if layer_sizes else None
+            except ValueError:
+                raise TraceStoreError(f"--layer-sizes {layer_sizes!r}: give widths such as 256,64") from None
+            if preset:
+                sizes = PRESETS[preset]
+            cfg = FitConfig(label_method=label_method, transform=transform, layer_sizes=sizes, epochs=epochs, lr=lr,
+                            rank_weight=rank_weight, val_fraction=val_fraction, seed=seed,
+                            correct_only=not include_incorrect)
+            with _progress(console, "epochs") as progress:
+                bar = progress.add_task("epochs", total=epochs)
+
+                def on_epoch(epoch: int, row: dict[str, float]) -> None:
+                    progress.update(bar, completed=epoch)
+                    progress.console.log(f"epoch {epoch}: loss {row['train_loss']:.4f}, held-out tau "
+                                         f"{row['kendall_tau']:.3f}, top-20% recall@20 {row['top20_recall@20']:.3f}")
+
+                report = fit(TraceStore(store_dir), out, cfg, on_epoch)
+            console.print(f"predictor -> {out} (best epoch {report['best_epoch']}, held-out tau "
+                          f"{report['validation']['kendall_tau']:.3f})")
+
+        guard(go)
+
+    @app.command("eval-predictor")
+    def eval_predictor(
+        store_dir: Path = typer.Argument(..., help="Held-out labelled trace store."),
+        predictor: Optional[Path] = typer.Option(None, help="Predictor directory (default: the model's shipped one)."),
+        label_method: str = typer.Option("attention"),
+        limit: Optional[int] = typer.Option(None, min=1),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON."),
+        include_incorrect: bool = typer.Option(False, help="Evaluate on incorrect traces too."),
+    ) -> None:
+        """Kendall tau, Spearman and top-20% recall of the predictor and of every baseline ranker."""
+
+        def go() -> None:
+            from harness.importance.evaluate import evaluate
+
+            store = TraceStore(store_dir)
+            engine = _engine(store.meta["model"])
+            model = _load_predictor(predictor, engine)
+            with _progress(console, "traces") as progress:
+                bar = progress.add_task("traces", total=None)
+                result = evaluate(engine, store, model, label_method, limit, lambda: progress.advance(bar),
+                                  correct_only=not include_incorrect)
+            table = Table(title=f"Ranking the thinking tokens of {store_dir} ({label_method} labels)")
+            columns = list(next(iter(result.values())))
+            table.add_column("ranker")
+            for column in columns:
+                table.add_column(column, justify="right")
+            for name, metrics in sorted(result.items(), key=lambda kv: -kv[1]["kendall_tau"]):
+                table.add_row(name, *(f"{metrics.get(c, float('nan')):.3f}" for c in columns))
+            console.print(table)
+            _write_json(json_out, {"store": str(store_dir), "label_method": label_method,
+                                   "predictor": str(predictor) if predictor else "shipped", "rankers": result})
+
+        guard(go)
+
+    @app.command()
+    def analyze(
+        store_dir: Path = typer.Argument(..., help="Labelled trace store (correct and incorrect traces)."),
+        predictor: Optional[Path] = typer.Option(None, help="Also re-feed with the predictor's top tokens."),
+        fraction: list[float] = typer.Option([0.1, 0.2, 0.3, 0.5], "--fraction", help="Kept fraction; repeatable."),
+        label_method: str = typer.Option("attention"),
+        limit: Optional[int] = typer.Option(None, min=1, help="Traces per part (correct / incorrect)."),
+        json_out: Optional[Path] = typer.Option(None, "--json"),
+    ) -> None:
+        """How concentrated answer attention is, and the keep-top / bottom / random re-feeding experiment."""
+
+        def go() -> None:
+            from harness.importance.evaluate import analyze as run_analysis
+
+            store = TraceStore(store_dir)
+            engine = _engine(store.meta["model"])
+            model = _load_predictor(predictor, engine) if predictor else None
+            with _progress(console, "traces") as progress:
+                bar = progress.add_task("traces", total=None)
+                report = run_analysis(engine, store, label_method, fraction, model, limit,
+                                      lambda: progress.advance(bar))
+            table = Table(title=f"Importance concentration and re-feeding ({store_dir})")
+            for column in ("traces", "tokens for 80% / 90% of answer attention", "kept", "same answer"):
+                table.add_column(column)
+            for part, data in report.items():
+                mass = (f"{data['tokens_for_80pct_attention']:.1%} / {data['tokens_for_90pct_attention']:.1%}"
+                        if data.get("tokens_for_80pct_attention") is not None else "-")
+                refeed = data.get("refeed_same_answer", {})
+                table.add_row(f"{part}: {data['traces']}", mass, "\n".join(refeed),
+                              "\n".join(f"{v:.1%}" for v in refeed.values()))
+            console.print(table)
+            _write_json(json_out, {"store": str(store_dir), "label_method": label_method, **report})
+
+        guard(go)
+
+
+def _load_predictor(path: Optional[Path], engine: Any):
+    from zoo.base import PolicyError
+    from zoo.predictor import ImportancePredictor, shipped_predictor
+
+    info = engine.model_info()
+    location = path or shipped_predictor(info.model_id)
+    if location is None:
+        raise PolicyError(f"no predictor shipped for {info.model_id}: pass --predictor DIR")
+    predictor = ImportancePredictor.load(location)
+    predictor.check_model(info)
+    return predictor

@@ -1,0 +1,155 @@
+"""The DynTS predictor pipeline: collect -> label -> train -> evaluate -> analyze, and the labels' maths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from typer.testing import CliRunner
+
+from backends.base import SamplingParams
+from backends.hf.backend import TransformersBackend
+from harness.cli import app
+from harness.importance.evaluate import analyze, concentration, evaluate
+from harness.importance.fit import FitConfig, fit, transform_labels
+from harness.importance.labels import attention_label, label_store, load_labels
+from harness.importance.rankers import ranking_metrics, top_set
+from harness.importance.traces import TraceStore, TraceStoreError, collect
+from harness.replay import TraceRow
+from harness.tinyreasoner.task import generate
+from harness.tinyreasoner.vocab import VOCAB, save_tokenizer
+from zoo.predictor import ImportancePredictor
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def random_reasoner(tmp_path_factory) -> Path:
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("random-reasoner")
+    config = LlamaConfig(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=False, eos_token_id=1, pad_token_id=0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    save_tokenizer(path)
+    return path
+
+
+def trace_rows(count: int, split: str = "train") -> list[TraceRow]:
+    return [TraceRow(p.id, p.prompt, p.trace, p.answer) for p in (generate(i, split=split) for i in range(count))]
+
+
+@pytest.fixture(scope="module")
+def store(random_reasoner, tmp_path_factory) -> TraceStore:
+    engine = TransformersBackend(str(random_reasoner), batch_size=4)
+    store = TraceStore(tmp_path_factory.mktemp("traces") / "store")
+    store.open_for({"model": str(random_reasoner), "hidden_size": 32})
+    report = collect(engine, trace_rows(12), store, SamplingParams(512))
+    assert report == {"traces": 12, "correct": report["correct"], "new": 12}
+    again = collect(engine, trace_rows(12), store, SamplingParams(512))  # resumes: nothing redone
+    assert again["new"] == 0 and len(store.records()) == 12
+    label_store(engine, store, ["attention", "gradient"])
+    return store
+
+
+def test_attention_label_equals_eager_attention(random_reasoner, store) -> None:
+    engine = TransformersBackend(str(random_reasoner))
+    trace = next(store.load(store.records()[:1]))
+    r = trace.record
+    end = r.length - (1 if int(trace.tokens[-1]) in engine.parts.eos_ids else 0)
+    eager = LlamaForCausalLM.from_pretrained(random_reasoner, attn_implementation="eager").eval()
+    with torch.no_grad():
+        attentions = eager(input_ids=trace.tokens[None, :end], output_attentions=True).attentions
+    probs = torch.stack(attentions)[:, 0, :, r.answer_start : end].clone()  # [L, H, A, T]
+    for a, row in enumerate(range(r.answer_start, end)):
+        probs[:, :, a, row] = 0.0  # diagonal zeroed
+    expected = probs.mean(dim=(0, 1, 2))[r.thinking]
+    torch.testing.assert_close(attention_label(engine, trace), expected, atol=1e-6, rtol=1e-4)
+
+
+def test_store_holds_thinking_hidden_states_and_labels(store) -> None:
+    labels = load_labels(store, "attention")
+    for trace in store.load(store.records()):
+        r = trace.record
+        assert trace.hidden.dtype == torch.float16 and trace.hidden.shape == (r.think_end - r.prompt_len, 32)
+        assert labels[r.id].shape == (trace.hidden.shape[0],) and bool((labels[r.id] >= 0).all())
+    assert load_labels(store, "gradient").keys() == labels.keys()
+
+
+def test_predictor_trains_and_is_evaluated_against_every_baseline(random_reasoner, store, tmp_path) -> None:
+    cfg = FitConfig(epochs=2, layer_sizes=[16, 8], val_fraction=0.3, correct_only=False, seed=3)
+    report = fit(store, tmp_path / "pred", cfg)
+    again = fit(store, tmp_path / "pred2", cfg)
+    assert report["validation"] == again["validation"]  # deterministic per seed
+    predictor = ImportancePredictor.load(tmp_path / "pred")
+    assert predictor.config.base_model == str(random_reasoner)
+    assert predictor.config.extra["training_data_sha256"] and predictor.config.label_method == "attention"
+    engine = TransformersBackend(str(random_reasoner))
+    result = evaluate(engine, store, predictor, "attention", correct_only=False)
+    assert set(result) == {"dynts", "recency", "h2o", "snapkv", "rkv", "random"}
+    for metrics in result.values():
+        assert -1.0 <= metrics["kendall_tau"] <= 1.0 and 0.0 <= metrics["top20_recall@40"] <= 1.0
+        assert metrics["critical_recall@20"] >= 0.0  # the generator's ground truth is available on task words
+
+
+def test_analysis_reports_concentration_and_refeeding(random_reasoner, store) -> None:
+    engine = TransformersBackend(str(random_reasoner))
+    report = analyze(engine, store, "attention", [0.2, 0.5], limit=3)
+    part = report["correct"] if report["correct"]["traces"] else report["incorrect"]
+    assert 0 < part["tokens_for_80pct_attention"] <= part["tokens_for_90pct_attention"] <= 1
+    assert set(part["refeed_same_answer"]) == {"top@0.2", "bottom@0.2", "random@0.2", "top@0.5", "bottom@0.5",
+                                               "random@0.5"}
+
+
+def test_ranking_helpers() -> None:
+    labels = torch.tensor([0.0, 5.0, 1.0, 4.0, 0.5])
+    assert ranking_metrics(labels, labels)["kendall_tau"] == pytest.approx(1.0)
+    assert ranking_metrics(-labels, labels)["top20_recall@20"] == 0.0
+    assert top_set(labels, 0.4).tolist() == [False, True, False, True, False]
+    assert concentration(torch.tensor([8.0, 1.0, 1.0, 0.0]), 0.8) == 0.25
+    assert transform_labels(labels, "rank").tolist() == [0.0, 1.0, 0.5, 0.75, 0.25]
+    with pytest.raises(TraceStoreError, match="unknown label transform"):
+        transform_labels(labels, "cube")
+
+
+def test_cli_pipeline_and_its_errors(random_reasoner, tmp_path) -> None:
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps(generate(i).to_json()) + "\n" for i in range(6)))
+    store_dir = tmp_path / "store"
+    steps = [
+        ["collect-traces", "--model", str(random_reasoner), "--prompts", str(problems), "--out", str(store_dir),
+         "--forced", "--batch-size", "3"],
+        ["label", str(store_dir), "--method", "attention"],
+        ["train-predictor", str(store_dir), "--out", str(tmp_path / "pred"), "--epochs", "1", "--layer-sizes",
+         "8,4", "--include-incorrect", "--val-fraction", "0.4"],
+        ["eval-predictor", str(store_dir), "--predictor", str(tmp_path / "pred"), "--include-incorrect", "--json",
+         str(tmp_path / "eval.json")],
+    ]
+    for args in steps:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    assert "dynts" in json.loads((tmp_path / "eval.json").read_text())["rankers"]
+    bad = runner.invoke(app, ["label", str(tmp_path / "nothing")])
+    assert bad.exit_code == 2 and "is not a trace store" in " ".join(bad.output.split())
+    bad = runner.invoke(app, ["train-predictor", str(store_dir), "--out", str(tmp_path / "p"), "--transform", "x"])
+    assert bad.exit_code == 2 and "unknown label transform" in " ".join(bad.output.split())
+
+
+@pytest.mark.smollm2
+def test_pipeline_runs_end_to_end_on_smollm2(tmp_path) -> None:
+    engine = TransformersBackend("smollm2-135m", batch_size=2)
+    store = TraceStore(tmp_path / "store")
+    store.open_for({"model": "smollm2-135m", "hidden_size": engine.model.config.hidden_size})
+    rows = [TraceRow(p.id, p.prompt, p.trace, p.answer)
+            for p in (generate(i, split="train", knobs=None) for i in range(4))]
+    collect(engine, rows, store, SamplingParams(600))
+    report = label_store(engine, store, ["attention", "gradient"])
+    assert report["labelled"] == 4 and report["spearman_between_methods"] is not None
+    extra = fit(store, tmp_path / "pred", FitConfig(epochs=1, layer_sizes=[32, 8], val_fraction=0.5,
+                                                     correct_only=False))
+    assert extra["traces"]["train"] + extra["traces"]["validation"] == 4
+    result = evaluate(engine, store, ImportancePredictor.load(tmp_path / "pred"), "attention", correct_only=False)
+    assert {"dynts", "h2o", "snapkv", "rkv"} <= set(result)
