@@ -77,7 +77,7 @@ def register(app: typer.Typer, console: Console, guard) -> None:
     def label(
         store_dir: Path = typer.Argument(..., help="Trace store (from collect-traces)."),
         method: list[str] = typer.Option(["attention", "gradient"], "--method",
-                                         help="attention (the paper's) and/or gradient; repeatable."),
+                                         help="attention (the paper's), gradient and/or lookback; repeatable."),
         device: str = typer.Option("cpu"),
     ) -> None:
         """Label each thinking token by how much the answer uses it; with both methods, report their agreement."""
@@ -90,9 +90,10 @@ def register(app: typer.Typer, console: Console, guard) -> None:
             with _progress(console, "labels") as progress:
                 bar = progress.add_task("labels", total=len(store.records()))
                 report = label_store(engine, store, method, on_trace=lambda: progress.advance(bar))
-            agree = report.get("spearman_between_methods")
-            console.print(f"labelled {report['labelled']} traces with {', '.join(method)}"
-                          + (f"; Spearman between methods {agree:.3f}" if agree is not None else ""))
+            agree = "; ".join(f"Spearman {pair} {rho:.3f}" for pair, rho in report["spearman_between_methods"].items()
+                              if rho is not None)
+            console.print(f"labelled {report['labelled']} traces with {', '.join(method)}" + (f"; {agree}" if agree
+                                                                                               else ""))
 
         guard(go)
 

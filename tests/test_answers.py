@@ -63,3 +63,25 @@ def test_extraction_details():
     assert last_boxed("\\boxed{unbalanced") is None
     assert extract_math("no answer here").reason == "no_box"
     assert extract_choice("</think>nothing").answer is None
+
+
+NUMBER_CASES = [
+    ("4", "step a 1 + b 3 = 4 r1 4 . </think> answer 4", True, "ok"),
+    ("4", "step a 1 + b 3 = 4 r1 4 . </think> answer 5", False, "wrong"),
+    ("4", "step a 1 + b 3 = 4 r1 4 . step", False, "no_answer"),  # never closed: a digit inside does not count
+    ("4", "</think> answer", False, "no_answer"),
+]
+
+
+@pytest.mark.parametrize("gold,output,correct,reason", NUMBER_CASES)
+def test_number_scoring_reads_only_after_think(gold, output, correct, reason):
+    scored = score("number", gold, output)
+    assert (scored.correct, scored.reason) == (correct, reason)
+
+
+def test_prompt_file_scoring_requires_a_closed_trace_from_thinking_models():
+    from harness.scoring import is_correct
+
+    assert is_correct("4", "r1 4 . </think> answer 4", thinking=True)
+    assert not is_correct("4", "step a 1 + b 3 = 4 r1 4", thinking=True)
+    assert is_correct("4", "the answer is 4")  # a model that does not think: the last number

@@ -15,7 +15,7 @@ from backends.hf.backend import TransformersBackend
 from harness.cli import app
 from harness.importance.evaluate import analyze, concentration, evaluate
 from harness.importance.fit import FitConfig, fit, transform_labels
-from harness.importance.labels import attention_label, label_store, load_labels
+from harness.importance.labels import attention_label, label_store, load_labels, lookback_label
 from harness.importance.rankers import ranking_metrics, top_set
 from harness.importance.traces import TraceStore, TraceStoreError, collect
 from harness.replay import TraceRow
@@ -51,7 +51,7 @@ def store(random_reasoner, tmp_path_factory) -> TraceStore:
     assert report == {"traces": 12, "correct": report["correct"], "new": 12}
     again = collect(engine, trace_rows(12), store, SamplingParams(512))  # resumes: nothing redone
     assert again["new"] == 0 and len(store.records()) == 12
-    label_store(engine, store, ["attention", "gradient"])
+    label_store(engine, store, ["attention", "gradient", "lookback"])
     return store
 
 
@@ -70,13 +70,28 @@ def test_attention_label_equals_eager_attention(random_reasoner, store) -> None:
     torch.testing.assert_close(attention_label(engine, trace), expected, atol=1e-6, rtol=1e-4)
 
 
+def test_lookback_label_equals_eager_attention(random_reasoner, store) -> None:
+    engine = TransformersBackend(str(random_reasoner))
+    trace = next(store.load(store.records()[1:2]))
+    r = trace.record
+    end = r.length - (1 if int(trace.tokens[-1]) in engine.parts.eos_ids else 0)
+    eager = LlamaForCausalLM.from_pretrained(random_reasoner, attn_implementation="eager").eval()
+    with torch.no_grad():
+        attentions = eager(input_ids=trace.tokens[None, :end], output_attentions=True).attentions
+    probs = torch.stack(attentions)[:, 0].mean(1)  # [L, T(query), T(key)]
+    rows, cols = torch.arange(end)[:, None], torch.arange(end)[None, :]
+    far = probs * (cols <= rows - 32)
+    expected = far.amax(dim=1).mean(0)[r.thinking]
+    torch.testing.assert_close(lookback_label(engine, trace), expected, atol=1e-6, rtol=1e-4)
+
+
 def test_store_holds_thinking_hidden_states_and_labels(store) -> None:
     labels = load_labels(store, "attention")
     for trace in store.load(store.records()):
         r = trace.record
         assert trace.hidden.dtype == torch.float16 and trace.hidden.shape == (r.think_end - r.prompt_len, 32)
         assert labels[r.id].shape == (trace.hidden.shape[0],) and bool((labels[r.id] >= 0).all())
-    assert load_labels(store, "gradient").keys() == labels.keys()
+    assert load_labels(store, "gradient").keys() == labels.keys() == load_labels(store, "lookback").keys()
 
 
 def test_predictor_trains_and_is_evaluated_against_every_baseline(random_reasoner, store, tmp_path) -> None:
@@ -147,7 +162,7 @@ def test_pipeline_runs_end_to_end_on_smollm2(tmp_path) -> None:
             for p in (generate(i, split="train", knobs=None) for i in range(4))]
     collect(engine, rows, store, SamplingParams(600))
     report = label_store(engine, store, ["attention", "gradient"])
-    assert report["labelled"] == 4 and report["spearman_between_methods"] is not None
+    assert report["labelled"] == 4 and report["spearman_between_methods"]["attention~gradient"] is not None
     extra = fit(store, tmp_path / "pred", FitConfig(epochs=1, layer_sizes=[32, 8], val_fraction=0.5,
                                                      correct_only=False))
     assert extra["traces"]["train"] + extra["traces"]["validation"] == 4

@@ -17,8 +17,8 @@ class DynTS(Policy):
     """Dynamic Thinking-Token Selection (arXiv 2601.18383). A small MLP reads the final hidden state of every
     token once, as it is produced, and predicts how much the final answer will attend to it; at compression
     the lowest-scoring thinking tokens go. Prompt and window are kept by the schedule; tokens after
-    ``</think>`` (the answer) score +inf. ``predictor`` is a directory written by the predictor pipeline; without
-it, the predictor shipped for the model (the tiny reasoner's) is used."""
+    ``</think>`` (the answer) score +inf. ``predictor`` is a directory written by the predictor pipeline;
+    without it, the predictor shipped for the model (the tiny reasoner's) is used."""
 
     name = "dynts"
     needs = frozenset({"hidden"})

@@ -7,6 +7,12 @@ never materialises a T x T attention matrix for all layers.
 
 ``gradient``: |d log p(answer) / d embedding . embedding| per token (gradient x input attribution).
 
+``lookback`` (ours): the largest attention a token receives from any later query at least ``LOOKBACK_DISTANCE``
+tokens away (answer or thinking), averaged over heads and layers. Teacher-forced labels of the answer only see
+what the answer reads directly; when a thinking step re-reads a value stated far back (the tiny task's
+``r1 0``, a lemma in a proof), that value is critical for eviction although the answer never looks at it.
+This label keeps all queries of the trace (memory: layers x heads x T x head_dim).
+
 Labels are written to ``labels-<method>.safetensors`` in the trace store (one tensor per trace id, over its
 thinking tokens).
 """
@@ -24,7 +30,8 @@ from scipy.stats import spearmanr
 from backends.hf.observe import KVObserver
 from harness.importance.traces import Trace, TraceStore, TraceStoreError
 
-METHODS = ("attention", "gradient")
+METHODS = ("attention", "gradient", "lookback")
+LOOKBACK_DISTANCE = 32
 _QUERY_CHUNK = 128
 
 
@@ -82,6 +89,26 @@ def attention_label(engine: Any, trace: Trace) -> torch.Tensor:
     return label[trace.record.thinking].cpu()
 
 
+def lookback_label(engine: Any, trace: Trace, distance: int = LOOKBACK_DISTANCE) -> torch.Tensor:
+    first, end = answer_span(trace, engine.parts.eos_ids)
+    keys, queries, _ = observed_forward(engine, trace.tokens[:end], end)
+    per_layer = []
+    for q_all, k_all in zip(queries, keys):
+        h, d = q_all.shape[1], q_all.shape[3]
+        k = k_all[0].float().repeat_interleave(h // k_all.shape[1], dim=0)  # [H, T, D]
+        t = k.shape[1]
+        best = torch.zeros(t, device=k.device)
+        for start in range(0, t, _QUERY_CHUNK):
+            q = q_all[0, :, start : start + _QUERY_CHUNK].float()
+            rows = start + torch.arange(q.shape[1], device=k.device)
+            cols = torch.arange(t, device=k.device)[None, :]
+            probs = ((q @ k.transpose(-1, -2)) / d**0.5).masked_fill(cols > rows[:, None], float("-inf")).softmax(-1)
+            far = (cols <= rows[:, None] - distance).float()  # only reads from at least `distance` back
+            best = torch.maximum(best, (probs.mean(0) * far).amax(0))
+        per_layer.append(best)
+    return torch.stack(per_layer).mean(0)[trace.record.thinking].cpu()
+
+
 def gradient_label(engine: Any, trace: Trace) -> torch.Tensor:
     first, end = answer_span(trace, engine.parts.eos_ids)
     if end <= first:
@@ -103,8 +130,8 @@ def gradient_label(engine: Any, trace: Trace) -> torch.Tensor:
     return attribution[trace.record.thinking].cpu()
 
 
-LABELLERS: dict[str, Callable[[Any, Trace], torch.Tensor]] = {"attention": attention_label,
-                                                               "gradient": gradient_label}
+LABELLERS: dict[str, Callable[[Any, Trace], torch.Tensor]] = {
+    "attention": attention_label, "gradient": gradient_label, "lookback": lookback_label}
 
 
 def labels_path(store: TraceStore, method: str) -> Path:
@@ -134,11 +161,14 @@ def label_store(engine: Any, store: TraceStore, methods: Sequence[str],
         save_file(tensors, str(tmp))
         tmp.replace(labels_path(store, method))
     report: dict[str, Any] = {"labelled": len(next(iter(out.values()))), "methods": list(methods)}
-    if len(methods) == 2:
-        a, b = out[methods[0]], out[methods[1]]
-        rhos = [spearmanr(a[k].numpy(), b[k].numpy()).statistic for k in a if a[k].numel() > 2]
-        rhos = [r for r in rhos if r == r]  # constant labels give NaN
-        report["spearman_between_methods"] = sum(rhos) / len(rhos) if rhos else None
+    agreement = {}
+    for i, one in enumerate(methods):
+        for other in methods[i + 1 :]:
+            a, b = out[one], out[other]
+            rhos = [spearmanr(a[k].numpy(), b[k].numpy()).statistic for k in a if a[k].numel() > 2]
+            rhos = [r for r in rhos if r == r]  # constant labels give NaN
+            agreement[f"{one}~{other}"] = sum(rhos) / len(rhos) if rhos else None
+    report["spearman_between_methods"] = agreement
     return report
 
 

@@ -1,0 +1,83 @@
+"""The shipped tiny reasoner: loads from the installed package, thinks, answers; its predictor and task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from backends.base import GenerationRequest, SamplingParams
+from backends.hf.backend import TransformersBackend
+from backends.hf.loading import tiny_reasoner_dir
+from harness.cli import app
+from harness.prompts import default_prompts_path, load_prompts
+from harness.scoring import is_correct
+from harness.tinyreasoner.task import generate
+from zoo import build_policy
+from zoo.predictor import shipped_predictor
+from zoo.schedule import EvictionSchedule
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def reasoner() -> TransformersBackend:
+    return TransformersBackend("tiny-reasoner", batch_size=8)
+
+
+def test_the_model_ships_as_a_standard_transformers_directory() -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_reasoner_dir()
+    assert Path(path, "model.safetensors").is_file() and Path(path, "README.md").is_file()
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert sum(p.numel() for p in model.parameters()) <= 10_000_000
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "sum a 1 b 2"}], add_generation_prompt=True,
+                                           tokenize=False)
+    assert prompt.rstrip().endswith("<think>")
+
+
+def test_it_answers_fixed_held_out_problems_with_the_full_cache(reasoner) -> None:
+    items = load_prompts(default_prompts_path(), limit=8)
+    requests = [GenerationRequest(i.id, reasoner.encode_prompt(i.prompt)) for i in items]
+    results = reasoner.generate(requests, build_policy("full"), None, SamplingParams(512))
+    correct = [is_correct(i.answer, r.text, thinking=True) for i, r in zip(items, results)]
+    assert sum(correct) >= 7, [r.text for r in results]
+    first = generate(0, split="heldout")
+    assert results[0].text.split() == [*first.trace, "answer", first.answer]  # its own trace, token for token
+
+
+def test_window_forgets_what_the_oracle_keeps(reasoner) -> None:
+    items = load_prompts(default_prompts_path(), limit=16)
+    requests = [GenerationRequest(i.id, reasoner.encode_prompt(i.prompt)) for i in items]
+    schedule = EvictionSchedule(budget=80, interval=16, window=32)
+    accuracy = {}
+    for name in ("window", "oracle"):
+        policy = build_policy(name)
+        reasoner.prepare(policy)
+        results = reasoner.generate(requests, policy, schedule, SamplingParams(512))
+        accuracy[name] = sum(is_correct(i.answer, r.text, thinking=True) for i, r in zip(items, results)) / 16
+    assert accuracy["oracle"] >= 0.8 and accuracy["window"] <= 0.5, accuracy
+
+
+def test_dynts_finds_its_shipped_predictor(reasoner) -> None:
+    assert shipped_predictor("tiny-reasoner") is not None and shipped_predictor("smollm2-135m") is None
+    policy = build_policy("dynts")
+    reasoner.prepare(policy)  # binds the packaged predictor, checked against the model
+
+
+def test_default_run_and_the_tiny_task_through_lm_eval(tmp_path) -> None:
+    out = tmp_path / "runs"
+    result = runner.invoke(app, ["run", "-p", "full", "-p", "oracle", "--limit", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summaries = [json.loads(p.read_text()) for p in out.glob("*/summary.json")]
+    assert {s["config"]["model"] for s in summaries} == {"tiny-reasoner"}
+    assert all(s["metrics"]["accuracy"] >= 0.75 for s in summaries)
+    task = runner.invoke(app, ["run", "-p", "full", "--task", "tiny_reasoner", "--limit", "4", "--samples", "2",
+                               "--temperature", "0.5", "--out", str(tmp_path / "task")])
+    assert task.exit_code == 0, task.output
+    metrics = json.loads(next((tmp_path / "task").glob("*/summary.json")).read_text())["metrics"]
+    assert metrics["samples_per_problem"] == 2 and metrics["pass@1"] >= 0.5
