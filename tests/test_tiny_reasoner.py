@@ -50,17 +50,16 @@ def test_it_answers_fixed_held_out_problems_with_the_full_cache(reasoner) -> Non
     assert results[0].text.split() == [*first.trace, "answer", first.answer]  # its own trace, token for token
 
 
-def test_window_forgets_what_the_oracle_keeps(reasoner) -> None:
+def test_eviction_costs_answers_on_the_tiny_task(reasoner) -> None:
+    """The workload is eviction-sensitive: at ~25% of the median trace, a window loses most answers."""
     items = load_prompts(default_prompts_path(), limit=16)
     requests = [GenerationRequest(i.id, reasoner.encode_prompt(i.prompt)) for i in items]
-    schedule = EvictionSchedule(budget=80, interval=16, window=32)
-    accuracy = {}
-    for name in ("window", "oracle"):
-        policy = build_policy(name)
-        reasoner.prepare(policy)
-        results = reasoner.generate(requests, policy, schedule, SamplingParams(512))
-        accuracy[name] = sum(is_correct(i.answer, r.text, thinking=True) for i, r in zip(items, results)) / 16
-    assert accuracy["oracle"] >= 0.8 and accuracy["window"] <= 0.5, accuracy
+    schedule = EvictionSchedule(budget=86, interval=16, window=32)
+    policy = build_policy("window")
+    results = reasoner.generate(requests, policy, schedule, SamplingParams(512))
+    accuracy = sum(is_correct(i.answer, r.text, thinking=True) for i, r in zip(items, results)) / len(items)
+    assert accuracy <= 0.5
+    assert all(r.kv_peak_tokens <= 86 + 16 for r in results)
 
 
 def test_dynts_finds_its_shipped_predictor(reasoner) -> None:
@@ -71,13 +70,17 @@ def test_dynts_finds_its_shipped_predictor(reasoner) -> None:
 
 def test_default_run_and_the_tiny_task_through_lm_eval(tmp_path) -> None:
     out = tmp_path / "runs"
-    result = runner.invoke(app, ["run", "-p", "full", "-p", "oracle", "--limit", "4", "--out", str(out)])
+    result = runner.invoke(app, ["run", "-p", "full", "--limit", "4", "--out", str(out)])
     assert result.exit_code == 0, result.output
     summaries = [json.loads(p.read_text()) for p in out.glob("*/summary.json")]
     assert {s["config"]["model"] for s in summaries} == {"tiny-reasoner"}
-    assert all(s["metrics"]["accuracy"] >= 0.75 for s in summaries)
+    assert all(s["metrics"]["accuracy"] == 1.0 for s in summaries)
     task = runner.invoke(app, ["run", "-p", "full", "--task", "tiny_reasoner", "--limit", "4", "--samples", "2",
                                "--temperature", "0.5", "--out", str(tmp_path / "task")])
     assert task.exit_code == 0, task.output
     metrics = json.loads(next((tmp_path / "task").glob("*/summary.json")).read_text())["metrics"]
     assert metrics["samples_per_problem"] == 2 and metrics["pass@1"] >= 0.5
+    fixtures = Path(__file__).parent / "fixtures" / "math"
+    math = runner.invoke(app, ["run", "-p", "window", "--task", "math500", "--data-dir", str(fixtures), "--limit", "2",
+                               "--max-new-tokens", "24", "--budget", "96", "--out", str(tmp_path / "math")])
+    assert math.exit_code == 0, math.output  # an lm-eval task end to end on the tiny reasoner (it cannot solve it)
