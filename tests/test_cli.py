@@ -96,7 +96,7 @@ def test_unreadable_prompt_line_names_the_line(tmp_path):
 
 def test_predictor_for_another_model_is_refused(prompts, tmp_path):
     pred = tmp_path / "pred"
-    ImportancePredictor(PredictorConfig("some-org/other-model", 576, [8, 4])).save(pred)
+    ImportancePredictor(PredictorConfig("some-org/other-model", 128, [8, 4])).save(pred)  # tiny-reasoner width
     result = runner.invoke(
         app, ["run", "--policy", "dynts", "--predictor", str(pred), "--prompts", str(prompts), "--out", str(tmp_path)]
     )  # the default model is the tiny reasoner
