@@ -11,6 +11,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 from backends.hf.backend import kv_bytes_per_token
 from backends.hf.decode import ModelParts
 from backends.hf.observe import register
+from harness.tinyreasoner.vocab import VOCAB as TASK_VOCAB
+from harness.tinyreasoner.vocab import save_tokenizer
 from zoo import build_policy, registry
 from zoo.base import ModelInfo, Policy
 from zoo.predictor import ImportancePredictor, PredictorConfig
@@ -77,3 +79,16 @@ def tiny(request, tmp_path):
     predictor = ImportancePredictor(PredictorConfig(info.model_id, info.hidden_size, [32, 16]))
     predictor.save(tmp_path / "predictor")
     return model, parts_for(model), info, tmp_path / "predictor"
+
+
+@pytest.fixture(scope="session")
+def random_reasoner(tmp_path_factory) -> Path:
+    """A randomly initialised Llama with the tiny reasoner's tokenizer, saved as a model directory."""
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("random-reasoner")
+    config = LlamaConfig(vocab_size=len(TASK_VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=False, eos_token_id=1, pad_token_id=0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    save_tokenizer(path)
+    return path

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 from typer.testing import CliRunner
 
 from backends.base import SamplingParams
@@ -20,22 +19,9 @@ from harness.importance.rankers import ranking_metrics, top_set
 from harness.importance.traces import TraceStore, TraceStoreError, collect
 from harness.replay import TraceRow
 from harness.tinyreasoner.task import generate
-from harness.tinyreasoner.vocab import VOCAB, save_tokenizer
 from zoo.predictor import ImportancePredictor
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def random_reasoner(tmp_path_factory) -> Path:
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("random-reasoner")
-    config = LlamaConfig(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=False, eos_token_id=1, pad_token_id=0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    save_tokenizer(path)
-    return path
 
 
 def trace_rows(count: int, split: str = "train") -> list[TraceRow]:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from backends.base import GenerationRequest, SamplingParams
 from backends.hf.backend import TransformersBackend
@@ -15,23 +13,9 @@ from backends.hf.decode import generate_batch
 from harness.replay import ReferenceCache, TraceRow, build_items, execute_replay, load_trace_rows, retrieval_pairs
 from harness.runplan import config_for, prepare
 from harness.tinyreasoner.task import generate
-from harness.tinyreasoner.vocab import VOCAB, save_tokenizer
 from zoo import build_policy
 from zoo.full import FullCache
 from zoo.schedule import EvictionSchedule
-
-
-@pytest.fixture(scope="module")
-def random_reasoner(tmp_path_factory) -> Path:
-    """A randomly initialised model with the tiny reasoner's tokenizer, saved as a model directory."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("random-reasoner")
-    config = LlamaConfig(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=False, eos_token_id=1, pad_token_id=0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    save_tokenizer(path)
-    return path
 
 
 def rows(count: int) -> list[TraceRow]:

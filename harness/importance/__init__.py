@@ -1,0 +1,1 @@
+"""The DynTS importance predictor pipeline: traces, labels, training, evaluation and analysis."""
