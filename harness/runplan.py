@@ -118,12 +118,12 @@ def prepare(o: dict[str, Any]) -> RunPlan:
 
         task, kind = build_task(o["task"], o["data_dir"], o["samples"])
         n_items = min(len(list(task.test_docs())), o["limit"] or 10**9) * o["samples"]
+        info = shipped_tasks()[o["task"]]
         if o["data_dir"] is not None:
             source_hash = file_sha256(Path(o["data_dir"]) / f"{o['task']}.jsonl")
-        elif shipped_tasks()[o["task"]]["hub_path"] is None:  # data shipped with the package
+        elif info["hub_path"] is None:  # data shipped with the package
             source_hash = file_sha256(default_prompts_path())
         else:
-            info = shipped_tasks()[o["task"]]
             source_hash = f"hub:{info['hub_path']}:{info['hub_name'] or ''}"
         source_name = o["task"]
     else:

@@ -19,7 +19,7 @@ thinking tokens).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,21 +60,27 @@ def observed_forward(engine: Any, ids: torch.Tensor, query_window: int, accumula
     return keys, observer.queries, received
 
 
-def attention_from(queries: torch.Tensor, keys: torch.Tensor, first: int) -> torch.Tensor:
-    """Attention each key receives from queries at positions ``first, first+1, ...`` (causal, diagonal zeroed),
-    summed over heads and queries: ``[T]``. ``queries`` [1, H, A, D], ``keys`` [1, KVH, T, D]."""
+def causal_chunks(queries: torch.Tensor, keys: torch.Tensor, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(rows, probs)`` per chunk of queries: the queries' positions ``[c]`` (``first, first+1, ...``) and their
+    causal attention ``[H, c, T]``. ``queries`` [1, H, A, D], ``keys`` [1, KVH, T, D]; one chunk at a time, so a
+    long trace never materialises all A x T probabilities at once."""
     h, a, d = queries.shape[1], queries.shape[2], queries.shape[3]
     k = keys[0].float().repeat_interleave(h // keys.shape[1], dim=0)  # [H, T, D]
-    t = k.shape[1]
-    total = torch.zeros(t, device=k.device)
+    cols = torch.arange(k.shape[1], device=k.device)[None, :]
     for start in range(0, a, _QUERY_CHUNK):
         q = queries[0, :, start : start + _QUERY_CHUNK].float()  # [H, c, D]
         rows = first + start + torch.arange(q.shape[1], device=k.device)
         logits = (q @ k.transpose(-1, -2)) / d**0.5  # [H, c, T]
-        visible = torch.arange(t, device=k.device)[None, :] <= rows[:, None]
-        probs = logits.masked_fill(~visible, float("-inf")).softmax(-1)
-        probs = probs.masked_fill(torch.arange(t, device=k.device)[None, :] == rows[:, None], 0.0)  # diagonal
-        total += probs.sum(dim=(0, 1))
+        yield rows, logits.masked_fill(cols > rows[:, None], float("-inf")).softmax(-1)
+
+
+def attention_from(queries: torch.Tensor, keys: torch.Tensor, first: int) -> torch.Tensor:
+    """Attention each key receives from queries at positions ``first, first+1, ...`` (causal, diagonal zeroed),
+    summed over heads and queries: ``[T]``."""
+    total = torch.zeros(keys.shape[2], device=keys.device)
+    for rows, probs in causal_chunks(queries, keys, first):
+        diagonal = torch.arange(keys.shape[2], device=keys.device)[None, :] == rows[:, None]
+        total += probs.masked_fill(diagonal, 0.0).sum(dim=(0, 1))
     return total
 
 
@@ -94,15 +100,9 @@ def lookback_label(engine: Any, trace: Trace, distance: int = LOOKBACK_DISTANCE)
     keys, queries, _ = observed_forward(engine, trace.tokens[:end], end)
     per_layer = []
     for q_all, k_all in zip(queries, keys):
-        h, d = q_all.shape[1], q_all.shape[3]
-        k = k_all[0].float().repeat_interleave(h // k_all.shape[1], dim=0)  # [H, T, D]
-        t = k.shape[1]
-        best = torch.zeros(t, device=k.device)
-        for start in range(0, t, _QUERY_CHUNK):
-            q = q_all[0, :, start : start + _QUERY_CHUNK].float()
-            rows = start + torch.arange(q.shape[1], device=k.device)
-            cols = torch.arange(t, device=k.device)[None, :]
-            probs = ((q @ k.transpose(-1, -2)) / d**0.5).masked_fill(cols > rows[:, None], float("-inf")).softmax(-1)
+        cols = torch.arange(k_all.shape[2], device=k_all.device)[None, :]
+        best = torch.zeros(k_all.shape[2], device=k_all.device)
+        for rows, probs in causal_chunks(q_all, k_all, 0):
             far = (cols <= rows[:, None] - distance).float()  # only reads from at least `distance` back
             best = torch.maximum(best, (probs.mean(0) * far).amax(0))
         per_layer.append(best)
