@@ -3,7 +3,9 @@
 What made it learn on 2 CPU cores (see the issue's calibration notes): one token per value (copying is one
 induction step), untied input/output embeddings, a predictable order of steps, loss only on what the model
 writes (the trace and answer, not the random prompt values), and a curriculum from short problems with
-little filler to the full distribution. The log reports loss per token type, because the overall loss hides
+little filler to the full distribution, and, from 40% of training on, *context drop-out* (``dropout.py``):
+attention masks with the gaps that eviction leaves, without which even the oracle policy broke the model.
+The log reports loss per token type, because the overall loss hides
 the part that matters: values *retrieved* from far back versus sums computed locally versus format.
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from harness.tinyreasoner.dropout import batch_mask
 from harness.tinyreasoner.task import DIGITS, Knobs, generate, is_result_name, problems, task_facts
 from harness.tinyreasoner.vocab import EOS, PAD, TOKEN_ID, VOCAB, encode, prompt_tokens, save_tokenizer
 
@@ -46,6 +49,7 @@ class TrainConfig:
     eval_every: int = 1000
     eval_problems: int = 64
     threads: int = 2
+    dropout_from: float = 0.4  # share of training after which context drop-out masks are used
 
 
 def model_config(cfg: TrainConfig):
@@ -100,6 +104,16 @@ def make_batch(rng: random.Random, size: int, knobs: Knobs, seed: int) -> tuple[
     y = torch.tensor([r + [IGNORE] * (width - len(r)) for r in labels])
     t = torch.tensor([r + [FORMAT] * (width - len(r)) for r in types])
     return x, y, t
+
+
+def dropout_mask(x: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """Context drop-out for a right-padded batch (see ``dropout.py``): the contexts eviction leaves."""
+    rows, prompt_lengths = [], []
+    for ids in x.tolist():
+        words = [VOCAB[i] for i in ids if i != TOKEN_ID[PAD]]
+        rows.append(words)
+        prompt_lengths.append(words.index("<think>") + 1)
+    return batch_mask(rows, prompt_lengths, x.shape[1], rng)[0]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -168,7 +182,10 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print,
         x, y, types = make_batch(rng, cfg.batch_size, knobs, cfg.seed)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        logits = model(input_ids=x).logits[:, :-1]
+        mask = None
+        if step >= cfg.dropout_from * cfg.steps:
+            mask = dropout_mask(x, rng)
+        logits = model(input_ids=x, attention_mask=mask).logits[:, :-1]
         target, target_types = y[:, 1:], types[:, 1:]
         losses = nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE, reduction="none"
@@ -188,7 +205,7 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print,
             on_step(step + 1)
         if (step + 1) % 100 == 0:
             means = {TYPE_NAMES[k]: round(sum(v) / len(v), 4) for k, v in enumerate(window) if v}
-            row = {"step": step + 1, "loss": round(float(loss), 4), **means, "lr": round(lr_at(step, cfg), 6),
+            row = {"step": step + 1, "loss": round(float(loss.detach()), 4), **means, "lr": round(lr_at(step, cfg), 6),
                    "elapsed_s": round(time.time() - began, 1), "n_vars": f"{knobs.min_vars}-{knobs.max_vars}"}
             history.append(row)
             log(json.dumps(row))
@@ -227,6 +244,8 @@ def write_card(out: Path, cfg: TrainConfig, trained: dict, heldout: dict, facts:
         f"- seed {cfg.seed}; {cfg.steps} steps of {cfg.batch_size} problems; lr {cfg.lr} (cosine, warm-up "
         f"{cfg.warmup}); {trained['train_tokens']:,} trained tokens in {trained['train_seconds'] / 60:.1f} min",
         f"- task knobs (final stage of the curriculum): {json.dumps(knobs)}",
+        f"- context drop-out (`dropout.py`) from {cfg.dropout_from:.0%} of training on: per problem a full, "
+        "oracle-like or randomly gapped attention mask, so the model reads what an eviction policy kept",
         f"- held-out ({heldout['problems']} problems, split `heldout`, never trained on), greedy, full cache: "
         f"exact match {heldout['exact_match']:.1%}, median thinking {heldout['median_thinking_tokens']:.0f} tokens",
         f"- reference traces: median {facts['median_thinking_tokens']:.0f} thinking tokens; result statements "

@@ -1,0 +1,87 @@
+"""Context drop-out masks: each view shows exactly what its eviction pattern would have kept."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from harness.tinyreasoner.dropout import VIEWS, batch_mask, statement_spent_at, view_mask
+from harness.tinyreasoner.task import DEF_NAME, DEF_VALUE, OTHER, Knobs, generate, token_roles
+from harness.tinyreasoner.vocab import prompt_tokens
+
+
+def _sequence(index: int = 3) -> tuple[list[str], int]:
+    problem = generate(index, seed=0, split="heldout", knobs=Knobs())
+    prompt = prompt_tokens(problem.prompt)
+    return [*prompt, *problem.completion], len(prompt)
+
+
+def test_a_statement_is_spent_where_a_later_step_reads_it() -> None:
+    words = "step a 2 + b 0 = 2 r1 2 . note a 2 . step c 1 + r1 2 = 3 r2 3 .".split()
+    spent = statement_spent_at(words, token_roles(words))
+    reader = words.index("r1", 10)
+    assert spent[words.index("r1")] == spent[words.index("r1") + 1] == reader
+    assert spent[words.index("r2")] == len(words)  # never read
+    assert spent[0] == -1
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_every_view_is_causal_and_keeps_each_token_visible_to_itself(view: str) -> None:
+    words, prompt_length = _sequence()
+    mask = view_mask(words, prompt_length, view, random.Random(0))
+    assert not mask.triu(1).any()
+    assert mask.diagonal().all()
+    assert mask[:, :prompt_length].sum() == torch.ones(len(words), prompt_length).tril().sum()  # prompt kept
+
+
+def test_full_view_is_the_causal_mask() -> None:
+    words, prompt_length = _sequence()
+    assert torch.equal(view_mask(words, prompt_length, "full", random.Random(0)),
+                       torch.ones(len(words), len(words), dtype=torch.bool).tril())
+
+
+def test_oracle_view_shows_unread_statements_and_hides_old_filler_and_read_statements() -> None:
+    words, prompt_length = _sequence()
+    mask = view_mask(words, prompt_length, "oracle", random.Random(0))
+    roles = [OTHER] * prompt_length + token_roles(words[prompt_length:])
+    spent = statement_spent_at(words, roles)
+    last = len(words) - 1
+    for key, role in enumerate(roles[: last - 64]):
+        if key < prompt_length:
+            continue
+        if role in (DEF_NAME, DEF_VALUE):
+            assert bool(mask[last, key]) == (spent[key] >= last)
+            assert mask[spent[key], key]  # still visible to the step that reads it
+        elif role == OTHER:
+            assert not mask[last, key]  # filler beyond any window is gone
+
+
+def test_random_view_never_hides_statements_and_hides_some_filler() -> None:
+    words, prompt_length = _sequence()
+    mask = view_mask(words, prompt_length, "random", random.Random(0))
+    roles = [OTHER] * prompt_length + token_roles(words[prompt_length:])
+    statements = [k for k, r in enumerate(roles) if r in (DEF_NAME, DEF_VALUE)]
+    assert mask[-1, statements].all()
+    hidden = (~mask[-1, prompt_length:-121]).float().mean()
+    assert 0.4 < hidden < 0.8  # about 60% of the old non-statement tokens
+    assert mask[-1, -32:].all()  # nothing vanishes sooner than 32 tokens after it
+
+
+def test_batch_mask_is_additive_and_keeps_padding_rows_causal() -> None:
+    first, p1 = _sequence(1)
+    second, p2 = _sequence(2)
+    width = max(len(first), len(second)) + 3
+    mask, views = batch_mask([first, second], [p1, p2], width, random.Random(0), weights=(0, 1, 0))
+    assert mask.shape == (2, 1, width, width) and views == ["oracle", "oracle"]
+    assert set(mask.unique().tolist()) == {0.0, float("-inf")}
+    for b, words in enumerate((first, second)):
+        pad_rows = mask[b, 0, len(words):]
+        assert torch.equal(pad_rows == 0, torch.ones(width, width, dtype=torch.bool).tril()[len(words):])
+
+
+def test_unknown_view_is_refused() -> None:
+    words, prompt_length = _sequence()
+    with pytest.raises(ValueError, match="unknown view"):
+        view_mask(words, prompt_length, "sideways", random.Random(0))
