@@ -31,7 +31,7 @@ from harness.config import RunConfig
 from harness.env import environment
 from harness.metrics import NvmlSampler, reset_cuda_peak
 from harness.prompts import PromptFileError
-from harness.runner import RunOutcome, _finish, _open, request_seed
+from harness.runner import RunOutcome, finish_run, open_run, request_seed
 from harness.scoring import last_number
 from harness.tinyreasoner.task import DEF_NAME, DEF_VALUE, OTHER, THINK_OPEN, is_result_name, token_roles
 from zoo.base import Policy
@@ -216,7 +216,7 @@ def execute_replay(
 
     if getattr(backend, "name", "") != "transformers":
         raise BackendError("--protocol replay runs on the transformers backend (it forces tokens step by step)")
-    config_dict, run_dir, finished = _open(config, out_root, run_id)
+    config_dict, run_dir, finished = open_run(config, out_root, run_id)
     if finished is not None:
         return finished
     done = run_dir.done_ids()
@@ -258,6 +258,6 @@ def execute_replay(
                                      if r["retrieval_accuracy"] is not None]),
         "protocol": "replay",
     }
-    summary = _finish(run_dir, config_dict, backend, env, samples, quality, time.perf_counter() - started, nvml,
+    summary = finish_run(run_dir, config_dict, backend, env, samples, quality, time.perf_counter() - started, nvml,
                       done)
     return RunOutcome(run_dir, summary, len(done), reused=False)

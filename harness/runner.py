@@ -45,7 +45,7 @@ def execute(
     on_sample: Callable[[], None] | None = None,
 ) -> RunOutcome:
     """Run ``policy`` over ``items`` into ``out_root/<run-id>/``, skipping samples an earlier run finished."""
-    config_dict, run_dir, finished = _open(config, out_root, run_id)
+    config_dict, run_dir, finished = open_run(config, out_root, run_id)
     if finished is not None:
         return finished
     done = run_dir.done_ids()
@@ -80,11 +80,11 @@ def execute(
     rows = run_dir.samples()
     scored = [r["correct"] for r in rows if "correct" in r]
     accuracy = {"accuracy": sum(scored) / len(scored) if scored else None}
-    summary = _finish(run_dir, config_dict, backend, env, rows, accuracy, time.perf_counter() - started, nvml, done)
+    summary = finish_run(run_dir, config_dict, backend, env, rows, accuracy, time.perf_counter() - started, nvml, done)
     return RunOutcome(run_dir, summary, len(done), reused=False)
 
 
-def _open(config: RunConfig, out_root: Path, run_id: str | None) -> tuple[dict, RunDir, RunOutcome | None]:
+def open_run(config: RunConfig, out_root: Path, run_id: str | None) -> tuple[dict, RunDir, RunOutcome | None]:
     """The run's directory, and its outcome when it is already complete (complete runs are never redone)."""
     config_dict = config.to_dict()
     run_dir = RunDir.open(out_root, run_id or default_run_id(config_dict), config_dict)
@@ -94,7 +94,7 @@ def _open(config: RunConfig, out_root: Path, run_id: str | None) -> tuple[dict, 
     return config_dict, run_dir, RunOutcome(run_dir, summary, summary.get("n_samples", 0), reused=True)
 
 
-def _finish(
+def finish_run(
     run_dir: RunDir,
     config_dict: dict[str, Any],
     backend: Any,
@@ -153,7 +153,7 @@ def execute_task(
     from harness.lmeval import DyntsLM
     from harness.passk import summarize_problems
 
-    config_dict, run_dir, finished = _open(config, out_root, run_id)
+    config_dict, run_dir, finished = open_run(config, out_root, run_id)
     if finished is not None:
         return finished
     previous = {row["sample_id"]: row for row in run_dir.samples()}
@@ -190,6 +190,6 @@ def execute_task(
     quality["unclosed_thinking_samples"] = sum(not r.get("thinking_closed", True) for r in rows)
     quality["no_answer_samples"] = sum(r.get("extracted") is None for r in rows)
     quality["lm_eval"] = (evaluated or {}).get("results", {}).get(task.config.task, {})
-    summary = _finish(run_dir, config_dict, backend, env, rows, quality, time.perf_counter() - started, nvml,
+    summary = finish_run(run_dir, config_dict, backend, env, rows, quality, time.perf_counter() - started, nvml,
                       set(previous))
     return RunOutcome(run_dir, summary, len(previous), reused=False)

@@ -117,3 +117,32 @@ def test_check_input_errors(tmp_path):
     _run(tmp_path, "full", None, 0.5, 100, 1.0)
     result = runner.invoke(app, ["check", str(tmp_path), "--baseline", str(tmp_path / "missing.json")])
     assert result.exit_code == 2 and "create one with --update" in result.output
+
+
+def test_gate_on_real_runs_fails_when_dynts_degrades_to_a_window(tmp_path, monkeypatch):
+    """The #6 acceptance on real tiny-reasoner runs: a rerun of the baseline config passes; the same grid with
+    the ``dynts`` policy's implementation swapped for ``window`` (a regression) fails the accuracy check."""
+    import zoo
+    from zoo.dynts import DynTS
+    from zoo.window import LocalWindow
+
+    grid = _grid(tmp_path, "name: gate\nbase: {model: tiny-reasoner, limit: 32, batch_size: 32, window: 32}\n"
+                           "grid: {policy: [dynts], budget: [96], seed: [0]}\n")
+    baseline = str(tmp_path / "baseline.json")
+
+    def sweep_and_check(out: str, *extra: str):
+        swept = runner.invoke(app, ["sweep", str(grid), "--out", str(tmp_path / out)], catch_exceptions=False)
+        assert swept.exit_code == 0, swept.output
+        return runner.invoke(app, ["check", str(tmp_path / out / "gate"), "--baseline", baseline, *extra])
+
+    assert sweep_and_check("base", "--update").exit_code == 0
+    rerun = sweep_and_check("rerun", "--speed-tolerance", "1")
+    assert rerun.exit_code == 0, rerun.output
+
+    class WindowNamedDynTS(LocalWindow):
+        name = "dynts"
+
+    monkeypatch.setattr(zoo, "_BUILTIN", tuple(WindowNamedDynTS if c is DynTS else c for c in zoo._BUILTIN))
+    degraded = sweep_and_check("degraded", "--speed-tolerance", "1")
+    assert degraded.exit_code == 1, degraded.output
+    assert "accuracy" in degraded.output
