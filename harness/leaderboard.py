@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.passk import wilson_ci
+
 MIB = 1024 * 1024
 
 
@@ -74,6 +76,9 @@ def load_runs(root: Path) -> list[RunRecord]:
         task = (config.get("extra") or {}).get("task")
         k = m.get("samples_per_problem")
         ci = m.get("pass@1_ci95")
+        n, accuracy = m.get("n_samples", 0), m.get("accuracy")
+        if ci is None and accuracy is not None and n:  # one sample per prompt: a binomial interval
+            ci = wilson_ci(round(accuracy * n), n)
         records.append(
             RunRecord(
                 run_id=summary.get("run_id", summary_path.parent.name),
@@ -86,7 +91,7 @@ def load_runs(root: Path) -> list[RunRecord]:
                 quality=m.get("pass@1", m.get("accuracy")),
                 ci=tuple(ci) if ci else None,
                 extra_quality={key: m[key] for key in (f"pass@{k}", f"maj@{k}") if k and key in m},
-                n_samples=m.get("n_samples", 0),
+                n_samples=n,
                 tokens_per_s=m.get("decode_mean_tokens_per_s"),
                 decode_mean_s=m.get("decode_mean_s"),
                 kv_peak_bytes=m.get("kv_peak_max_bytes"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Sequence
-from math import comb
+from math import comb, sqrt
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -41,6 +41,16 @@ def bootstrap_ci(
     lo = means[int((1 - level) / 2 * resamples)]
     hi = means[min(resamples - 1, int((1 + level) / 2 * resamples))]
     return lo, hi
+
+
+def wilson_ci(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score 95% interval of a success rate: sound at 0% and 100%, unlike the normal approximation."""
+    if trials <= 0 or not 0 <= successes <= trials:
+        raise ValueError(f"wilson_ci needs 0 <= successes <= trials and trials > 0, got {successes}/{trials}")
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def summarize_problems(problems: dict[str, list[tuple[str | None, bool]]], k: int) -> dict[str, float | int | list]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.passk import bootstrap_ci, majority_correct, pass_at_k, summarize_problems
+from harness.passk import bootstrap_ci, majority_correct, pass_at_k, summarize_problems, wilson_ci
 
 
 @pytest.mark.parametrize(
@@ -40,3 +40,16 @@ def test_summary_over_problems():
     s = summarize_problems(problems, k=3)
     assert s["pass@1"] == pytest.approx((2 / 3 + 1 / 3) / 2)
     assert s["pass@3"] == 1.0 and s["maj@3"] == 0.5
+
+
+@pytest.mark.parametrize("successes,trials,expected", [(0, 10, (0.0, 0.2775)), (10, 10, (0.7225, 1.0)),
+                                                        (50, 100, (0.4038, 0.5962)), (173, 200, (0.8107, 0.9055))])
+def test_wilson_interval_matches_published_values(successes, trials, expected):
+    """Values of scipy's ``binomtest(...).proportion_ci(method='wilson')``."""
+    lo, hi = wilson_ci(successes, trials)
+    assert lo == pytest.approx(expected[0], abs=1e-4) and hi == pytest.approx(expected[1], abs=1e-4)
+
+
+def test_wilson_interval_rejects_nonsense():
+    with pytest.raises(ValueError):
+        wilson_ci(3, 2)
