@@ -34,8 +34,19 @@ def _by_policy(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
     return out
 
 
+_MARKERS = ("o", "s", "^", "D", "v")
+
+
+def _styles(policies: list[str]) -> dict[str, dict[str, str]]:
+    """A distinct colour/marker pair per policy (ten colours, then the next marker): eleven and more
+    policies stay apart, where matplotlib's default cycle would repeat its first colour."""
+    colors = _pyplot().get_cmap("tab10").colors
+    return {p: {"color": colors[i % 10], "marker": _MARKERS[(i // 10) % len(_MARKERS)]}
+            for i, p in enumerate(sorted(policies))}
+
+
 def _save(fig, ax, path: Path) -> Path:
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # never over the data
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     _pyplot().close(fig)
@@ -46,7 +57,9 @@ def _vs_budget(records: list[RunRecord], value, ylabel: str, title: str, path: P
     """One line per policy of ``value(run)`` against the KV budget; the full cache as a dashed level."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for policy, runs in sorted(_by_policy(records).items()):
+    grouped = _by_policy(records)
+    styles = _styles(list(grouped))
+    for policy, runs in sorted(grouped.items()):
         if policy == "full":
             for r in runs:
                 if value(r) is not None:
@@ -54,7 +67,7 @@ def _vs_budget(records: list[RunRecord], value, ylabel: str, title: str, path: P
             continue
         pts = sorted((r.budget_tokens, value(r)) for r in runs if value(r) is not None and r.budget_tokens)
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=policy)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=policy, **styles[policy])
     ax.set(xlabel="KV budget (tokens)", ylabel=ylabel, title=title)
     return _save(fig, ax, path)
 
@@ -73,11 +86,14 @@ def accuracy_vs_memory(records: list[RunRecord], workload: str, path: Path) -> P
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     points = []
-    for policy, runs in sorted(_by_policy(records).items()):
+    grouped = _by_policy(records)
+    styles = _styles(list(grouped))
+    for policy, runs in sorted(grouped.items()):
         pts = [(r.kv_peak_bytes / MIB, 100 * r.quality) for r in runs if r.quality is not None and r.kv_peak_bytes]
         points += pts
         if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=policy)
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=policy, c=[styles[policy]["color"]],
+                       marker=styles[policy]["marker"])
     front = pareto_front(points)
     if front:
         ax.scatter([p[0] for p in front], [p[1] for p in front], s=180, facecolors="none", edgecolors="black",
@@ -93,10 +109,11 @@ def latency_vs_context(bench_json: Path, path: Path) -> Path:
     rows = json.loads(bench_json.read_text())["rows"]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for policy in sorted({r["policy"] for r in rows}):
+    styles = _styles(list({r["policy"] for r in rows}))
+    for policy in sorted(styles):
         pts = sorted((r["context"], r["step_ms_median"]) for r in rows if r["policy"] == policy)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=policy,
-                linestyle="--" if policy == "full" else "-")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=policy, linestyle="--" if policy == "full" else "-",
+                **styles[policy])
     ax.set(xlabel="context length (tokens)", ylabel="decode step latency (ms, median)",
            title=f"per-step latency vs context ({bench_json.stem})")
     return _save(fig, ax, path)
