@@ -57,7 +57,7 @@ def main() -> None:
     console = Console()
     contexts = args.context or [256, 512]
     backend = TransformersBackend(args.model, dtype="float32", device="cpu", batch_size=1)
-    hidden_size = backend.parts.model.config.hidden_size
+    hidden_size = backend.model_info().hidden_size
     shipped = shipped_predictor(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         if shipped is not None and args.head == "default":

@@ -85,3 +85,31 @@ def test_unknown_view_is_refused() -> None:
     words, prompt_length = _sequence()
     with pytest.raises(ValueError, match="unknown view"):
         view_mask(words, prompt_length, "sideways", random.Random(0))
+
+
+def test_trainer_uses_drop_out_late_resumes_and_writes_a_loadable_model(tmp_path, monkeypatch) -> None:
+    """``make-tiny-reasoner`` end to end at toy size: drop-out masks only from ``dropout_from`` on, resume from
+    the checkpoint, and a standard transformers directory with its card at the end."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.tinyreasoner import train as trainer
+
+    calls: list[int] = []
+    real = trainer.dropout_mask
+
+    def counting(x, rng):
+        calls.append(x.shape[0])
+        return real(x, rng)
+
+    monkeypatch.setattr(trainer, "dropout_mask", counting)
+    toy = dict(batch_size=2, hidden_size=32, layers=1, heads=2, intermediate=64, eval_problems=2, dropout_from=0.5)
+    logs: list[str] = []
+    trainer.train(tmp_path, trainer.TrainConfig(steps=4, eval_every=4, **toy), log=logs.append)
+    assert len(calls) == 2  # steps 2 and 3 of 0-3
+    result = trainer.make_tiny_reasoner(tmp_path, trainer.TrainConfig(steps=6, eval_every=4, **toy), heldout_problems=2,
+                                        log=logs.append)
+    assert "resumed at step 4" in logs and len(calls) == 4  # steps 4 and 5 of the resumed 6-step run
+    assert result["heldout"]["problems"] == 2 and not (tmp_path / "checkpoint.pt").exists()
+    assert "context drop-out" in (tmp_path / "README.md").read_text()
+    assert AutoModelForCausalLM.from_pretrained(tmp_path).config.hidden_size == 32
+    assert AutoTokenizer.from_pretrained(tmp_path).decode([0]) == "<pad>"
