@@ -55,11 +55,12 @@ def _rows(root: Path) -> dict[str, list]:
     return found
 
 
-@pytest.mark.smollm2
-def test_local_and_ray_sweeps_give_identical_rows_and_skip_done_cells(tmp_path, prompts_file):
-    grid = _grid(tmp_path, f"name: tiny\nbase: {{model: smollm2-135m, prompts: {prompts_file}, max_new_tokens: 20, "
-                           "window: 8, interval: 4, temperature: 0.7}\ngrid: {policy: [window, h2o], budget: [48, 64], "
-                           "seed: [0, 1]}\nresources: {num_cpus: 1}\n")
+def test_local_and_ray_sweeps_give_identical_rows_and_skip_done_cells(tmp_path):
+    """The #6 acceptance on the default workload (tiny reasoner, its held-out problems), sampled so that the
+    seeds matter: 2 policies x 2 budgets x 2 seeds, identical rows from both executors."""
+    grid = _grid(tmp_path, "name: tiny\nbase: {model: tiny-reasoner, limit: 6, batch_size: 6, window: 32, "
+                           "interval: 16, temperature: 0.7}\n"
+                           "grid: {policy: [window, h2o], budget: [80, 128], seed: [0, 1]}\nresources: {num_cpus: 1}\n")
     local = runner.invoke(app, ["sweep", str(grid), "--out", str(tmp_path / "local")], catch_exceptions=False)
     assert local.exit_code == 0, local.output
     ray = runner.invoke(app, ["sweep", str(grid), "--executor", "ray", "--out", str(tmp_path / "ray")],
@@ -76,13 +77,6 @@ def test_local_and_ray_sweeps_give_identical_rows_and_skip_done_cells(tmp_path, 
     assert runner.invoke(app, ["check", str(tmp_path / "local"), "--baseline", baseline, "--update"]).exit_code == 0
     gate = runner.invoke(app, ["check", str(tmp_path / "ray"), "--baseline", baseline, "--speed-tolerance", "1"])
     assert gate.exit_code == 0, gate.output
-
-
-@pytest.fixture
-def prompts_file(tmp_path: Path) -> Path:
-    path = tmp_path / "p.jsonl"
-    path.write_text('{"id": "a", "prompt": "What is 2 + 3?", "answer": "5"}\n{"id": "b", "prompt": "Say hi."}\n')
-    return path
 
 
 def _sweep(root: Path, quality: dict[str, float], kv: dict[str, int]) -> None:
