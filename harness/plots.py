@@ -37,7 +37,7 @@ def _by_policy(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
 _MARKERS = ("o", "s", "^", "D", "v")
 
 
-def _styles(policies: list[str]) -> dict[str, dict[str, str]]:
+def _styles(policies: list[str]) -> dict[str, dict[str, object]]:
     """A distinct colour/marker pair per policy (ten colours, then the next marker): eleven and more
     policies stay apart, where matplotlib's default cycle would repeat its first colour."""
     colors = _pyplot().get_cmap("tab10").colors
