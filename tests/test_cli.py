@@ -158,3 +158,19 @@ def test_bench_prints_ratios_against_full(tmp_path):
     per_token = 46080  # SmolLM2-135M: 2 x 30 layers x 3 KV heads x 64 dims x 4 bytes
     assert full["kv_bytes_steady"] == (96 + 12 - 1) * per_token
     assert all(r["kv_bytes_steady"] == 36 * per_token for r in rows if r["policy"] != "full")
+
+
+def test_bench_times_dynts_on_the_tiny_reasoner(tmp_path):
+    """A 75-token vocabulary (random prompts must fit it) and the shipped predictor: dynts next to window."""
+    from zoo.predictor import shipped_predictor
+
+    out = tmp_path / "bench.json"
+    result = run_cli("bench", "--model", "tiny-reasoner", "--context", "96", "--steps", "12", "--repeats", "1",
+                     "--budget", "48", "--interval", "8", "--window", "16", "-p", "window",
+                     "--predictor", str(shipped_predictor("tiny-reasoner")), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    rows = {r["policy"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"full", "window", "dynts"}
+    per_token = 4096  # tiny reasoner: 2 x 4 layers x 4 KV heads x 32 dims x 4 bytes
+    assert rows["full"]["kv_bytes_steady"] == (96 + 12 - 1) * per_token
+    assert rows["dynts"]["kv_bytes_steady"] == rows["window"]["kv_bytes_steady"] == 56 * per_token
