@@ -205,13 +205,14 @@ def execute_replay(
     config: RunConfig,
     backend: Any,
     policy: Policy,
-    rows: list[TraceRow],
+    replay_items: Sequence[ReplayItem],
     out_root: Path,
     references: ReferenceCache,
     run_id: str | None = None,
     on_sample: Callable[[], None] | None = None,
 ) -> RunOutcome:
-    """Replay every row's trace under ``policy`` into a run directory (resumable, like ``execute``)."""
+    """Replay every item's trace (``build_items``, once for all policies) under ``policy`` into a run directory
+    (resumable, like ``execute``)."""
     from backends.hf.decode import generate_batch
 
     if getattr(backend, "name", "") != "transformers":
@@ -220,7 +221,7 @@ def execute_replay(
     if finished is not None:
         return finished
     done = run_dir.done_ids()
-    items = {i.id: i for i in build_items(backend, [r for r in rows if r.id not in done], config.chat)}
+    items = {i.id: i for i in replay_items if i.id not in done}
     backend.prepare(policy)
     env = environment()
     reset_cuda_peak()
@@ -258,6 +259,6 @@ def execute_replay(
                                      if r["retrieval_accuracy"] is not None]),
         "protocol": "replay",
     }
-    summary = finish_run(run_dir, config_dict, backend, env, samples, quality, time.perf_counter() - started, nvml,
-                      done)
+    summary = finish_run(run_dir, config_dict, backend, env, samples, quality, time.perf_counter() - started,
+                         nvml, done)
     return RunOutcome(run_dir, summary, len(done), reused=False)

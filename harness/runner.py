@@ -191,5 +191,5 @@ def execute_task(
     quality["no_answer_samples"] = sum(r.get("extracted") is None for r in rows)
     quality["lm_eval"] = (evaluated or {}).get("results", {}).get(task.config.task, {})
     summary = finish_run(run_dir, config_dict, backend, env, rows, quality, time.perf_counter() - started, nvml,
-                      set(previous))
+                         set(previous))
     return RunOutcome(run_dir, summary, len(previous), reused=False)

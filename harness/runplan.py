@@ -3,7 +3,7 @@ loaded yet, so option errors come first), then execute the plan's policies on a 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ from backends import BACKENDS, BackendError
 from backends.base import GenerationRequest, SamplingParams, check_schedules
 from harness.config import RunConfig, file_sha256
 from harness.prompts import PromptFileError, PromptItem, default_prompts_path, load_prompts
-from harness.replay import ReferenceCache, TraceRow, build_items, execute_replay, load_trace_rows
+from harness.replay import ReferenceCache, ReplayItem, TraceRow, build_items, execute_replay, load_trace_rows
 from harness.results import ResultsError
 from harness.runner import RunOutcome, execute, execute_task
 from zoo import build_policy, policy_options, registry
@@ -156,11 +156,10 @@ def config_for(plan: RunPlan, name: str) -> RunConfig:
     )
 
 
-def check_prompts(plan: RunPlan, engine: Any) -> None:
-    """Every prompt against every evicting policy's schedule, before any generation starts."""
+def check_prompts(plan: RunPlan, engine: Any, replay_items: Sequence[ReplayItem]) -> None:
+    """Every prompt (replay: every built item) against every evicting policy's schedule, before any generation."""
     if plan.trace_rows is not None:
-        encoded = [GenerationRequest(i.id, i.prompt_ids)
-                   for i in build_items(engine, plan.trace_rows, plan.options["chat"])]
+        encoded = [GenerationRequest(i.id, i.prompt_ids) for i in replay_items]
     elif plan.task is None:
         encoded = [GenerationRequest(i.id, engine.encode_prompt(i.prompt, chat=plan.options["chat"]))
                    for i in plan.items]
@@ -176,15 +175,16 @@ def execute_plan(
     on_start: Callable[[str, int], Callable[[], None]] | None = None,
 ) -> dict[str, RunOutcome]:
     """Run every policy of the plan; ``on_start(policy, n_items)`` returns a per-sample progress callback."""
-    check_prompts(plan, engine)
     o = plan.options
+    replay_items = build_items(engine, plan.trace_rows, o["chat"]) if plan.trace_rows is not None else []
+    check_prompts(plan, engine, replay_items)
     outcomes = {}
     references = ReferenceCache()
     for name, policy in plan.policies.items():
         config = config_for(plan, name)
         advance = on_start(name, plan.n_items) if on_start else None
         if plan.trace_rows is not None:
-            outcomes[name] = execute_replay(config, engine, policy, plan.trace_rows, Path(o["out"]), references,
+            outcomes[name] = execute_replay(config, engine, policy, replay_items, Path(o["out"]), references,
                                             o["run_id"], advance)
         elif plan.task is not None:
             outcomes[name] = execute_task(config, engine, policy, plan.task, o["samples"], Path(o["out"]),

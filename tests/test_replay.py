@@ -67,9 +67,9 @@ def test_replay_full_has_zero_kl_and_evicting_policies_lose_retrievals(random_re
     plan = prepare(options)
     references = ReferenceCache()
     summaries = {}
+    items = build_items(engine, plan.trace_rows, chat=True)
     for name, policy in plan.policies.items():
-        outcome = execute_replay(config_for(plan, name), engine, policy, plan.trace_rows, tmp_path / "runs",
-                                 references)
+        outcome = execute_replay(config_for(plan, name), engine, policy, items, tmp_path / "runs", references)
         summaries[name] = outcome.summary
     assert summaries["full"]["kl_mean"] == 0.0 and summaries["full"]["top1_agreement"] == 1.0
     assert summaries["full"]["retrieval_recall"] == 1.0
