@@ -69,9 +69,8 @@ def main() -> None:
         predictor = ImportancePredictor.load(directory)
         params = sum(p.numel() for p in predictor.parameters())
         alone = head_ms(predictor, hidden_size)
-        del backend
         rows = run_bench(console, args.model, ["window", "dynts"], contexts, args.budget, args.interval,
-                         args.window, args.steps, 3, "float32", "cpu", directory, None)
+                         args.window, args.steps, 3, "float32", "cpu", directory, None, backend=backend)
     shape = "->".join(map(str, [hidden_size, *predictor.config.layer_sizes, 1]))
     table = Table(title=f"DynTS predictor overhead: {args.model}, head {shape} ({params:,} parameters), 2 CPU threads")
     for column in ("context", "full step ms", "window step ms", "dynts step ms", "head ms", "head % of full step",

@@ -42,7 +42,9 @@ def run_bench(
     device: str,
     predictor: Path | None,
     out: Path | None,
+    backend: TransformersBackend | None = None,
 ) -> list[dict]:
+    """``backend``: a model already loaded with ``batch_size=1`` (else ``model`` is loaded here)."""
     from harness.runplan import BASELINES
 
     names = ["full"] + [p for p in dict.fromkeys(policies or BASELINES) if p != "full"]
@@ -50,8 +52,9 @@ def run_bench(
         names.append("dynts")
     built = {n: build_policy(n, **({"predictor": str(predictor)} if n == "dynts" else {})) for n in names}
     schedule = EvictionSchedule(budget=budget, interval=interval, window=window, protect_prompt=False)
-    with console.status(f"loading {model} ..."):
-        backend = TransformersBackend(model, dtype=dtype, device=device, batch_size=1)
+    if backend is None:
+        with console.status(f"loading {model} ..."):
+            backend = TransformersBackend(model, dtype=dtype, device=device, batch_size=1)
     for policy in built.values():
         backend.prepare(policy)
     parts = dataclasses.replace(backend.parts, eos_ids=frozenset())  # time exactly `steps` steps
