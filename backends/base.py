@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from zoo.base import Policy
+from zoo.base import ModelInfo, Policy
+from zoo.errors import UserError
 from zoo.schedule import EvictionSchedule
 
 
-class BackendError(RuntimeError):
+class BackendError(UserError, RuntimeError):
     """A backend cannot run as asked; the message says what is missing and how to get it."""
 
 
@@ -90,10 +91,93 @@ class SequenceResult:
         return d
 
 
+#: what a backend can run: the three protocols of the harness
+PROTOCOLS = frozenset({"generate", "replay", "bench"})
+PROTOCOL_NEEDS = {
+    "generate": "generation",
+    "replay": "forced tokens (teacher-forced reference traces)",
+    "bench": "a shared prefill restored for every policy",
+}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend supports, so that an impossible combination is refused before any model work.
+
+    ``observations`` are the policy needs (``zoo.base.OBSERVATIONS``) the backend can provide; ``protocols``
+    the harness protocols it runs: ``generate`` (the model writes its own output), ``replay`` (forced tokens,
+    ``GenerationRequest.forced_ids``) and ``bench`` (a shared prefill restored for every timed policy).
+    """
+
+    observations: frozenset[str]
+    protocols: frozenset[str]
+
+    def refusal(self, backend: str, policy: Policy | None = None, protocol: str = "generate") -> str | None:
+        """One line saying why ``policy`` under ``protocol`` cannot run on ``backend``, or None when it can."""
+        if protocol not in self.protocols:
+            need = PROTOCOL_NEEDS.get(protocol, protocol)
+            flag = "dynts-bench bench" if protocol == "bench" else f"--protocol {protocol}"
+            return f"{flag} needs {need}; the {backend} backend does not support it: use --backend transformers"
+        if policy is not None:
+            missing = sorted(policy.needs - self.observations)
+            if missing:
+                return (f"policy {policy.name} needs the observation {missing[0]!r}, which the {backend} backend "
+                        "does not provide: use --backend transformers or another policy")
+        return None
+
+    def require(self, backend: str, policy: Policy | None = None, protocol: str = "generate") -> None:
+        reason = self.refusal(backend, policy, protocol)
+        if reason is not None:
+            raise BackendError(reason)
+
+
+OnBatch = Callable[[list[SequenceResult]], None]
+
+
+@runtime_checkable
 class Backend(Protocol):
-    """Generates a batch of requests under one policy and schedule."""
+    """The contract every engine adapter meets; the harness uses nothing else of a backend.
+
+    Lifecycle: build (loads the model) -> per policy: ``prepare(policy)`` then ``generate(...)`` any number of
+    times -> ``close()``. ``tests/test_backend_contract.py`` checks every registered backend against it.
+    """
 
     name: str
+    #: sequences generated together; the harness groups work (and resumes) in units of it
+    batch_size: int
+    capabilities: Capabilities
+
+    def model_info(self) -> ModelInfo:
+        """Model facts policies and the harness need: ids, sizes, ``think_end_id``, EOS ids, KV bytes per token."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Model and engine facts recorded with every result (model id, dtype, layers, bytes per KV token)."""
+        ...
+
+    def encode_prompt(self, text: str, chat: bool = True) -> list[int]:
+        """Token ids of a user prompt; with ``chat`` wrapped as a user turn by the model's chat template."""
+        ...
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of raw text, no special tokens added (lm-eval contexts come already templated)."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of token ids, special tokens skipped."""
+        ...
+
+    def chat_template(self) -> str | None:
+        """The tokenizer's chat template, or None when the model has none."""
+        ...
+
+    def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """A chat rendered as text by the model's template (what lm-eval's ``apply_chat_template`` returns)."""
+        ...
+
+    def prepare(self, policy: Policy) -> None:
+        """Bind ``policy`` to the model before it generates (``Policy.prepare``); refuses what cannot run."""
+        ...
 
     def generate(
         self,
@@ -101,10 +185,14 @@ class Backend(Protocol):
         policy: Policy,
         schedule: EvictionSchedule | None,
         sampling: SamplingParams,
-    ) -> list[SequenceResult]: ...
+        on_batch: OnBatch | None = None,
+    ) -> list[SequenceResult]:
+        """Generate every request under ``policy``; ``on_batch`` sees each group of results as soon as it is done
+        (results are then saved by the harness, so an interruption loses at most one group)."""
+        ...
 
-    def describe(self) -> dict[str, Any]:
-        """Model and engine facts recorded with every result (model id, dtype, layers, bytes per KV token)."""
+    def close(self) -> None:
+        """Release the engine (threads, processes, memory); the backend is unusable afterwards."""
         ...
 
 

@@ -26,8 +26,9 @@ from rich.table import Table
 
 from backends.hf.backend import TransformersBackend
 from harness.bench import run_bench
+from harness.catalog import shipped_predictor
 from harness.importance.fit import PRESETS
-from zoo.predictor import ImportancePredictor, PredictorConfig, shipped_predictor
+from zoo.predictor import ImportancePredictor, PredictorConfig
 
 
 def head_ms(predictor: ImportancePredictor, hidden_size: int, calls: int = 300) -> float:

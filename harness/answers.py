@@ -1,6 +1,8 @@
-"""Reasoning-model answer extraction: drop the thinking, take the last ``\\boxed{...}`` or choice letter.
+"""Answer extraction, for every workload: only what follows ``</think>`` is the answer.
 
-Only what follows ``</think>`` is the answer. A trace that never closed its thinking was truncated (or the
+Plain prompt files (the tiny reasoner's problems) are scored by the last number after ``</think>``
+(``is_correct``); benchmark tasks by the last ``\\boxed{...}`` or choice letter, checked with math-verify.
+A trace that never closed its thinking was truncated (or the
 model does not think in tags): we still look for a boxed answer after the last ``<think>`` content, but the
 sample is flagged so that a report can count truncations.
 """
@@ -12,7 +14,36 @@ import re
 import threading
 from dataclasses import dataclass
 
-from harness.scoring import last_number
+_NUMBER = re.compile(r"-?\d+(?:[.:]\d+)?")
+
+
+def _normal(token: str) -> str:
+    token = token.replace(",", "")
+    if "." in token:
+        token = token.rstrip("0").rstrip(".")
+    return token
+
+
+def last_number(text: str) -> str | None:
+    found = _NUMBER.findall(text.replace(",", ""))
+    return _normal(found[-1]) if found else None
+
+
+def final_answer(output: str, thinking: bool = False) -> str | None:
+    """The last number after ``</think>`` (or anywhere, for models that do not think). A thinking model whose
+    trace never closed gave no answer: a digit inside an unfinished trace must not count."""
+    if "</think>" in output:
+        output = output.rsplit("</think>", 1)[1]
+    elif thinking:
+        return None
+    return last_number(output)
+
+
+def is_correct(answer: str, output: str, thinking: bool = False) -> bool:
+    """Whether the final number of ``output`` equals ``answer`` (``1,200`` = ``1200``, ``3.50`` = ``3.5``)."""
+    got = final_answer(output, thinking)
+    return got is not None and got == _normal(answer.strip())
+
 
 THINK_END = "</think>"
 _CHOICE = re.compile(r"(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-D])\)?\b|\(([A-D])\)|\b([A-D])\b", re.I)

@@ -22,8 +22,8 @@ from backends.base import GenerationRequest, SamplingParams, SequenceResult
 from backends.hf.backend import TransformersBackend
 from backends.hf.decode import generate_batch, prefill_batch
 from harness.env import environment
-from harness.report import human_bytes
 from harness.results import atomic_write_json
+from harness.tables import human_bytes
 from zoo import build_policy
 from zoo.schedule import EvictionSchedule
 
@@ -45,9 +45,9 @@ def run_bench(
     backend: TransformersBackend | None = None,
 ) -> list[dict]:
     """``backend``: a model already loaded with ``batch_size=1`` (else ``model`` is loaded here)."""
-    from harness.runplan import BASELINES
+    from harness.catalog import baselines
 
-    names = ["full"] + [p for p in dict.fromkeys(policies or BASELINES) if p != "full"]
+    names = ["full"] + [p for p in dict.fromkeys(policies or baselines()) if p != "full"]
     if predictor is not None and "dynts" not in names:
         names.append("dynts")
     built = {n: build_policy(n, **({"predictor": str(predictor)} if n == "dynts" else {})) for n in names}

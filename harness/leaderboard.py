@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,3 +179,36 @@ def html_page(records: list[RunRecord], plots: list[Path]) -> str:
         parts.append(f"<img alt='{html.escape(plot.stem)}' src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")
     return "".join(parts)
+
+
+def bench_files(root: Path) -> list[Path]:
+    """``bench --out`` files under ``root`` (JSON with ``rows``): the latency-vs-context plots' input."""
+    found = []
+    for path in sorted(root.rglob("*.json")):
+        if path.name not in ("summary.json", "config.json"):
+            try:
+                if "rows" in json.loads(path.read_text()):
+                    found.append(path)
+            except (ValueError, OSError):
+                continue
+    return found
+
+
+def write_report(
+    results_dir: Path, out: Path, plotting: Callable[[], AbstractContextManager[Any]] = nullcontext
+) -> tuple[list[RunRecord], list[Path]]:
+    """``report.md``, ``report.html`` and ``plots/`` for the finished runs under ``results_dir``."""
+    from harness.plots import all_plots
+    from harness.results import ResultsError, atomic_write_text
+
+    if not results_dir.is_dir():
+        raise ResultsError(f"results directory not found: {results_dir}")
+    records = load_runs(results_dir)
+    if not records:
+        raise ResultsError(f"no finished runs (summary.json) under {results_dir}: run `dynts-bench run` first")
+    with plotting():
+        plots = all_plots(records, bench_files(results_dir), out / "plots")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "report.md", markdown(records))
+    atomic_write_text(out / "report.html", html_page(records, plots))
+    return records, plots

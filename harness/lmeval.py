@@ -17,7 +17,7 @@ from typing import Any
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from backends.base import GenerationRequest, SamplingParams, SequenceResult
+from backends.base import Backend, GenerationRequest, SamplingParams, SequenceResult
 from harness.answers import GeneratedText, score
 from harness.prompts import DataError, TaskError
 from zoo.base import Policy
@@ -52,7 +52,7 @@ class DyntsLM(LM):
 
     def __init__(
         self,
-        backend: Any,
+        backend: Backend,
         policy: Policy,
         schedule: EvictionSchedule | None,
         sampling: SamplingParams,
@@ -71,6 +71,41 @@ class DyntsLM(LM):
         self.done = dict(done or {})
         self.on_sample = on_sample
 
+    # ------------------------------------------------------------------ built by lm-eval's own CLI
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> DyntsLM:
+        """``--model_args model=tiny-reasoner,policy=window,budget=96``: any ``dynts-bench run`` option."""
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict | None = None) -> DyntsLM:
+        """Options come from ``--model_args`` only: lm-eval's own ``--batch_size`` / ``--device`` defaults (1,
+        cuda) would silently override ours, so pass ``batch_size=`` and ``device=`` there."""
+        from harness.options import RunOptions
+
+        return cls.from_options(RunOptions.from_mapping(arg_dict, where="--model_args"))
+
+    @classmethod
+    def from_options(cls, options: Any) -> DyntsLM:
+        """A backend and one policy built from ``RunOptions``; every shipped task scored by its own kind."""
+        from backends import build_backend
+        from harness.runplan import build_policies, build_sampling, build_schedule
+        from harness.workloads import request_seed
+
+        policies = build_policies(options)
+        if len(policies) != 1:
+            raise TaskError(f"--model_args names {len(policies)} policies: lm-eval runs one, pass policy=NAME")
+        ((_, policy),) = policies.items()
+        schedule = build_schedule(options)
+        backend = build_backend(options.backend, model=options.model, dtype=options.dtype, device=options.device,
+                                batch_size=options.batch_size)
+        backend.prepare(policy)
+        kinds = {name: info["kind"] for name, info in shipped_tasks().items()}
+        return cls(backend, policy, schedule if policy.evicts else None, build_sampling(options), kinds,
+                   seed_of=lambda sample_id: request_seed(options.seed, sample_id))
+
     # ------------------------------------------------------------------ lm-eval interface
     def loglikelihood(self, requests):
         raise NotSupportedError("dynts-bench models generate only: loglikelihood tasks are not supported")
@@ -80,15 +115,13 @@ class DyntsLM(LM):
 
     @property
     def tokenizer_name(self) -> str:
-        return self.backend.source.spec.replace("/", "__")
+        return self.backend.model_info().model_id.replace("/", "__")
 
     def chat_template(self, chat_template: bool | str = False) -> str | None:
-        return self.backend.tokenizer.chat_template
+        return self.backend.chat_template()
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return self.backend.tokenizer.apply_chat_template(
-            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        return self.backend.render_chat(chat_history, add_generation_prompt=add_generation_prompt)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """One string per request entry; a request repeated K times (``repeats``) gives K samples."""
@@ -112,10 +145,9 @@ class DyntsLM(LM):
     # ------------------------------------------------------------------ generation
     def _generate(self, group: list[tuple[str, Any]]) -> None:
         sampling = sampling_from(group[0][1].args[1], self.sampling)
-        tokenizer = self.backend.tokenizer
         by_id = dict(group)
         requests = [
-            GenerationRequest(sid, tokenizer.encode(inst.args[0], add_special_tokens=False), self.seed_of(sid))
+            GenerationRequest(sid, self.backend.encode(inst.args[0]), self.seed_of(sid))
             for sid, inst in group
         ]
 
@@ -179,3 +211,9 @@ def build_task(name: str, data_dir: Path | None, samples: int) -> tuple[Any, str
     except DataError as exc:
         raise TaskError(str(exc)) from None
     return task, kwargs.get("kind", "math")
+
+
+if __name__ == "__main__":  # lm-eval's own CLI with our model registered: python -m harness.lmeval run ...
+    from lm_eval.__main__ import cli_evaluate
+
+    cli_evaluate()

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from backends.hf.backend import TransformersBackend
 from harness.importance.traces import TraceStore
 
 
@@ -48,27 +49,45 @@ def register(app: typer.Typer, console: Console, guard) -> None:
         chat: bool = typer.Option(True),
         forced: bool = typer.Option(False, help="Force the prompts' reference traces (tiny-reasoner task files) "
                                     "and let the model only answer: for models that do not think (SmolLM2)."),
+        on_policy_budget: Optional[int] = typer.Option(None, help="On-policy traces: generate under dynts (with "
+                                                       "--predictor) at this KV budget and store the hidden states it "
+                                                       "saw; default: the full cache."),
+        predictor: Optional[Path] = typer.Option(None, help="On-policy: the predictor dynts runs with (default: "
+                                                 "the model's shipped one)."),
+        window: int = typer.Option(32, help="On-policy: recent window."),
+        interval: int = typer.Option(16, help="On-policy: compression interval."),
     ) -> None:
         """Generate full-cache traces and store tokens + final hidden states of the thinking tokens."""
 
         def go() -> None:
             from backends.base import SamplingParams
             from harness.config import file_sha256
-            from harness.importance.traces import collect
+            from harness.importance.traces import TraceStoreError, collect
             from harness.prompts import default_prompts_path, load_prompts
             from harness.replay import load_trace_rows
+            from zoo.dynts import DynTS
+            from zoo.schedule import EvictionSchedule
 
             path = prompts or default_prompts_path()
             items = load_trace_rows(path, limit) if forced else load_prompts(path, limit)
             engine = _engine(model, batch_size, device)
             store = TraceStore(out)
-            store.open_for({"model": model, "hidden_size": engine.model.config.hidden_size, "source": path.name,
-                            "source_sha256": file_sha256(path), "max_new_tokens": max_new_tokens, "chat": chat,
-                            "forced": forced})
+            meta = {"model": model, "hidden_size": engine.model.config.hidden_size, "source": path.name,
+                    "source_sha256": file_sha256(path), "max_new_tokens": max_new_tokens, "chat": chat,
+                    "forced": forced}
+            policy = schedule = None
+            if on_policy_budget is not None:
+                if forced:
+                    raise TraceStoreError("--on-policy-budget generates the model's own traces: drop --forced")
+                schedule = EvictionSchedule(mode="budget", budget=on_policy_budget, interval=interval, window=window)
+                location = _load_predictor_path(predictor, engine)
+                policy = DynTS(predictor=str(location))
+                meta["on_policy"] = {"policy": "dynts", "predictor": str(location), **schedule.to_dict()}
+            store.open_for(meta)
             with _progress(console, "traces") as progress:
                 bar = progress.add_task("traces", total=len(items), completed=len(store.records()))
                 report = collect(engine, items, store, SamplingParams(max_new_tokens), chat,
-                                 on_trace=lambda: progress.advance(bar))
+                                 on_trace=lambda: progress.advance(bar), policy=policy, schedule=schedule)
             console.print(f"{report['traces']} traces in {out} ({report['correct']} correct, {report['new']} new)")
 
         guard(go)
@@ -101,13 +120,17 @@ def register(app: typer.Typer, console: Console, guard) -> None:
     def train_predictor(
         store_dir: Path = typer.Argument(..., help="Labelled trace store."),
         out: Path = typer.Option(..., help="Predictor directory to write."),
-        label_method: str = typer.Option("attention"),
+        label_method: str = typer.Option("attention", help="attention (the paper's answer attention), later, "
+                                         "lookback or gradient: labels made by `dynts-bench label`."),
         transform: str = typer.Option("power", help="none | power ((x^0.3/0.3)*10) | scale (x*1e4) | rank."),
+        pool: str = typer.Option("none", help="Spread labels to neighbours first: none | prev (a token also gets "
+                                 "its successor's label) | max3 (max over a 3-token kernel, as SnapKV pools)."),
         layer_sizes: Optional[str] = typer.Option(None, help="Hidden widths, e.g. 256,64 (default 2h,h/2)."),
         preset: Optional[str] = typer.Option(None, help="'paper': 8192,2048 (the reference head for 7-8B)."),
         epochs: int = typer.Option(15),
         lr: float = typer.Option(5e-4),
         rank_weight: float = typer.Option(1.0, help="Weight of the pairwise ranking loss (0 = MSE only)."),
+        mse_weight: float = typer.Option(1.0, help="Weight of the MSE loss (0 = ranking only)."),
         val_fraction: float = typer.Option(0.1),
         seed: int = typer.Option(0),
         include_incorrect: bool = typer.Option(False, help="Train on incorrect traces too (default: correct only)."),
@@ -126,8 +149,12 @@ def register(app: typer.Typer, console: Console, guard) -> None:
                 raise TraceStoreError(f"--layer-sizes {layer_sizes!r}: give widths such as 256,64") from None
             if preset:
                 sizes = PRESETS[preset]
-            cfg = FitConfig(label_method=label_method, transform=transform, layer_sizes=sizes, epochs=epochs, lr=lr,
-                            rank_weight=rank_weight, val_fraction=val_fraction, seed=seed,
+            if rank_weight < 0 or mse_weight < 0 or rank_weight + mse_weight == 0:
+                raise TraceStoreError(f"--rank-weight {rank_weight} and --mse-weight {mse_weight}: both must be >= 0 "
+                                      "and one > 0")
+            cfg = FitConfig(label_method=label_method, transform=transform, pool=pool, layer_sizes=sizes,
+                            epochs=epochs, lr=lr, rank_weight=rank_weight, mse_weight=mse_weight,
+                            val_fraction=val_fraction, seed=seed,
                             correct_only=not include_incorrect)
             with _progress(console, "epochs") as progress:
                 bar = progress.add_task("epochs", total=epochs)
@@ -179,16 +206,41 @@ def register(app: typer.Typer, console: Console, guard) -> None:
 
     @app.command()
     def analyze(
-        store_dir: Path = typer.Argument(..., help="Labelled trace store (correct and incorrect traces)."),
-        predictor: Optional[Path] = typer.Option(None, help="Also re-feed with the predictor's top tokens."),
+        store_dir: Optional[Path] = typer.Argument(None, help="Labelled trace store (attention mode)."),
+        mode: str = typer.Option("attention", help="attention: concentration + re-feeding on a trace store. "
+                                 "eviction: what dynts keeps vs the oracle under a budget, and why answers are lost "
+                                 "(tiny reasoner)."),
+        predictor: Optional[Path] = typer.Option(None, help="Predictor (attention: also re-feed with its top tokens; "
+                                                 "eviction: the one analysed, default the shipped one)."),
         fraction: list[float] = typer.Option([0.1, 0.2, 0.3, 0.5], "--fraction", help="Kept fraction; repeatable."),
         label_method: str = typer.Option("attention"),
-        limit: Optional[int] = typer.Option(None, min=1, help="Traces per part (correct / incorrect)."),
+        limit: Optional[int] = typer.Option(None, min=1, help="Traces per part (correct / incorrect); eviction: "
+                                            "prompts."),
+        prompts: Optional[Path] = typer.Option(None, help="Eviction: JSONL of tiny-task problems (default held-out)."),
+        budget: list[int] = typer.Option([72, 88, 128, 176], "--budget", help="Eviction: KV budget; repeatable."),
+        window: int = typer.Option(32, help="Eviction: recent window (as dynts-bench run)."),
+        interval: int = typer.Option(16, help="Eviction: compression interval (as dynts-bench run)."),
+        policy: list[str] = typer.Option(["dynts", "dynts+names", "oracle", "oracle-names"], "--policy",
+                                         help="Eviction: dynts, dynts+names (same scores, live result names kept), "
+                                         "oracle, oracle-names (names evicted first); repeatable."),
+        batch_size: int = typer.Option(50, min=1),
         json_out: Optional[Path] = typer.Option(None, "--json"),
+        markdown: Optional[Path] = typer.Option(None, help="Eviction: also write the tables as markdown."),
     ) -> None:
-        """How concentrated answer attention is, and the keep-top / bottom / random re-feeding experiment."""
+        """Attention mode: how concentrated answer attention is, and the keep-top / bottom / random re-feeding
+        experiment. Eviction mode: what DynTS keeps vs the oracle, per budget, and why answers are lost."""
 
         def go() -> None:
+            from harness.importance.traces import TraceStoreError
+
+            if mode == "eviction":
+                _analyze_eviction(console, predictor, prompts, limit, budget, window, interval, policy,
+                                  batch_size, json_out, markdown)
+                return
+            if mode != "attention":
+                raise TraceStoreError(f"unknown --mode {mode!r}: use attention or eviction")
+            if store_dir is None:
+                raise TraceStoreError("analyze --mode attention needs a labelled trace store: dynts-bench analyze DIR")
             from harness.importance.evaluate import analyze as run_analysis
 
             store = TraceStore(store_dir)
@@ -213,9 +265,60 @@ def register(app: typer.Typer, console: Console, guard) -> None:
         guard(go)
 
 
-def _load_predictor(path: Optional[Path], engine: Any):
+def _analyze_eviction(console: Console, predictor: Optional[Path], prompts: Optional[Path], limit: Optional[int],
+                      budgets: list[int], window: int, interval: int, chosen: list[str], batch_size: int,
+                      json_out: Optional[Path], markdown: Optional[Path]) -> None:
+    from harness.catalog import shipped_predictor
+    from harness.importance.eviction import eviction_markdown, eviction_report, tiny_policies
+    from harness.importance.traces import TraceStoreError
+    from harness.prompts import default_prompts_path, load_prompts
+    from zoo.schedule import EvictionSchedule
+
+    for b in budgets:
+        EvictionSchedule(mode="budget", budget=b, interval=interval, window=window)  # one-line error if bad
+    location = predictor or shipped_predictor("tiny-reasoner")
+    if location is None:
+        raise TraceStoreError("no shipped tiny-reasoner predictor: pass --predictor DIR")
+    engine = _engine("tiny-reasoner", batch_size)
+    _load_predictor(location, engine)  # refuses a predictor for another model
+    items = load_prompts(prompts or default_prompts_path(), limit)
+    policies = tiny_policies({"dynts": str(location)}, oracle=True, interventions=True)
+    unknown = [p for p in chosen if p not in policies]
+    if unknown:
+        raise TraceStoreError(f"unknown --policy {unknown[0]!r} for --mode eviction: choose from {', '.join(policies)}")
+    policies = {name: policies[name] for name in chosen}
+
+    def on_cell(name: str, b: int, cell: dict[str, Any]) -> None:
+        console.log(f"{name} at budget {b}: accuracy {cell['accuracy']:.1%}, live names kept "
+                    f"{cell['name']['live_survival']:.1%}, live values kept {cell['value']['live_survival']:.1%}")
+
+    report = eviction_report(engine, items, policies, budgets, window, interval, on_cell=on_cell)
+    report.update({"predictor": str(location), "prompts": str(prompts or default_prompts_path()),
+                   "problems": len(items), "window": window, "interval": interval})
+    text = eviction_markdown(report)
+    console.print(text)
+    _write_json(json_out, report)
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(text)
+
+
+def _load_predictor_path(path: Optional[Path], engine: TransformersBackend) -> Path:
+    """The predictor directory to use (the given one or the model's shipped one), checked against the model."""
+    from harness.catalog import shipped_predictor
     from zoo.base import PolicyError
-    from zoo.predictor import ImportancePredictor, shipped_predictor
+
+    location = path or shipped_predictor(engine.model_info().model_id)
+    if location is None:
+        raise PolicyError(f"no predictor shipped for {engine.model_info().model_id}: pass --predictor DIR")
+    _load_predictor(location, engine)
+    return Path(location)
+
+
+def _load_predictor(path: Optional[Path], engine: TransformersBackend):
+    from harness.catalog import shipped_predictor
+    from zoo.base import PolicyError
+    from zoo.predictor import ImportancePredictor
 
     info = engine.model_info()
     location = path or shipped_predictor(info.model_id)

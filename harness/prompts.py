@@ -10,16 +10,18 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
+from zoo.errors import UserError
 
-class PromptFileError(ValueError):
+
+class PromptFileError(UserError, ValueError):
     """The prompt file cannot be used; the message names the file, the line and the fix."""
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A benchmark dataset cannot be used; the message names the file and the fix."""
 
 
-class TaskError(ValueError):
+class TaskError(UserError, ValueError):
     """A benchmark task cannot be loaded; the message says which and how to fix it."""
 
 

@@ -18,8 +18,7 @@ separate teacher-forced forward.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,14 +26,12 @@ from typing import Any
 import torch
 
 from backends.base import BackendError, GenerationRequest
+from backends.hf.backend import TransformersBackend
+from backends.hf.cache import CompactingCache
+from harness.answers import last_number
 from harness.config import RunConfig
-from harness.env import environment
-from harness.metrics import NvmlSampler, reset_cuda_peak
 from harness.prompts import PromptFileError
-from harness.runner import RunOutcome, finish_run, open_run, request_seed
-from harness.scoring import last_number
 from harness.tinyreasoner.task import DEF_NAME, DEF_VALUE, OTHER, THINK_OPEN, is_result_name, token_roles
-from zoo.base import Policy
 from zoo.full import FullCache
 
 #: prepended for models that do not know the task (the tiny reasoner's own prompt is the bare problem)
@@ -99,7 +96,7 @@ def retrieval_pairs(words: Sequence[str]) -> list[tuple[int, int]]:
     return pairs
 
 
-def build_items(engine: Any, rows: Sequence[TraceRow], chat: bool) -> list[ReplayItem]:
+def build_items(engine: TransformersBackend, rows: Sequence[TraceRow], chat: bool) -> list[ReplayItem]:
     """Tokenize prompts and traces for ``engine``'s model, mapping trace words to token indices."""
     tokenizer = engine.tokenizer
     items = []
@@ -128,7 +125,7 @@ def build_items(engine: Any, rows: Sequence[TraceRow], chat: bool) -> list[Repla
     return items
 
 
-class _Recorder:
+class Recorder:
     """The decode loop's per-forward hook: log-probabilities of every step, and which positions are cached."""
 
     def __init__(self, items: dict[str, ReplayItem], reference: dict[str, torch.Tensor] | None) -> None:
@@ -140,7 +137,7 @@ class _Recorder:
         self.kept: dict[str, list[bool]] = {}
         self.retrieved: dict[str, list[bool]] = {}
 
-    def __call__(self, cache: Any, logits: torch.Tensor, request_ids: list[str]) -> None:
+    def __call__(self, cache: CompactingCache, logits: torch.Tensor, request_ids: list[str]) -> None:
         logprobs = logits.float().log_softmax(-1)
         t = cache.length
         for b, rid in enumerate(request_ids):
@@ -171,94 +168,31 @@ class ReferenceCache:
     def __init__(self) -> None:
         self._batches: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}
 
-    def get(self, engine: Any, requests: list[GenerationRequest], items: dict[str, ReplayItem],
+    def get(self, engine: TransformersBackend, requests: list[GenerationRequest], items: dict[str, ReplayItem],
             config: RunConfig) -> dict[str, torch.Tensor]:
         from backends.hf.decode import generate_batch
 
         key = tuple(r.request_id for r in requests)
         if key not in self._batches:
-            recorder = _Recorder(items, None)
-            generate_batch(engine.parts, requests, FullCache(), None, _sampling(config, items), engine.device,
+            recorder = Recorder(items, None)
+            generate_batch(engine.parts, requests, FullCache(), None, replay_sampling(config, items), engine.device,
                            on_forward=recorder)
             self._batches[key] = {rid: torch.stack(rows) for rid, rows in recorder.logprobs.items()}
         return self._batches[key]
 
 
-def _sampling(config: RunConfig, items: dict[str, ReplayItem]):
+def replay_sampling(config: RunConfig, items: dict[str, ReplayItem]):
     from dataclasses import replace
 
     longest = max(len(i.forced_ids) for i in items.values())
     return replace(config.sampling, max_new_tokens=longest + ANSWER_TOKENS, temperature=0.0, stop=())
 
 
-def answer_after(engine: Any, item: ReplayItem, output_ids: list[int]) -> str | None:
+def answer_after(engine: TransformersBackend, item: ReplayItem, output_ids: list[int]) -> str | None:
     """The model's answer after the forced trace: the first word it writes, if that is a number."""
     words = engine.tokenizer.decode(output_ids[len(item.forced_ids) :], skip_special_tokens=True).split()
     return last_number(words[0]) if words else None
 
 
-def _mean(values: list[Any]) -> float | None:
+def mean(values: list[Any]) -> float | None:
     return sum(values) / len(values) if values else None
-
-
-def execute_replay(
-    config: RunConfig,
-    backend: Any,
-    policy: Policy,
-    replay_items: Sequence[ReplayItem],
-    out_root: Path,
-    references: ReferenceCache,
-    run_id: str | None = None,
-    on_sample: Callable[[], None] | None = None,
-) -> RunOutcome:
-    """Replay every item's trace (``build_items``, once for all policies) under ``policy`` into a run directory
-    (resumable, like ``execute``)."""
-    from backends.hf.decode import generate_batch
-
-    if getattr(backend, "name", "") != "transformers":
-        raise BackendError("--protocol replay runs on the transformers backend (it forces tokens step by step)")
-    config_dict, run_dir, finished = open_run(config, out_root, run_id)
-    if finished is not None:
-        return finished
-    done = run_dir.done_ids()
-    items = {i.id: i for i in replay_items if i.id not in done}
-    backend.prepare(policy)
-    env = environment()
-    reset_cuda_peak()
-    started = time.perf_counter()
-    todo = list(items.values())
-    with NvmlSampler() as nvml:
-        for start in range(0, len(todo), backend.batch_size):
-            batch = todo[start : start + backend.batch_size]
-            requests = [GenerationRequest(i.id, i.prompt_ids, request_seed(config.sampling.seed, i.id),
-                                          forced_ids=i.forced_ids) for i in batch]
-            chunk = {i.id: i for i in batch}
-            recorder = _Recorder(chunk, references.get(backend, requests, chunk, config))
-            results = generate_batch(backend.parts, requests, policy, config.schedule, _sampling(config, chunk),
-                                     backend.device, on_forward=recorder)
-            for result in results:
-                item = chunk[result.request_id]
-                got = answer_after(backend, item, result.output_ids)
-                row = {"sample_id": item.id, "config_hash": run_dir.config_hash, **result.to_dict(),
-                       "git_sha": env["git_sha"], "answer": item.answer, "extracted": got,
-                       "correct": got == item.answer, "forced_tokens": len(item.forced_ids),
-                       "kl_mean": _mean(recorder.kl[item.id]), "top1_agreement": _mean(recorder.top1[item.id]),
-                       "retrieval_recall": _mean(recorder.kept.get(item.id, [])),
-                       "retrieval_accuracy": _mean(recorder.retrieved.get(item.id, [])),
-                       "retrievals": len(item.retrievals)}
-                run_dir.append_sample(row)
-                if on_sample is not None:
-                    on_sample()
-    samples = run_dir.samples()
-    quality = {
-        "accuracy": _mean([r["correct"] for r in samples]),
-        "kl_mean": _mean([r["kl_mean"] for r in samples]),
-        "top1_agreement": _mean([r["top1_agreement"] for r in samples]),
-        "retrieval_recall": _mean([r["retrieval_recall"] for r in samples if r["retrieval_recall"] is not None]),
-        "retrieval_accuracy": _mean([r["retrieval_accuracy"] for r in samples
-                                     if r["retrieval_accuracy"] is not None]),
-        "protocol": "replay",
-    }
-    summary = finish_run(run_dir, config_dict, backend, env, samples, quality, time.perf_counter() - started,
-                         nvml, done)
-    return RunOutcome(run_dir, summary, len(done), reused=False)

@@ -14,12 +14,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from zoo.errors import UserError
+
 CONFIG_FILE = "config.json"
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
 
 
-class ResultsError(ValueError):
+class ResultsError(UserError, ValueError):
     """A results directory cannot be used as asked; the message says why and what to do."""
 
 

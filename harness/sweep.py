@@ -7,7 +7,8 @@ A grid file is data::
     grid: {policy: [full, window, snapkv], budget: [96, 128], seed: [0, 1]}
     resources: {num_cpus: 1, num_gpus: 0}      # per cell, for the ray executor
 
-Option names are those of ``dynts-bench run`` (underscores). ``full`` ignores budgets, so its cells are
+Option names are those of ``dynts-bench run`` (underscores): the fields of ``RunOptions``, whose types every
+cell is checked against before anything runs. ``full`` ignores budgets, so its cells are
 deduplicated. Cells land in the usual result layout (``out/<policy>-<config hash>/``): a complete cell is
 skipped, an interrupted one resumes, whichever executor ran it. Executors: ``local`` (sequential, in this
 process, the model loaded once per model/dtype/device) and ``ray`` (one Ray task per cell, with the cell's
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from harness.options import PLACEMENT, RunOptions
 from harness.prompts import DataError
 
 SCHEDULE_KEYS = ("mode", "budget", "interval", "window", "trigger_len", "ratio", "evict_prompt")
@@ -37,8 +39,8 @@ class Grid:
     resources: dict[str, float]
 
 
-def load_grid(path: Path, run_defaults: dict[str, Any]) -> Grid:
-    """Read and validate a grid file against the ``run`` options (one-line errors naming the fix)."""
+def load_grid(path: Path) -> Grid:
+    """Read and validate a grid file against ``RunOptions`` (names and types; one-line errors naming the fix)."""
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -46,57 +48,59 @@ def load_grid(path: Path, run_defaults: dict[str, Any]) -> Grid:
     if not isinstance(raw, dict) or not isinstance(raw.get("grid"), dict) or not raw["grid"]:
         raise DataError(f"{path}: a grid file needs a non-empty 'grid:' mapping of option -> list of values")
     base = raw.get("base") or {}
+    if not isinstance(base, dict):
+        raise DataError(f"{path}: 'base:' must be a mapping of option -> value")
     axes = {k: v if isinstance(v, list) else [v] for k, v in raw["grid"].items()}
+    options = [f.name for f in fields(RunOptions) if f.name not in PLACEMENT]
     for key in [*base, *axes]:
-        if key not in run_defaults or key in ("out", "run_id"):
-            valid = ", ".join(k for k in run_defaults if k not in ("out", "run_id"))
-            raise DataError(f"{path}: unknown option {key!r} (use `run` option names: {valid})")
+        if key not in options:
+            raise DataError(f"{path}: unknown option {key!r} (use `run` option names: {', '.join(options)})")
     for key, values in axes.items():
         if not values:
             raise DataError(f"{path}: grid axis {key!r} has no values")
+    name = str(raw.get("name") or path.stem)
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise DataError(f"{path}: grid name {name!r} must be a single directory name (it becomes OUT/<name>)")
     resources = {"num_cpus": 1.0, "num_gpus": 0.0, **(raw.get("resources") or {})}
-    return Grid(str(raw.get("name") or path.stem), base, axes, resources)
+    grid = Grid(name, base, axes, resources)
+    expand(grid, Path("."), where=str(path))  # every cell's option types, before anything runs
+    return grid
 
 
-def expand(grid: Grid, run_defaults: dict[str, Any]) -> list[dict[str, Any]]:
-    """One complete ``run`` option dict per cell (a single policy each), full-cache duplicates removed."""
-    cells, seen = [], set()
+def expand(grid: Grid, out: Path, where: str = "grid") -> list[RunOptions]:
+    """One ``RunOptions`` per cell (a single policy each) writing under ``out``, full-cache duplicates removed."""
+    cells: list[RunOptions] = []
     keys = list(grid.axes)
+    defaults = RunOptions()
     for values in itertools.product(*(grid.axes[k] for k in keys)):
-        options = {**run_defaults, **grid.base, **dict(zip(keys, values))}
-        policy = options["policy"]
-        options["policy"] = [policy] if isinstance(policy, str) else list(policy)
-        if options["policy"] == ["full"]:  # no schedule: one cell whatever the budget axes say
-            options.update({k: run_defaults[k] for k in SCHEDULE_KEYS})
-        for key in ("prompts", "data_dir", "predictor"):
-            if options.get(key) is not None:
-                options[key] = str(options[key])
-        identity = repr(sorted(options.items()))
-        if identity not in seen:
-            seen.add(identity)
+        options = RunOptions.from_mapping({**grid.base, **dict(zip(keys, values))}, where=where)
+        options = options.replace(out=out)
+        if options.policy == ("full",):  # no schedule: one cell whatever the budget axes say
+            options = options.replace(**{k: getattr(defaults, k) for k in SCHEDULE_KEYS})
+        if options not in cells:
             cells.append(options)
     return cells
 
 
-def cell_label(options: dict[str, Any]) -> str:
-    parts = [",".join(options["policy"])]
-    if options["policy"] != ["full"]:
-        parts.append(f"B={options['budget']}" if options["mode"] == "budget" else f"T={options['trigger_len']}")
-    parts.append(f"seed={options['seed']}")
+def cell_label(options: RunOptions) -> str:
+    parts = [",".join(options.policy)]
+    if options.policy != ("full",):
+        parts.append(f"B={options.budget}" if options.mode == "budget" else f"T={options.trigger_len}")
+    parts.append(f"seed={options.seed}")
     return " ".join(parts)
 
 
-def run_cell(options: dict[str, Any], engines: dict | None = None) -> dict[str, Any]:
+def run_cell(options: RunOptions, engines: dict | None = None) -> dict[str, Any]:
     """Run one cell and return its row (run directory, config hash, headline metrics)."""
     from backends import build_backend
     from harness.runplan import execute_plan, prepare
 
     plan = prepare(options)
-    key = (options["backend"], options["model"], options["dtype"], options["device"], options["batch_size"])
+    key = (options.backend, options.model, options.dtype, options.device, options.batch_size)
     engine = engines.get(key) if engines is not None else None
     if engine is None:
-        engine = build_backend(options["backend"], model=options["model"], dtype=options["dtype"],
-                               device=options["device"], batch_size=options["batch_size"])
+        engine = build_backend(options.backend, model=options.model, dtype=options.dtype, device=options.device,
+                               batch_size=options.batch_size)
         if engines is not None:
             engines[key] = engine
     (name, outcome), = execute_plan(plan, engine).items()
@@ -104,8 +108,8 @@ def run_cell(options: dict[str, Any], engines: dict | None = None) -> dict[str, 
     return {
         "cell": cell_label(options),
         "policy": name,
-        "budget": options["budget"] if name != "full" else None,
-        "seed": options["seed"],
+        "budget": options.budget if name != "full" else None,
+        "seed": options.seed,
         "run_dir": str(outcome.run_dir.path),
         "config_hash": outcome.run_dir.config_hash,
         "reused": outcome.reused,
@@ -115,7 +119,7 @@ def run_cell(options: dict[str, Any], engines: dict | None = None) -> dict[str, 
     }
 
 
-def run_local(cells: list[dict[str, Any]], on_done: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
+def run_local(cells: list[RunOptions], on_done: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
     engines: dict = {}
     rows = []
     for options in cells:
@@ -127,7 +131,7 @@ def run_local(cells: list[dict[str, Any]], on_done: Callable[[dict], None] | Non
 
 
 def run_ray(
-    cells: list[dict[str, Any]],
+    cells: list[RunOptions],
     resources: dict[str, float],
     address: str | None = None,
     on_done: Callable[[dict], None] | None = None,

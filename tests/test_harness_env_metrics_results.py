@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from harness import env, metrics, results
-from harness.metrics import NvmlSampler, peak_rss_bytes, percentile, summarize_samples
+from harness.measure import NvmlSampler, peak_rss_bytes
+from harness.metrics import percentile, summarize_samples
 from harness.results import ResultsError, RunDir, atomic_write_json, config_hash, default_run_id
 
 # --- results: atomic writes and hashing --------------------------------------------------------------------

@@ -13,8 +13,8 @@ from backends.base import SamplingParams
 from backends.hf.backend import TransformersBackend
 from harness.cli import app
 from harness.importance.evaluate import analyze, concentration, evaluate
-from harness.importance.fit import FitConfig, fit, transform_labels
-from harness.importance.labels import attention_label, label_store, load_labels, lookback_label
+from harness.importance.fit import FitConfig, fit, pool_labels, transform_labels
+from harness.importance.labels import attention_label, label_store, later_label, load_labels, lookback_label
 from harness.importance.rankers import ranking_metrics, top_set
 from harness.importance.traces import TraceStore, TraceStoreError, collect
 from harness.replay import TraceRow
@@ -37,7 +37,7 @@ def store(random_reasoner, tmp_path_factory) -> TraceStore:
     assert report == {"traces": 12, "correct": report["correct"], "new": 12}
     again = collect(engine, trace_rows(12), store, SamplingParams(512))  # resumes: nothing redone
     assert again["new"] == 0 and len(store.records()) == 12
-    label_store(engine, store, ["attention", "gradient", "lookback"])
+    label_store(engine, store, ["attention", "gradient", "lookback", "later"])
     return store
 
 
@@ -69,6 +69,46 @@ def test_lookback_label_equals_eager_attention(random_reasoner, store) -> None:
     far = probs * (cols <= rows - 32)
     expected = far.amax(dim=1).mean(0)[r.thinking]
     torch.testing.assert_close(lookback_label(engine, trace), expected, atol=1e-6, rtol=1e-4)
+
+
+def test_later_label_equals_eager_attention_from_every_far_query(random_reasoner, store) -> None:
+    engine = TransformersBackend(str(random_reasoner))
+    trace = next(store.load(store.records()[2:3]))
+    r = trace.record
+    end = r.length - (1 if int(trace.tokens[-1]) in engine.parts.eos_ids else 0)
+    eager = LlamaForCausalLM.from_pretrained(random_reasoner, attn_implementation="eager").eval()
+    with torch.no_grad():
+        attentions = eager(input_ids=trace.tokens[None, :end], output_attentions=True).attentions
+    probs = torch.stack(attentions)[:, 0].mean(1)  # [L, T(query), T(key)]
+    expected = torch.zeros(end)
+    for query in range(end):  # every query (thinking or answer) at least 32 tokens after the key
+        for key in range(max(0, query - 31)):
+            expected[key] += probs[:, query, key].mean()
+    torch.testing.assert_close(later_label(engine, trace), expected[r.thinking], atol=1e-5, rtol=1e-4)
+    assert load_labels(store, "later").keys() == load_labels(store, "attention").keys()
+
+
+def test_on_policy_collection_stores_the_hidden_states_dynts_saw(random_reasoner, tmp_path) -> None:
+    from harness.importance.traces import final_hidden
+    from harness.prompts import PromptItem
+    from zoo.dynts import DynTS
+    from zoo.predictor import PredictorConfig
+    from zoo.schedule import EvictionSchedule
+
+    engine = TransformersBackend(str(random_reasoner), batch_size=3)
+    ImportancePredictor(PredictorConfig(str(random_reasoner), 32, [8])).save(tmp_path / "pred")
+    items = [PromptItem(p.id, p.prompt, p.answer) for p in (generate(i) for i in range(3))]
+    store = TraceStore(tmp_path / "on-policy")
+    store.open_for({"model": str(random_reasoner), "hidden_size": 32})
+    collect(engine, items, store, SamplingParams(80), policy=DynTS(predictor=str(tmp_path / "pred")),
+            schedule=EvictionSchedule(budget=40, interval=8, window=16))
+    for trace in store.load(store.records()):
+        r = trace.record
+        full = final_hidden(engine, trace.tokens.tolist())[r.thinking]
+        assert trace.hidden.shape == full.shape
+        first = 48 - r.prompt_len - 1  # tokens written before the first compression saw the whole context
+        torch.testing.assert_close(trace.hidden[:first].float(), full[:first].half().float(), atol=2e-3, rtol=1e-2)
+        assert not torch.allclose(trace.hidden[first + 8 :].float(), full[first + 8 :].half().float(), atol=2e-3)
 
 
 def test_store_holds_thinking_hidden_states_and_labels(store) -> None:
@@ -114,6 +154,20 @@ def test_ranking_helpers() -> None:
     assert transform_labels(labels, "rank").tolist() == [0.0, 1.0, 0.5, 0.75, 0.25]
     with pytest.raises(TraceStoreError, match="unknown label transform"):
         transform_labels(labels, "cube")
+    # pooling: a token also gets its successor's label (prev), or the max of a 3-token neighbourhood (max3)
+    assert pool_labels(labels, "prev").tolist() == [5.0, 5.0, 4.0, 4.0, 0.5]
+    assert pool_labels(labels, "max3").tolist() == [5.0, 5.0, 5.0, 4.0, 4.0]
+    assert pool_labels(labels, "none").tolist() == labels.tolist()
+    with pytest.raises(TraceStoreError, match="unknown label pooling"):
+        pool_labels(labels, "wide")
+
+
+def test_fit_options_pool_and_loss_weights_are_recorded(store, tmp_path) -> None:
+    cfg = FitConfig(epochs=1, layer_sizes=[8], val_fraction=0.3, correct_only=False, pool="prev", rank_weight=1.0,
+                    mse_weight=0.0, label_method="later")
+    report = fit(store, tmp_path / "pred", cfg)
+    saved = ImportancePredictor.load(tmp_path / "pred").config
+    assert saved.label_method == "later" and report["fit"]["pool"] == "prev" and report["fit"]["mse_weight"] == 0.0
 
 
 def test_cli_pipeline_and_its_errors(random_reasoner, tmp_path) -> None:
@@ -137,6 +191,15 @@ def test_cli_pipeline_and_its_errors(random_reasoner, tmp_path) -> None:
     assert bad.exit_code == 2 and "is not a trace store" in " ".join(bad.output.split())
     bad = runner.invoke(app, ["train-predictor", str(store_dir), "--out", str(tmp_path / "p"), "--transform", "x"])
     assert bad.exit_code == 2 and "unknown label transform" in " ".join(bad.output.split())
+    bad = runner.invoke(app, ["train-predictor", str(store_dir), "--out", str(tmp_path / "p"), "--pool", "x"])
+    assert bad.exit_code == 2 and "unknown label pooling" in " ".join(bad.output.split())
+    bad = runner.invoke(app, ["train-predictor", str(store_dir), "--out", str(tmp_path / "p"), "--rank-weight", "0",
+                              "--mse-weight", "0"])
+    assert bad.exit_code == 2 and "one > 0" in " ".join(bad.output.split())
+    bad = runner.invoke(app, ["collect-traces", "--model", str(random_reasoner), "--prompts", str(problems),
+                              "--out", str(tmp_path / "s2"), "--forced", "--on-policy-budget", "64",
+                              "--predictor", str(tmp_path / "pred")])
+    assert bad.exit_code == 2 and "drop --forced" in " ".join(bad.output.split())
 
 
 @pytest.mark.smollm2

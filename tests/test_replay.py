@@ -10,8 +10,9 @@ import torch
 from backends.base import GenerationRequest, SamplingParams
 from backends.hf.backend import TransformersBackend
 from backends.hf.decode import generate_batch
-from harness.replay import ReferenceCache, TraceRow, build_items, execute_replay, load_trace_rows, retrieval_pairs
-from harness.runplan import config_for, prepare
+from harness.options import RunOptions
+from harness.replay import TraceRow, build_items, load_trace_rows, retrieval_pairs
+from harness.runplan import execute_plan, prepare
 from harness.tinyreasoner.task import generate
 from zoo import build_policy
 from zoo.full import FullCache
@@ -58,19 +59,9 @@ def test_replay_full_has_zero_kl_and_evicting_policies_lose_retrievals(random_re
     engine = TransformersBackend(str(random_reasoner), batch_size=4)
     problems_file = tmp_path / "problems.jsonl"
     problems_file.write_text("".join(json.dumps(generate(i, split="heldout").to_json()) + "\n" for i in range(4)))
-    options = {"task": None, "prompts": str(problems_file), "data_dir": None, "policy": ["full", "window"],
-               "run_id": None, "policy_arg": [], "predictor": None, "backend": "transformers", "mode": "budget",
-               "budget": 80, "interval": 16, "window": 24, "trigger_len": None, "ratio": 0.4, "evict_prompt": False,
-               "max_new_tokens": None, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "seed": 0, "stop": [],
-               "samples": 1, "limit": None, "model": str(random_reasoner), "dtype": "float32", "device": "cpu",
-               "batch_size": 4, "chat": True, "out": str(tmp_path / "runs"), "protocol": "replay"}
-    plan = prepare(options)
-    references = ReferenceCache()
-    summaries = {}
-    items = build_items(engine, plan.trace_rows, chat=True)
-    for name, policy in plan.policies.items():
-        outcome = execute_replay(config_for(plan, name), engine, policy, items, tmp_path / "runs", references)
-        summaries[name] = outcome.summary
+    options = RunOptions(prompts=problems_file, policy=("full", "window"), budget=80, interval=16, window=24,
+                         model=str(random_reasoner), batch_size=4, out=tmp_path / "runs", protocol="replay")
+    summaries = {name: outcome.summary for name, outcome in execute_plan(prepare(options), engine).items()}
     assert summaries["full"]["kl_mean"] == 0.0 and summaries["full"]["top1_agreement"] == 1.0
     assert summaries["full"]["retrieval_recall"] == 1.0
     assert summaries["window"]["kl_mean"] > 0.0
@@ -79,7 +70,7 @@ def test_replay_full_has_zero_kl_and_evicting_policies_lose_retrievals(random_re
     assert len(load_trace_rows(problems_file)) == 4
 
 
-def test_replay_budget_errors_come_before_any_generation(random_reasoner, tmp_path) -> None:
+def test_rows_without_traces_are_refused_for_replay(tmp_path) -> None:
     bad = tmp_path / "plain.jsonl"
     bad.write_text('{"prompt": "no trace here"}\n')
     from harness.prompts import PromptFileError

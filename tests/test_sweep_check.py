@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness.cli import app, run_defaults
+from harness.cli import app
 from harness.prompts import DataError
 from harness.sweep import expand, load_grid
 from tests.test_report import _run
@@ -26,25 +26,28 @@ def _grid(tmp_path: Path, text: str) -> Path:
 def test_grid_expansion_dedupes_full_cells(tmp_path):
     path = _grid(tmp_path, "name: g\nbase: {max_new_tokens: 8}\ngrid: {policy: [full, window], budget: [64, 96], "
                            "seed: [0, 1]}\n")
-    cells = expand(load_grid(path, run_defaults()), run_defaults())
-    labels = sorted((c["policy"][0], c["budget"] if c["policy"] != ["full"] else None, c["seed"]) for c in cells)
+    cells = expand(load_grid(path), tmp_path)
+    labels = sorted((c.policy[0], c.budget if c.policy != ("full",) else None, c.seed) for c in cells)
     assert len(cells) == 6 and labels.count(("full", None, 0)) == 1
-    assert all(c["max_new_tokens"] == 8 for c in cells)
+    assert all(c.max_new_tokens == 8 and c.out == tmp_path for c in cells)
 
 
 @pytest.mark.parametrize(
     "text,message",
     [("grid: {}\n", "non-empty 'grid:'"), ("grid: {colour: [red]}\n", "unknown option 'colour'"),
-     ("grid: {policy: []}\n", "axis 'policy' has no values"), ("grid: [unclosed\n", "cannot read grid")],
+     ("grid: {policy: []}\n", "axis 'policy' has no values"), ("grid: [unclosed\n", "cannot read grid"),
+     ("base: {limit: abc}\ngrid: {policy: [window]}\n", "option limit must be an integer, got 'abc'"),
+     ("name: ../../x\ngrid: {policy: [window]}\n", "must be a single directory name"),
+     ("name: /abs\ngrid: {policy: [window]}\n", "must be a single directory name")],
 )
 def test_bad_grids_are_one_line_errors(tmp_path, text, message):
     with pytest.raises(DataError, match=message):
-        load_grid(_grid(tmp_path, text), run_defaults())
+        load_grid(_grid(tmp_path, text))
 
 
 def test_shipped_grids_are_valid():
     for path in GRIDS.glob("*.yaml"):
-        assert expand(load_grid(path, run_defaults()), run_defaults()), path
+        assert expand(load_grid(path), Path("out")), path
 
 
 def _rows(root: Path) -> dict[str, list]:

@@ -11,7 +11,7 @@ import pytest
 from backends.base import SamplingParams, SequenceResult
 from harness.lmeval import DyntsLM, NotSupportedError, build_task, sampling_from, shipped_tasks
 from harness.prompts import TaskError
-from harness.runner import deterministic_subset
+from harness.workloads.task import deterministic_subset
 from zoo import build_policy
 
 FIXTURES = Path(__file__).parent / "fixtures" / "math"

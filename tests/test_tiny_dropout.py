@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from harness.tinyreasoner.dropout import VIEWS, batch_mask, statement_spent_at, view_mask
+from harness.tinyreasoner.dropout import RECIPE, VIEWS, batch_mask, parse_views, statement_spent_at, view_mask
 from harness.tinyreasoner.task import DEF_NAME, DEF_VALUE, OTHER, Knobs, generate, token_roles
 from harness.tinyreasoner.vocab import prompt_tokens
 
@@ -69,6 +69,87 @@ def test_random_view_never_hides_statements_and_hides_some_filler() -> None:
     assert mask[-1, -32:].all()  # nothing vanishes sooner than 32 tokens after it
 
 
+def _vanish_after(column: torch.Tensor, key: int) -> int | None:
+    """How many queries after ``key`` still see it, if it vanishes at all; asserts the column is one run."""
+    seen = column[key:]
+    if seen.all():
+        return None
+    gone = int((~seen).nonzero()[0])
+    assert not seen[gone:].any(), "a vanished token came back"
+    return gone
+
+
+def test_random_any_view_hides_statements_like_any_other_trace_token() -> None:
+    """The control model's view: every trace token, result statements included, vanishes with probability 0.6
+    for queries 32-120 tokens after it, for good; the prompt stays."""
+    hidden_statements = hidden_other = statements = others = 0
+    for index in range(8):
+        words, prompt_length = _sequence(index)
+        mask = view_mask(words, prompt_length, "random-any", random.Random(index))
+        assert not mask.triu(1).any() and mask.diagonal().all()
+        assert mask[-1, :prompt_length].all()  # the prompt is never hidden
+        roles = [OTHER] * prompt_length + token_roles(words[prompt_length:])
+        for key in range(prompt_length, len(words) - 121):  # old enough to have vanished if drawn
+            after = _vanish_after(mask[:, key], key)
+            assert after is None or 32 <= after <= 120
+            if roles[key] in (DEF_NAME, DEF_VALUE):
+                statements += 1
+                hidden_statements += after is not None
+            else:
+                others += 1
+                hidden_other += after is not None
+    assert statements > 40 and hidden_statements > 0
+    assert 0.45 < hidden_statements / statements < 0.75  # about 60%, as for any other token
+    assert 0.5 < hidden_other / others < 0.7
+
+
+def test_random_view_gaps_are_single_runs_of_32_to_120_tokens() -> None:
+    words, prompt_length = _sequence()
+    mask = view_mask(words, prompt_length, "random", random.Random(1))
+    for key in range(prompt_length, len(words)):
+        after = _vanish_after(mask[:, key], key)
+        assert after is None or 32 <= after <= 120
+
+
+def test_view_specs_parse_with_the_recipe_weights_by_default() -> None:
+    assert parse_views(RECIPE) == (("full", "oracle", "random"), (0.3, 0.4, 0.3))
+    assert parse_views("full,oracle,random") == parse_views(RECIPE)
+    assert parse_views("full,random-any") == (("full", "random-any"), (0.3, 0.7))  # the gapped share stays 70%
+    assert parse_views(" full:1 , random-any:3") == (("full", "random-any"), (1.0, 3.0))
+    for bad, message in (("full,sideways", "unknown view"), ("full,full", "twice"), ("full:0", "positive sum"),
+                         ("full:-1,random:2", "non-negative")):
+        with pytest.raises(ValueError, match=message):
+            parse_views(bad)
+
+
+def _batch(count: int = 6) -> tuple[list[list[str]], list[int], int]:
+    pairs = [_sequence(index) for index in range(count)]
+    rows, lengths = [w for w, _ in pairs], [p for _, p in pairs]
+    return rows, lengths, max(map(len, rows))
+
+
+def test_the_recipe_draws_exactly_what_the_shipped_model_was_trained_on() -> None:
+    """Golden values from the implementation the shipped model was trained with (before views became a knob):
+    the default path must consume the random stream and build the masks exactly as it did."""
+    rows, lengths, width = _batch()
+    for kwargs in ({}, dict(zip(("views", "weights"), parse_views(RECIPE)))):
+        rng = random.Random(0)
+        mask, views = batch_mask(rows, lengths, width, rng, **kwargs)
+        assert views == ["random", "random", "oracle", "full", "oracle", "oracle"]
+        assert (mask == 0).sum(dim=(1, 2, 3)).tolist() == [92249, 75252, 38125, 102831, 77657, 53021]
+        assert rng.getrandbits(32) == 3082896635
+
+
+def test_the_control_views_never_draw_the_oracle_view() -> None:
+    rows, lengths, width = _batch(4)
+    names, weights = parse_views("full,random-any")
+    drawn: list[str] = []
+    for seed in range(10):
+        drawn += batch_mask(rows, lengths, width, random.Random(seed), weights=weights, views=names)[1]
+    assert set(drawn) == {"full", "random-any"}
+    assert 0.5 < drawn.count("random-any") / len(drawn) < 0.9
+
+
 def test_batch_mask_is_additive_and_keeps_padding_rows_causal() -> None:
     first, p1 = _sequence(1)
     second, p2 = _sequence(2)
@@ -97,9 +178,10 @@ def test_trainer_uses_drop_out_late_resumes_and_writes_a_loadable_model(tmp_path
     calls: list[int] = []
     real = trainer.dropout_mask
 
-    def counting(x, rng):
+    def counting(x, rng, views=RECIPE):
         calls.append(x.shape[0])
-        return real(x, rng)
+        assert views == RECIPE
+        return real(x, rng, views)
 
     monkeypatch.setattr(trainer, "dropout_mask", counting)
     toy = dict(batch_size=2, hidden_size=32, layers=1, heads=2, intermediate=64, eval_problems=2, dropout_from=0.5)
@@ -113,3 +195,26 @@ def test_trainer_uses_drop_out_late_resumes_and_writes_a_loadable_model(tmp_path
     assert "context drop-out" in (tmp_path / "README.md").read_text()
     assert AutoModelForCausalLM.from_pretrained(tmp_path).config.hidden_size == 32
     assert AutoTokenizer.from_pretrained(tmp_path).decode([0]) == "<pad>"
+
+
+def test_trainer_trains_the_control_views_and_says_so_on_the_card(tmp_path, monkeypatch) -> None:
+    from harness.tinyreasoner import dropout
+    from harness.tinyreasoner import train as trainer
+
+    drawn: list[str] = []
+    real = dropout.batch_mask
+
+    def recording(*args, **kwargs):
+        mask, views = real(*args, **kwargs)
+        drawn.extend(views)
+        return mask, views
+
+    monkeypatch.setattr(trainer, "batch_mask", recording)
+    cfg = trainer.TrainConfig(steps=3, eval_every=3, batch_size=4, hidden_size=32, layers=1, heads=2, intermediate=64,
+                              eval_problems=2, dropout_from=0.0, dropout_views="full:0,random-any:1")
+    trainer.make_tiny_reasoner(tmp_path, cfg, heldout_problems=2, log=lambda _: None)
+    assert drawn == ["random-any"] * 12
+    card = (tmp_path / "README.md").read_text()
+    assert card.startswith("# tiny-reasoner-control") and "full:0,random-any:1" in card
+    with pytest.raises(ValueError, match="unknown view"):
+        trainer.train(tmp_path / "bad", trainer.TrainConfig(steps=1, dropout_views="oracle,sideways"))

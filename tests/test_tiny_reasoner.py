@@ -11,12 +11,12 @@ from typer.testing import CliRunner
 from backends.base import GenerationRequest, SamplingParams
 from backends.hf.backend import TransformersBackend
 from backends.hf.loading import tiny_reasoner_dir
+from harness.answers import is_correct
+from harness.catalog import shipped_predictor
 from harness.cli import app
 from harness.prompts import default_prompts_path, load_prompts
-from harness.scoring import is_correct
 from harness.tinyreasoner.task import generate
 from zoo import build_policy
-from zoo.predictor import shipped_predictor
 from zoo.schedule import EvictionSchedule
 
 runner = CliRunner()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.tinyreasoner.oracle import ROLE, SPENT, TOKEN, Oracle
 from harness.tinyreasoner.task import (
     DEF_NAME,
     DEF_VALUE,
@@ -18,7 +19,6 @@ from harness.tinyreasoner.task import (
 )
 from harness.tinyreasoner.vocab import TOKEN_ID, VOCAB, build_tokenizer, encode, prompt_tokens
 from zoo.base import ModelInfo, StepObservation
-from zoo.oracle import ROLE, SPENT, TOKEN, Oracle
 
 
 def test_generator_is_deterministic_per_seed_and_split() -> None:

@@ -1,7 +1,9 @@
 """The policy zoo: one policy per module, all behind ``zoo.base.Policy``.
 
-Policies are registered by name here; third-party packages add theirs through the ``dynts_bench.policies``
-entry point group (``name = "package.module:Class"``). A policy instance is built per run (never shared).
+Policies are registered by name here; other packages add theirs through the ``dynts_bench.policies`` entry
+point group (``name = "package.module:Class"``) -- the project's own oracle, which reads the tiny-reasoner task's
+rules, is registered that way from ``harness``, so that ``zoo`` imports nothing above it. A policy instance is
+built per run (never shared).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from zoo.base import Policy, PolicyError
 from zoo.dynts import DynTS
 from zoo.full import FullCache
 from zoo.h2o import HeavyHitterOracle
-from zoo.oracle import Oracle
 from zoo.random import RandomEviction
 from zoo.rkv import RKV
 from zoo.sepllm import SepLLM
@@ -36,7 +37,6 @@ _BUILTIN: tuple[type[Policy], ...] = (
     RKV,
     RandomEviction,
     DynTS,
-    Oracle,
 )
 
 

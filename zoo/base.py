@@ -18,11 +18,13 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
+from zoo.errors import UserError
+
 Observation = str  # one of OBSERVATIONS
 OBSERVATIONS = frozenset({"hidden", "queries", "attention"})
 
 
-class PolicyError(ValueError):
+class PolicyError(UserError, ValueError):
     """A policy option is invalid or a policy cannot run as configured; the message says how to fix it."""
 
 
@@ -73,7 +75,10 @@ class ModelInfo:
     hidden_size: int
     num_layers: int
     token_texts: Callable[[], list[str]]  # decoded text of every vocabulary id (computed on demand)
-    think_end_id: int | None = None
+    think_end_id: int | None = None  # token id of ``</think>`` when the tokenizer has one as a single token
+    kv_bytes_per_token: int = 0  # 2 x layers x kv_heads x head_dim x itemsize: one token's keys and values
+    eos_ids: frozenset[int] = frozenset()
+    vocab_size: int = 0
 
 
 @dataclass
@@ -102,6 +107,11 @@ class Policy:
     state_names: ClassVar[tuple[str, ...]] = ()
     #: a policy that never evicts (``full``) runs without a schedule and with an unbounded cache
     evicts: ClassVar[bool] = True
+    #: a model-specific artefact the policy cannot run without (``"predictor"``), or None: runs on any model.
+    #: The harness's catalog says which shipped model provides which artefact.
+    requires: ClassVar[str | None] = None
+    #: part of ``dynts-bench run``'s default comparison (where its artefact, if any, is available)
+    in_default_comparison: ClassVar[bool] = True
 
     @property
     def query_window(self) -> int:
@@ -114,6 +124,16 @@ class Policy:
 
     def prepare(self, model: ModelInfo) -> None:
         """Bind to the model before generation; refuse one this policy cannot serve (default: nothing)."""
+
+    def lacks_artefact(self) -> bool:
+        """Whether the ``requires`` artefact was not given in the options (the harness may then ``provide`` the
+        one it ships for the model)."""
+        return False
+
+    def provide(self, artefact: str) -> None:
+        """Take the ``requires`` artefact shipped for the model. Options stay as given: ``None`` then records
+        "the model's shipped artefact", whose content the run config hashes separately."""
+        raise PolicyError(f"policy {self.name} takes no model artefact")
 
     def observe(self, obs: StepObservation, state: dict[str, torch.Tensor]) -> None:
         """Update per-slot state after a forward pass (default: nothing)."""
@@ -153,10 +173,64 @@ class Policy:
         """Compact the cache to the kept slots (default: gather them in every layer)."""
         cache.compact(kept, kept_valid)
 
+    # ------------------------------------------------------------------ option checks
+    def _at_least(self, option: str, minimum: float) -> None:
+        value = getattr(self, option)
+        if value < minimum:
+            raise PolicyError(f"{self.name} {option} must be >= {minimum}, got {value}")
+
+    def _within(self, option: str, low: float, high: float) -> None:
+        value = getattr(self, option)
+        if not low <= value <= high:
+            raise PolicyError(f"{self.name} {option} must be in [{low}, {high}], got {value}")
+
+    def _odd(self, option: str) -> None:
+        value = getattr(self, option)
+        if value < 1 or value % 2 == 0:
+            raise PolicyError(f"{self.name} {option} must be an odd number >= 1, got {value}")
+
+    def _one_of(self, option: str, choices: Sequence[str]) -> None:
+        value = getattr(self, option)
+        if value not in choices:
+            raise PolicyError(f"{self.name} {option} must be {' or '.join(map(repr, choices))}, got {value!r}")
+
     # ------------------------------------------------------------------ config
     def options(self) -> dict[str, Any]:
         """The policy's options, as recorded in a run's config."""
         return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+
+@dataclass
+class SinkPolicy(Policy):
+    """A policy that always keeps the first ``sinks`` tokens (attention sinks, StreamingLLM and SepLLM)."""
+
+    sinks: int = 4
+
+    def __post_init__(self) -> None:
+        self._at_least("sinks", 0)
+
+    def reserved_tokens(self) -> int:
+        return self.sinks
+
+    def protected(self, view: CacheView) -> torch.Tensor:
+        return view.first_tokens(self.sinks)
+
+
+@dataclass
+class QueryWindowPolicy(Policy):
+    """A policy that scores by the attention of the last ``obs_window`` queries, pooled over ``kernel_size``
+    neighbouring slots (SnapKV, R-KV): the backend keeps that many recent queries per layer."""
+
+    obs_window: int = 32
+    kernel_size: int = 7
+
+    def __post_init__(self) -> None:
+        self._at_least("obs_window", 1)
+        self._odd("kernel_size")
+
+    @property
+    def query_window(self) -> int:
+        return self.obs_window
 
 
 def query_attention(view: CacheView) -> Iterator[torch.Tensor]:

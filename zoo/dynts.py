@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from zoo.base import CacheView, ModelInfo, Policy, PolicyError, StepObservation
-from zoo.predictor import ImportancePredictor, shipped_predictor
+from zoo.predictor import ImportancePredictor
 
 SCORE = "dynts_score"
 
@@ -17,10 +17,11 @@ class DynTS(Policy):
     """Dynamic Thinking-Token Selection (arXiv 2601.18383). A small MLP reads the final hidden state of every
     token once, as it is produced, and predicts how much the final answer will attend to it; at compression
     the lowest-scoring thinking tokens go. Prompt and window are kept by the schedule; tokens after
-    ``</think>`` (the answer) score +inf. ``predictor`` is a directory written by the predictor pipeline;
-    without it, the predictor shipped for the model (the tiny reasoner's) is used."""
+    ``</think>`` (the answer) score +inf. ``predictor`` is a directory written by the predictor pipeline (the
+    harness fills in the one shipped for the model, when there is one)."""
 
     name = "dynts"
+    requires = "predictor"
     needs = frozenset({"hidden"})
     state_names = (SCORE,)
     predictor: str | None = None
@@ -30,15 +31,18 @@ class DynTS(Policy):
         if self.predictor:
             self._model = ImportancePredictor.load(self.predictor)
 
+    def lacks_artefact(self) -> bool:
+        return self._model is None
+
+    def provide(self, artefact: str) -> None:
+        self._model = ImportancePredictor.load(artefact)
+
     def prepare(self, model: ModelInfo) -> None:
         if self._model is None:
-            shipped = shipped_predictor(model.model_id)
-            if shipped is None:
-                raise PolicyError(
-                    f"dynts needs an importance predictor trained for {model.model_id}: pass --predictor DIR "
-                    "(a directory with predictor.json and model.safetensors)"
-                )
-            self._model = ImportancePredictor.load(shipped)
+            raise PolicyError(
+                f"dynts needs an importance predictor trained for {model.model_id}: pass --predictor DIR "
+                "(a directory with predictor.json and model.safetensors)"
+            )
         self._model.check_model(model)
 
     def observe(self, obs: StepObservation, state: dict[str, torch.Tensor]) -> None:

@@ -97,18 +97,3 @@ class ImportancePredictor(nn.Module):
 def _short(name: str) -> str:
     """Compare model names by their last path component: a hub id and its local snapshot match."""
     return Path(name.rstrip("/")).name.lower()
-
-
-#: predictors shipped inside the package, by model alias
-SHIPPED = {"tiny-reasoner": ("harness", "tinyreasoner/predictor")}
-
-
-def shipped_predictor(model_id: str) -> Path | None:
-    """The packaged predictor for ``model_id``, if the project ships one (``--policy dynts`` finds it)."""
-    from importlib.resources import files
-
-    if model_id not in SHIPPED:
-        return None
-    package, relative = SHIPPED[model_id]
-    path = Path(str(files(package) / relative))
-    return path if (path / CONFIG).is_file() else None

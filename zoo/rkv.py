@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zoo.base import CacheView, Policy, PolicyError, query_attention
+from zoo.base import CacheView, QueryWindowPolicy, query_attention
 
 
 @dataclass
-class RKV(Policy):
+class RKV(QueryWindowPolicy):
     """Redundancy-aware selection for reasoning models. Importance: attention from the last ``obs_window``
     queries, averaged, max-pooled (``kernel_size``). Redundancy: each key's mean cosine similarity to the other
     keys of its head (its most recent near-duplicate, similarity > ``threshold``, is not counted against it),
@@ -27,16 +27,8 @@ class RKV(Policy):
     threshold: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.obs_window < 1:
-            raise PolicyError(f"rkv obs_window must be >= 1, got {self.obs_window}")
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise PolicyError(f"rkv kernel_size must be an odd number >= 1, got {self.kernel_size}")
-        if not 0.0 <= self.mix_lambda <= 1.0:
-            raise PolicyError(f"rkv mix_lambda must be in [0, 1], got {self.mix_lambda}")
-
-    @property
-    def query_window(self) -> int:
-        return self.obs_window
+        super().__post_init__()
+        self._within("mix_lambda", 0.0, 1.0)
 
     def score(self, view: CacheView) -> torch.Tensor:
         scores = []

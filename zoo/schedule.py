@@ -18,10 +18,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from zoo.errors import UserError
+
 ScheduleMode = Literal["budget", "paper"]
 
 
-class ScheduleError(ValueError):
+class ScheduleError(UserError, ValueError):
     """A schedule option is out of range; the message names the option and the valid range."""
 
 

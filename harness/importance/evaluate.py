@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from backends.hf.backend import TransformersBackend
+from harness.answers import is_correct
 from harness.importance.labels import load_labels
 from harness.importance.rankers import (
     BASELINE_RANKERS,
@@ -26,7 +28,6 @@ from harness.importance.rankers import (
     top_set,
 )
 from harness.importance.traces import Trace, TraceStore, TraceStoreError
-from harness.scoring import is_correct
 from harness.tinyreasoner.task import critical_mask
 from harness.tinyreasoner.vocab import VOCAB
 from zoo.predictor import ImportancePredictor
@@ -34,7 +35,7 @@ from zoo.predictor import ImportancePredictor
 _TASK_WORDS = frozenset(VOCAB)
 
 
-def ground_truth(engine: Any, trace: Trace) -> torch.Tensor | None:
+def ground_truth(engine: TransformersBackend, trace: Trace) -> torch.Tensor | None:
     """The generator's critical tokens, when the trace is in the tiny-reasoner task's words."""
     words = engine.tokenizer.convert_ids_to_tokens(trace.tokens[trace.record.thinking].tolist())
     if not words or not set(words) <= _TASK_WORDS:
@@ -42,7 +43,7 @@ def ground_truth(engine: Any, trace: Trace) -> torch.Tensor | None:
     return torch.tensor(critical_mask(words))
 
 
-def evaluate(engine: Any, store: TraceStore, predictor: ImportancePredictor | None, label_method: str,
+def evaluate(engine: TransformersBackend, store: TraceStore, predictor: ImportancePredictor | None, label_method: str,
              limit: int | None = None, on_trace: Callable[[], None] | None = None,
              correct_only: bool = True) -> dict[str, dict[str, float]]:
     """Mean ranking metrics per ranker (``dynts`` = the predictor) over the store's (correct) labelled traces."""
@@ -77,7 +78,8 @@ def concentration(labels: torch.Tensor, mass: float) -> float:
     return min(needed, labels.numel()) / labels.numel()
 
 
-def refeed(engine: Any, trace: Trace, keep: torch.Tensor, target: str, max_new_tokens: int = 16) -> bool:
+def refeed(engine: TransformersBackend, trace: Trace, keep: torch.Tensor, target: str,
+           max_new_tokens: int = 16) -> bool:
     """Answer again from the prompt + the kept thinking tokens (original positions) + ``</think>``: is the
     answer still ``target``?"""
     r = trace.record
@@ -116,7 +118,7 @@ def _random_keep(n: int, fraction: float, key: str) -> torch.Tensor:
     return keep
 
 
-def analyze(engine: Any, store: TraceStore, label_method: str, fractions: Sequence[float],
+def analyze(engine: TransformersBackend, store: TraceStore, label_method: str, fractions: Sequence[float],
             predictor: ImportancePredictor | None = None, limit: int | None = None,
             on_trace: Callable[[], None] | None = None) -> dict[str, Any]:
     labels = load_labels(store, label_method)

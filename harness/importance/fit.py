@@ -24,6 +24,7 @@ from harness.importance.traces import TraceStore, TraceStoreError
 from zoo.predictor import ImportancePredictor, PredictorConfig
 
 TRANSFORMS = ("none", "power", "scale", "rank")
+POOLS = ("none", "prev", "max3")
 PRESETS = {"paper": [8192, 2048]}  # the reference's head for 7-8B models (~50M parameters)
 
 
@@ -41,16 +42,31 @@ def transform_labels(labels: torch.Tensor, name: str) -> torch.Tensor:
     raise TraceStoreError(f"unknown label transform {name!r}: choose from {', '.join(TRANSFORMS)}")
 
 
+def pool_labels(labels: torch.Tensor, name: str) -> torch.Tensor:
+    """Spread a label to its neighbours before training, as SnapKV pools attention over a kernel so that a kept
+    token keeps its context: ``prev`` -- a token also gets its successor's label (the name before a value);
+    ``max3`` -- the max over the token and both neighbours; ``none``."""
+    if name == "none" or labels.numel() < 2:
+        return labels
+    if name == "prev":
+        return torch.cat([torch.maximum(labels[:-1], labels[1:]), labels[-1:]])
+    if name == "max3":
+        return torch.nn.functional.max_pool1d(labels[None, None].float(), 3, 1, 1)[0, 0].to(labels.dtype)
+    raise TraceStoreError(f"unknown label pooling {name!r}: choose from {', '.join(POOLS)}")
+
+
 @dataclass
 class FitConfig:
     label_method: str = "attention"
     transform: str = "power"
+    pool: str = "none"
     layer_sizes: list[int] | None = None  # None: hidden -> 2h -> h/2 -> 1
     epochs: int = 15
     lr: float = 5e-4
     weight_decay: float = 0.01
     warmup: float = 0.1
     rank_weight: float = 1.0
+    mse_weight: float = 1.0
     pairs_per_trace: int = 256
     batch_traces: int = 8
     val_fraction: float = 0.1
@@ -85,12 +101,13 @@ def fit(store: TraceStore, out: Path, cfg: FitConfig,
         on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train, keep the epoch with the best held-out Kendall tau, and save the predictor to ``out``."""
     transform_labels(torch.zeros(1), cfg.transform)  # an unknown transform fails before any loading
+    pool_labels(torch.zeros(2), cfg.pool)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     meta = store.meta
     labels = load_labels(store, cfg.label_method)
     records = [r for r in store.records(True if cfg.correct_only else None) if r.id in labels]
-    data = [(t.record.id, t.hidden.float(), transform_labels(labels[t.record.id], cfg.transform))
+    data = [(t.record.id, t.hidden.float(), transform_labels(pool_labels(labels[t.record.id], cfg.pool), cfg.transform))
             for t in store.load(records) if t.hidden.shape[0] > 1]
     val = [d for d in data if is_validation(d[0], cfg.val_fraction)]
     train = [d for d in data if not is_validation(d[0], cfg.val_fraction)]
@@ -125,7 +142,7 @@ def fit(store: TraceStore, out: Path, cfg: FitConfig,
                 s = model(h)
                 mse.append(((s - y) ** 2).mean())
                 pairs.append(_pair_loss(s, y, cfg.pairs_per_trace, generator))
-            loss = torch.stack(mse).mean() + cfg.rank_weight * torch.stack(pairs).mean()
+            loss = cfg.mse_weight * torch.stack(mse).mean() + cfg.rank_weight * torch.stack(pairs).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -13,6 +13,12 @@ what the answer reads directly; when a thinking step re-reads a value stated far
 ``r1 0``, a lemma in a proof), that value is critical for eviction although the answer never looks at it.
 This label keeps all queries of the trace (memory: layers x heads x T x head_dim).
 
+``later`` (ours): the attention a token receives from *every* later query at least ``LOOKBACK_DISTANCE`` tokens
+away -- the thinking steps after it beyond the recent window and the answer -- summed over those queries,
+averaged over heads and layers. Where ``attention`` asks "does the answer read it?", this asks "does anything
+read it once it has left the window?", which is when eviction can take it; the sum (not ``lookback``'s max)
+keeps a token that many far queries read a little above one that a single query reads once.
+
 Labels are written to ``labels-<method>.safetensors`` in the trace store (one tensor per trace id, over its
 thinking tokens).
 """
@@ -27,10 +33,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from scipy.stats import spearmanr
 
+from backends.hf.backend import TransformersBackend
 from backends.hf.observe import KVObserver
 from harness.importance.traces import Trace, TraceStore, TraceStoreError
 
-METHODS = ("attention", "gradient", "lookback")
+METHODS = ("attention", "gradient", "lookback", "later")
 LOOKBACK_DISTANCE = 32
 _QUERY_CHUNK = 128
 
@@ -43,7 +50,7 @@ def answer_span(trace: Trace, eos_ids: frozenset[int]) -> tuple[int, int]:
     return r.answer_start, end
 
 
-def observed_forward(engine: Any, ids: torch.Tensor, query_window: int, accumulate: bool = False):
+def observed_forward(engine: TransformersBackend, ids: torch.Tensor, query_window: int, accumulate: bool = False):
     """One forward of ``ids`` keeping per-layer keys, the last ``query_window`` queries and (optionally) the
     attention every token receives from every later one (H2O's statistic). Returns (keys, queries, received)."""
     from transformers import DynamicCache
@@ -84,7 +91,7 @@ def attention_from(queries: torch.Tensor, keys: torch.Tensor, first: int) -> tor
     return total
 
 
-def attention_label(engine: Any, trace: Trace) -> torch.Tensor:
+def attention_label(engine: TransformersBackend, trace: Trace) -> torch.Tensor:
     first, end = answer_span(trace, engine.parts.eos_ids)
     if end <= first:
         raise TraceStoreError(f"trace {trace.record.id} has no answer after </think>")
@@ -95,7 +102,7 @@ def attention_label(engine: Any, trace: Trace) -> torch.Tensor:
     return label[trace.record.thinking].cpu()
 
 
-def lookback_label(engine: Any, trace: Trace, distance: int = LOOKBACK_DISTANCE) -> torch.Tensor:
+def lookback_label(engine: TransformersBackend, trace: Trace, distance: int = LOOKBACK_DISTANCE) -> torch.Tensor:
     first, end = answer_span(trace, engine.parts.eos_ids)
     keys, queries, _ = observed_forward(engine, trace.tokens[:end], end)
     per_layer = []
@@ -109,7 +116,21 @@ def lookback_label(engine: Any, trace: Trace, distance: int = LOOKBACK_DISTANCE)
     return torch.stack(per_layer).mean(0)[trace.record.thinking].cpu()
 
 
-def gradient_label(engine: Any, trace: Trace) -> torch.Tensor:
+def later_label(engine: TransformersBackend, trace: Trace, distance: int = LOOKBACK_DISTANCE) -> torch.Tensor:
+    first, end = answer_span(trace, engine.parts.eos_ids)
+    keys, queries, _ = observed_forward(engine, trace.tokens[:end], end)
+    per_layer = []
+    for q_all, k_all in zip(queries, keys):
+        cols = torch.arange(k_all.shape[2], device=k_all.device)[None, :]
+        total = torch.zeros(k_all.shape[2], device=k_all.device)
+        for rows, probs in causal_chunks(q_all, k_all, 0):
+            far = (cols <= rows[:, None] - distance).float()  # only reads from at least `distance` back
+            total += (probs.mean(0) * far).sum(0)
+        per_layer.append(total)
+    return torch.stack(per_layer).mean(0)[trace.record.thinking].cpu()
+
+
+def gradient_label(engine: TransformersBackend, trace: Trace) -> torch.Tensor:
     first, end = answer_span(trace, engine.parts.eos_ids)
     if end <= first:
         raise TraceStoreError(f"trace {trace.record.id} has no answer after </think>")
@@ -131,14 +152,14 @@ def gradient_label(engine: Any, trace: Trace) -> torch.Tensor:
 
 
 LABELLERS: dict[str, Callable[[Any, Trace], torch.Tensor]] = {
-    "attention": attention_label, "gradient": gradient_label, "lookback": lookback_label}
+    "attention": attention_label, "gradient": gradient_label, "lookback": lookback_label, "later": later_label}
 
 
 def labels_path(store: TraceStore, method: str) -> Path:
     return store.path / f"labels-{method}.safetensors"
 
 
-def label_store(engine: Any, store: TraceStore, methods: Sequence[str],
+def label_store(engine: TransformersBackend, store: TraceStore, methods: Sequence[str],
                 on_trace: Callable[[], None] | None = None) -> dict[str, Any]:
     """Label every closed trace of the store with each method; returns counts and the methods' agreement."""
     unknown = [m for m in methods if m not in METHODS]

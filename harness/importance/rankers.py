@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from scipy.stats import kendalltau, spearmanr
 
+from backends.hf.backend import TransformersBackend
 from harness.importance.labels import observed_forward
 from harness.importance.traces import Trace
 from zoo import build_policy
@@ -27,7 +27,8 @@ KEEP_FRACTIONS = (0.2, 0.3, 0.4)
 TOP_FRACTION = 0.2
 
 
-def baseline_scores(engine: Any, trace: Trace, names: Sequence[str] = BASELINE_RANKERS) -> dict[str, torch.Tensor]:
+def baseline_scores(engine: TransformersBackend, trace: Trace,
+                    names: Sequence[str] = BASELINE_RANKERS) -> dict[str, torch.Tensor]:
     """Scores over the trace's thinking tokens, as each baseline policy computes them at the end of thinking."""
     r = trace.record
     end = r.think_end if r.think_end is not None else r.length

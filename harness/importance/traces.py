@@ -14,6 +14,7 @@ without duplicates.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -25,14 +26,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from backends.base import GenerationRequest, SamplingParams
+from backends.hf.backend import TransformersBackend
+from harness.answers import final_answer, is_correct
 from harness.prompts import PromptItem
 from harness.replay import ANSWER_TOKENS, TraceRow, answer_after, build_items
 from harness.results import atomic_write_json
-from harness.scoring import final_answer, is_correct
+from zoo.base import Policy, StepObservation
+from zoo.errors import UserError
 from zoo.full import FullCache
+from zoo.schedule import EvictionSchedule
 
 
-class TraceStoreError(ValueError):
+class TraceStoreError(UserError, ValueError):
     """A trace store cannot be used as asked; the message names the fix."""
 
 
@@ -118,22 +123,53 @@ class TraceStore:
             yield Trace(record, shard[f"{record.id}/tokens"], shard[f"{record.id}/hidden"])
 
 
-def final_hidden(engine: Any, ids: list[int]) -> torch.Tensor:
+def final_hidden(engine: TransformersBackend, ids: list[int]) -> torch.Tensor:
     """Final (post-norm) hidden states of every token of ``ids``: one teacher-forced forward."""
     with torch.inference_mode():
         out = engine.parts.decoder(input_ids=torch.tensor([ids], device=engine.device), use_cache=False)
     return out.last_hidden_state[0].float().cpu()
 
 
+ROW_ID = "trace_row_id"
+
+
+def tap_hidden(policy: Policy) -> tuple[Policy, dict[int, list[torch.Tensor]]]:
+    """A copy of ``policy`` that also records, per batch row, the final hidden state of every decoded token as the
+    policy saw it (under its own evictions): what a predictor meets at run time. Rows are told apart by a state
+    tensor that the backend compacts and row-selects with the cache."""
+    captured: dict[int, list[torch.Tensor]] = {}
+    base = type(policy)
+
+    def observe(self, obs: StepObservation, state: dict[str, torch.Tensor]) -> None:
+        base.observe(self, obs, state)
+        if obs.is_prefill:
+            state[ROW_ID][:] = torch.arange(state[ROW_ID].shape[0], device=state[ROW_ID].device)[:, None].float()
+            return
+        assert obs.hidden is not None
+        for b, row in enumerate(state[ROW_ID][:, 0].long().tolist()):
+            captured.setdefault(row, []).append(obs.hidden[b, -1].float().cpu())
+
+    tapped_cls = type(f"Tapped{base.__name__}", (base,), {
+        "state_names": (*base.state_names, ROW_ID), "needs": base.needs | {"hidden"}, "observe": observe})
+    tapped = copy.copy(policy)
+    tapped.__class__ = tapped_cls
+    return tapped, captured
+
+
 def collect(
-    engine: Any,
+    engine: TransformersBackend,
     items: Sequence[PromptItem] | Sequence[TraceRow],
     store: TraceStore,
     sampling: SamplingParams,
     chat: bool = True,
     on_trace: Callable[[], None] | None = None,
+    policy: Policy | None = None,
+    schedule: EvictionSchedule | None = None,
 ) -> dict[str, int]:
     """Generate every item with the full cache (skipping those already stored) and store the traces.
+
+    With ``policy`` and ``schedule`` (on-policy traces): generated under that policy's evictions instead, and the
+    stored hidden states are the ones the policy saw while generating, not a full-cache forward's.
 
     ``PromptItem``s: the model writes its own trace (it must close it with a single ``</think>`` token).
     ``TraceRow``s (a tiny-reasoner task file): the reference trace is forced, as in replay, and the model only
@@ -155,7 +191,12 @@ def collect(
                                       replace(sampling, max_new_tokens=longest + ANSWER_TOKENS))
         else:
             requests = [GenerationRequest(i.id, engine.encode_prompt(i.prompt, chat=chat)) for i in batch]
-            results = engine.generate(requests, FullCache(), None, sampling)
+            if policy is not None:
+                tapped, captured = tap_hidden(policy)
+                engine.prepare(tapped)
+                results = engine.generate(requests, tapped, schedule, sampling)
+            else:
+                results = engine.generate(requests, FullCache(), None, sampling)
         traces = []
         for index, (item, request, result) in enumerate(zip(batch, requests, results)):
             ids = request.prompt_ids + result.output_ids
@@ -171,7 +212,16 @@ def collect(
                 answer_start = None if think_end is None else think_end + 1
                 extracted = final_answer(result.text, thinking=True)
                 correct = item.answer is not None and is_correct(item.answer, result.text, thinking=True)
-            hidden = final_hidden(engine, ids)[prompt_len : think_end or len(ids)]
+            if policy is not None and not forced:
+                # hidden states of output tokens 0, 1, ... as the policy saw them; the last sampled token is never
+                # fed back, so an unclosed trace's last one comes from a full forward
+                needed = (think_end or len(ids)) - prompt_len
+                seen = captured.get(index, [])[:needed]
+                if len(seen) < needed:
+                    seen += list(final_hidden(engine, ids)[prompt_len + len(seen) : prompt_len + needed])
+                hidden = torch.stack(seen)
+            else:
+                hidden = final_hidden(engine, ids)[prompt_len : think_end or len(ids)]
             record = TraceRecord(item.id, "", correct, prompt_len, think_end, answer_start, len(ids), item.answer,
                                  extracted)
             traces.append(Trace(record, torch.tensor(ids), hidden.half()))

@@ -13,6 +13,12 @@ Per sequence one of three views is drawn:
   local window of random width: what the ``oracle`` policy keeps under a tight budget;
 - ``random``: each trace token that is not a result statement disappears for queries a random 32-120 tokens
   after it, with probability 0.6: the scattered gaps of heuristic policies.
+
+The shipped recipe draws them 30/40/30 (``RECIPE``). The control recipe (issue 17, ``--dropout-views
+full,random-any``) drops the oracle-like view and uses, next to ``full``:
+
+- ``random-any``: like ``random``, but *every* trace token, result statements included, may disappear: gaps
+  that know nothing of the task's rules (the prompt stays, as no policy evicts it by default).
 """
 
 from __future__ import annotations
@@ -24,7 +30,26 @@ import torch
 
 from harness.tinyreasoner.task import DEF_NAME, DEF_VALUE, OTHER, STEP, token_roles
 
-VIEWS = ("full", "oracle", "random")
+VIEWS = ("full", "oracle", "random", "random-any")
+RECIPE = "full:0.3,oracle:0.4,random:0.3"  # the shipped model's views and weights
+# weight of a view named without one: the recipe's; random-any takes the share of both gapped views it replaces
+DEFAULT_WEIGHT = {"full": 0.3, "oracle": 0.4, "random": 0.3, "random-any": 0.7}
+
+
+def parse_views(spec: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """``"full,random-any"`` or ``"full:0.3,random-any:0.7"`` -> (views, weights)."""
+    views, weights = [], []
+    for item in spec.split(","):
+        name, _, weight = item.strip().partition(":")
+        if name not in VIEWS:
+            raise ValueError(f"unknown view {name!r}; expected one of {VIEWS}")
+        if name in views:
+            raise ValueError(f"view {name!r} given twice in {spec!r}")
+        views.append(name)
+        weights.append(float(weight) if weight else DEFAULT_WEIGHT[name])
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"view weights must be non-negative with a positive sum: {spec!r}")
+    return tuple(views), tuple(weights)
 
 
 def statement_spent_at(words: Sequence[str], roles: Sequence[int]) -> list[int]:
@@ -52,10 +77,11 @@ def view_mask(words: Sequence[str], prompt_length: int, view: str, rng: random.R
         return causal
     roles = [OTHER] * prompt_length + token_roles(words[prompt_length:])
     statement = torch.tensor([r in (DEF_NAME, DEF_VALUE) for r in roles])
-    if view == "random":
+    if view in ("random", "random-any"):
+        spare = statement if view == "random" else torch.zeros(length, dtype=torch.bool)
         vanish = torch.full((length,), length + 1)
         for p in range(prompt_length, length):
-            if not statement[p] and rng.random() < 0.6:
+            if not spare[p] and rng.random() < 0.6:
                 vanish[p] = p + rng.randint(32, 120)
         return causal & (q < vanish[None, :])
     if view != "oracle":
@@ -75,13 +101,15 @@ def view_mask(words: Sequence[str], prompt_length: int, view: str, rng: random.R
 
 
 def batch_mask(rows: Sequence[Sequence[str]], prompt_lengths: Sequence[int], width: int, rng: random.Random,
-               weights: Sequence[float] = (0.3, 0.4, 0.3)) -> tuple[torch.Tensor, list[str]]:
-    """Additive float mask [B, 1, width, width] for a right-padded batch, and the view drawn per row."""
+               weights: Sequence[float] = (0.3, 0.4, 0.3),
+               views: Sequence[str] = ("full", "oracle", "random")) -> tuple[torch.Tensor, list[str]]:
+    """Additive float mask [B, 1, width, width] for a right-padded batch, and the view drawn per row
+    (``views[i]`` with probability proportional to ``weights[i]``)."""
     mask = torch.full((len(rows), 1, width, width), float("-inf"))
-    views = rng.choices(VIEWS, weights=weights, k=len(rows))
+    drawn = rng.choices(list(views), weights=weights, k=len(rows))
     causal = torch.ones(width, width, dtype=torch.bool).tril()
-    for b, (words, prompt_length, view) in enumerate(zip(rows, prompt_lengths, views)):
+    for b, (words, prompt_length, view) in enumerate(zip(rows, prompt_lengths, drawn)):
         allowed = causal.clone()  # padding rows stay causal (their targets are ignored)
         allowed[: len(words), : len(words)] = view_mask(words, prompt_length, view, rng)
         mask[b, 0].masked_fill_(allowed, 0.0)
-    return mask, views
+    return mask, drawn

@@ -28,6 +28,8 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
+from zoo.errors import UserError
+
 MAX_VARS = 20
 PROMPT_NAMES = tuple(chr(ord("a") + i) for i in range(MAX_VARS))  # a .. t
 RESULT_NAMES = tuple(f"r{i}" for i in range(1, MAX_VARS))  # r1 .. r19
@@ -40,7 +42,7 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 OTHER, STEP, EQUALS, SUM, DEF_NAME, DEF_VALUE = 0, 1, 2, 3, 4, 5
 
 
-class TaskConfigError(ValueError):
+class TaskConfigError(UserError, ValueError):
     """Knobs that cannot describe a problem; the message names the fix."""
 
 

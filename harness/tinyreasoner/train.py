@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.tinyreasoner.dropout import batch_mask
+from harness.tinyreasoner.dropout import RECIPE, batch_mask, parse_views
 from harness.tinyreasoner.task import DIGITS, Knobs, generate, is_result_name, problems, task_facts
 from harness.tinyreasoner.vocab import EOS, PAD, TOKEN_ID, VOCAB, encode, prompt_tokens, save_tokenizer
 
@@ -50,6 +50,7 @@ class TrainConfig:
     eval_problems: int = 64
     threads: int = 2
     dropout_from: float = 0.4  # share of training after which context drop-out masks are used
+    dropout_views: str = RECIPE  # views and weights of context drop-out (``dropout.parse_views``)
 
 
 def model_config(cfg: TrainConfig):
@@ -106,14 +107,15 @@ def make_batch(rng: random.Random, size: int, knobs: Knobs, seed: int) -> tuple[
     return x, y, t
 
 
-def dropout_mask(x: torch.Tensor, rng: random.Random) -> torch.Tensor:
+def dropout_mask(x: torch.Tensor, rng: random.Random, views: str = RECIPE) -> torch.Tensor:
     """Context drop-out for a right-padded batch (see ``dropout.py``): the contexts eviction leaves."""
+    names, weights = parse_views(views)
     rows, prompt_lengths = [], []
     for ids in x.tolist():
         words = [VOCAB[i] for i in ids if i != TOKEN_ID[PAD]]
         rows.append(words)
         prompt_lengths.append(words.index("<think>") + 1)
-    return batch_mask(rows, prompt_lengths, x.shape[1], rng)[0]
+    return batch_mask(rows, prompt_lengths, x.shape[1], rng, weights=weights, views=names)[0]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -156,6 +158,7 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print,
     """Train from scratch (or resume ``out/checkpoint.pt``); writes the model directory and returns metrics."""
     from transformers import LlamaForCausalLM
 
+    parse_views(cfg.dropout_views)  # fail before training, not at 40% of it
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,7 +187,7 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print,
             group["lr"] = lr_at(step, cfg)
         mask = None
         if step >= cfg.dropout_from * cfg.steps:
-            mask = dropout_mask(x, rng)
+            mask = dropout_mask(x, rng, cfg.dropout_views)
         logits = model(input_ids=x, attention_mask=mask).logits[:, :-1]
         target, target_types = y[:, 1:], types[:, 1:]
         losses = nn.functional.cross_entropy(
@@ -233,8 +236,12 @@ def write_card(out: Path, cfg: TrainConfig, trained: dict, heldout: dict, facts:
     record = {"train": {k: v for k, v in trained.items() if k != "history"}, "heldout": heldout,
               "task": facts, "knobs": knobs}
     (out / "training.json").write_text(json.dumps({**record, "history": trained["history"]}, indent=1) + "\n")
+    control = cfg.dropout_views != RECIPE
+    views = ("per problem a full, oracle-like or randomly gapped attention mask, so the model reads what an "
+             "eviction policy kept") if not control else (
+             f"views `{cfg.dropout_views}` (no oracle-like view; `random-any` gaps may hide result statements)")
     lines = [
-        "# tiny-reasoner",
+        "# tiny-reasoner-control" if control else "# tiny-reasoner",
         "",
         "A Llama-architecture model trained from scratch by `dynts-bench make-tiny-reasoner` on the synthetic",
         "pairwise-sum task (`harness/tinyreasoner/task.py`). It thinks in a `<think> ... </think>` trace whose",
@@ -244,8 +251,7 @@ def write_card(out: Path, cfg: TrainConfig, trained: dict, heldout: dict, facts:
         f"- seed {cfg.seed}; {cfg.steps} steps of {cfg.batch_size} problems; lr {cfg.lr} (cosine, warm-up "
         f"{cfg.warmup}); {trained['train_tokens']:,} trained tokens in {trained['train_seconds'] / 60:.1f} min",
         f"- task knobs (final stage of the curriculum): {json.dumps(knobs)}",
-        f"- context drop-out (`dropout.py`) from {cfg.dropout_from:.0%} of training on: per problem a full, "
-        "oracle-like or randomly gapped attention mask, so the model reads what an eviction policy kept",
+        f"- context drop-out (`dropout.py`) from {cfg.dropout_from:.0%} of training on: {views}",
         f"- held-out ({heldout['problems']} problems, split `heldout`, never trained on), greedy, full cache: "
         f"exact match {heldout['exact_match']:.1%}, median thinking {heldout['median_thinking_tokens']:.0f} tokens",
         f"- reference traces: median {facts['median_thinking_tokens']:.0f} thinking tokens; result statements "

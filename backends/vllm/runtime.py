@@ -1,0 +1,374 @@
+"""The policy inside vLLM's worker: observe each step, compact due requests' KV blocks in place, report back.
+
+Per step (hooks called by ``runner.CompactingCPUModelRunner``):
+
+1. ``before_update`` / ``after_update`` (around ``GPUModelRunner._update_states``): drop finished requests,
+   reset preempted / resumed ones (their resume recomputes every token), register new ones.
+2. ``adjust_inputs`` (after ``GPUModelRunner._prepare_inputs``): positions stay logical (RoPE), attention
+   lengths and slot mapping become physical = logical - dropped.
+3. ``after_forward`` (after ``GPUModelRunner.execute_model``): final hidden states and recent post-RoPE queries
+   go to the policy's observation state.
+4. ``after_sample`` (after ``GPUModelRunner.sample_tokens``): on decode steps, every request whose schedule
+   fires is scored, selected and compacted in one batch, exactly as the transformers backend does
+   (``backends.hf.decode._maybe_compress``); the worker's block table loses the freed tail blocks and the
+   scheduler is told (``ModelRunnerOutput.dynts_compactions``) so that it returns them to the block pool.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from backends.base import BackendError
+from backends.paged import apply_moves, gather_tokens, merge_plans, plan_compaction
+from backends.vllm.layouts import TokenLayout, layout_for, probe_layout, slab_view
+from backends.vllm.state import OBSERVE_CHUNK, PendingObservation, QueryStore, RequestState
+from zoo.base import CacheView, Policy, StepObservation
+from zoo.schedule import EvictionSchedule
+
+#: key of our per-request options in ``SamplingParams.extra_args``
+EXTRA_KEY = "dynts_bench"
+_LAYER_INDEX = re.compile(r"layers\.(\d+)\.")
+
+
+@dataclass
+class Compaction:
+    """What the scheduler must mirror for one compacted request (sent on ``ModelRunnerOutput``)."""
+
+    kept_blocks: int  # block table entries that remain
+    dropped: int  # logical tokens processed minus physical slots now held
+    physical_before: int
+    physical_after: int
+
+
+@dataclass
+class StepLayout:
+    req_ids: list[str]
+    num_scheduled: np.ndarray
+    computed_before: np.ndarray  # logical tokens computed before this step, per batch row
+    dropped: np.ndarray
+    query_start: np.ndarray
+
+
+def _layer_index(name: str) -> int:
+    match = _LAYER_INDEX.search(name)
+    if match is None:
+        raise BackendError(f"cannot tell the layer index of attention layer {name!r}: unsupported model")
+    return int(match.group(1))
+
+
+class LazyKeys(Sequence):
+    """Per-layer keys ``[B, kv_heads, T, head_dim]`` gathered from the blocks only when a policy reads them."""
+
+    def __init__(self, slabs: list[torch.Tensor], layout: TokenLayout, blocks: torch.Tensor, offsets: torch.Tensor,
+                 valid: torch.Tensor) -> None:
+        self.slabs, self.layout, self.blocks, self.offsets, self.valid = slabs, layout, blocks, offsets, valid
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.slabs)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if index not in self._cache:
+            keys = gather_tokens(self.slabs[index], self.blocks, self.offsets, self.layout.key_only)  # [B,T,H,D]
+            keys = keys.masked_fill(~self.valid[:, :, None, None], 0)
+            self._cache[index] = keys.permute(0, 2, 1, 3)
+        return self._cache[index]
+
+
+class _PagedCache:
+    """The ``CompactableCache`` a policy's ``evict`` compacts: kept slots -> block moves for every layer."""
+
+    def __init__(self, runtime: WorkerRuntime, runner: Any, due: list[RequestState], pads: list[int]) -> None:
+        self.runtime, self.runner, self.due, self.pads = runtime, runner, due, pads
+        self.reports: dict[str, Compaction] = {}
+
+    def compact(self, kept: torch.Tensor, kept_valid: torch.Tensor) -> None:
+        rt, runner = self.runtime, self.runner
+        plans, survivors = [], []
+        for b, st in enumerate(self.due):
+            real = kept[b][kept_valid[b]].cpu() - self.pads[b]
+            block_ids = runner.requests[st.request_id].block_ids[0]
+            plans.append(plan_compaction(st.request_id, block_ids, st.physical, real, rt.block_size))
+            survivors.append(real)
+        batch = merge_plans(plans)
+        for slab in rt.slabs:
+            apply_moves(slab, batch, rt.layout.offsets)
+        table = runner.input_batch.block_table[0]
+        for st, plan, real in zip(self.due, plans, survivors):
+            before = st.physical
+            st.apply_compaction(real)
+            block_ids = runner.requests[st.request_id].block_ids[0]
+            del block_ids[len(plan.kept_blocks):]
+            row = runner.input_batch.req_id_to_index[st.request_id]
+            old = int(table.num_blocks_per_row[row])
+            table.block_table.np[row, len(plan.kept_blocks):old] = 0
+            table.num_blocks_per_row[row] = len(plan.kept_blocks)
+            self.reports[st.request_id] = Compaction(len(plan.kept_blocks), st.dropped, before, st.physical)
+
+
+class WorkerRuntime:
+    """One policy bound to one model runner (see module docstring)."""
+
+    def __init__(self, runner: Any, policy: Policy, think_end_id: int | None) -> None:
+        from vllm import _custom_ops as ops
+        from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+        groups = runner.kv_cache_config.kv_cache_groups
+        if len(groups) != 1 or not isinstance(groups[0].kv_cache_spec, FullAttentionSpec):
+            raise BackendError("the vllm backend compacts models with one full-attention KV cache group only "
+                               "(no sliding-window / hybrid models): use --backend transformers")
+        names = sorted(groups[0].layer_names, key=_layer_index)
+        context = runner.compilation_config.static_forward_context
+        self.layers = [context[name] for name in names]
+        caches = [layer.kv_cache for layer in self.layers]
+        if not all(isinstance(c, torch.Tensor) for c in caches):
+            raise BackendError("vLLM's KV caches are not allocated yet: configure the policy after the engine starts")
+        isas = {getattr(layer, "isa", None) for layer in self.layers}
+        if len(isas) != 1 or None in isas:
+            raise BackendError(f"the vllm backend needs the CPU_ATTN backend with one ISA for all layers, got {isas}")
+        isa = isas.pop()
+        _, self.kv_heads, self.block_size, two_d = caches[0].shape
+        self.head_dim = two_d // 2
+        if runner.input_batch.block_table[0].block_size != self.block_size:
+            raise BackendError("kernel and scheduler block sizes differ: pass a block size that is a multiple of 32")
+        self.layout = layout_for(isa, self.block_size, self.head_dim, caches[0].dtype)
+        probe_layout(self.layout, caches[0].dtype, lambda k, v, kc, vc, s, i: ops.cpu_attn_reshape_and_cache(
+            k, v, kc, vc, s, i))
+        self.slabs = [slab_view(c) for c in caches]
+        self.policy = policy
+        self.think_end_id = think_end_id
+        self.observes = type(policy).observe is not Policy.observe
+        self.needs_hidden = "hidden" in policy.needs
+        self.capacity = int(runner.max_model_len)
+        self.requests: dict[str, RequestState] = {}
+        self.spent: dict[str, float] = {}  # policy seconds per request in the current step
+        self.step: StepLayout | None = None
+        self.queries: QueryStore | None = None
+        self._step_queries: list[torch.Tensor | None] = [None] * len(self.layers)
+        self._hooks = []
+        if "queries" in policy.needs and policy.query_window > 0:
+            heads = self.layers[0].num_heads
+            self.queries = QueryStore(len(self.layers), policy.query_window, heads, self.head_dim, caches[0].dtype)
+            for i, layer in enumerate(self.layers):
+                self._hooks.append(layer.register_forward_pre_hook(self._capture(i), with_kwargs=True))
+
+    def close(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    def _capture(self, index: int):
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            query = args[0] if args else kwargs["query"]
+            self._step_queries[index] = query
+        return hook
+
+    # ------------------------------------------------------------------ request lifecycle
+    def before_update(self, scheduler_output: Any) -> None:
+        for rid in scheduler_output.finished_req_ids:
+            st = self.requests.pop(rid, None)
+            if st is not None:
+                if self.queries is not None:
+                    self.queries.release(st.query_row)
+        for rid in scheduler_output.preempted_req_ids or ():
+            if rid in self.requests:
+                self.requests[rid].reset()
+
+    def after_update(self, scheduler_output: Any, runner: Any) -> None:
+        for new in scheduler_output.scheduled_new_reqs:
+            if new.req_id in self.requests:
+                continue
+            params = new.sampling_params
+            options = (params.extra_args or {}).get(EXTRA_KEY) if params is not None else None
+            if options is None:
+                continue  # a request sent without the policy (e.g. another client of a shared engine)
+            schedule = EvictionSchedule(**options["schedule"]) if options.get("schedule") else None
+            st = RequestState(new.req_id, str(options.get("id", new.req_id)), schedule,
+                              len(new.prompt_token_ids or ()), self.capacity)
+            st.state = {name: torch.zeros(1, self.capacity) for name in self.policy.state_names}
+            if self.queries is not None:
+                st.query_row = self.queries.acquire()
+            self.requests[new.req_id] = st
+        for rid in scheduler_output.scheduled_cached_reqs.resumed_req_ids:
+            if rid in self.requests:
+                self.requests[rid].reset()
+
+    # ------------------------------------------------------------------ per step
+    def adjust_inputs(self, runner: Any, num_scheduled: np.ndarray) -> None:
+        """Turn the step's attention lengths and slot mapping physical (``_prepare_inputs`` post-processing)."""
+        num_reqs = runner.input_batch.num_reqs
+        req_ids = list(runner.input_batch.req_ids[:num_reqs])
+        dropped = np.array([self.requests[r].dropped if r in self.requests else 0 for r in req_ids], dtype=np.int64)
+        before = runner.input_batch.num_computed_tokens_cpu[:num_reqs].astype(np.int64).copy()
+        scheduled = np.asarray(num_scheduled[:num_reqs], dtype=np.int64).copy()
+        self.step = StepLayout(req_ids, scheduled, before, dropped,
+                               np.concatenate([[0], np.cumsum(scheduled)]))
+        if not dropped.any():
+            return
+        d = torch.from_numpy(dropped)
+        runner.seq_lens[:num_reqs] -= d.to(runner.seq_lens.device, runner.seq_lens.dtype)
+        runner.optimistic_seq_lens_cpu[:num_reqs] -= d.to(runner.optimistic_seq_lens_cpu.dtype)
+        total = int(scheduled.sum())
+        per_token = torch.from_numpy(np.repeat(dropped, scheduled)).to(runner.positions.device)
+        physical = runner.positions[:total] - per_token
+        runner.input_batch.block_table.compute_slot_mapping(
+            num_reqs, runner.query_start_loc.gpu[: num_reqs + 1], physical)
+
+    def after_forward(self, runner: Any) -> None:
+        step = self.step
+        state = runner.execute_model_state
+        if step is None or state is None:
+            return
+        hidden = state.hidden_states
+        input_ids = runner.input_ids.cpu
+        q_rows, q_pos, q_tok = [], [], []
+        for i, rid in enumerate(step.req_ids):
+            st = self.requests.get(rid)
+            if st is None:
+                continue
+            q = int(step.num_scheduled[i])
+            start = int(step.query_start[i])
+            physical_start = int(step.computed_before[i]) - st.dropped
+            if physical_start != st.physical:
+                raise BackendError(f"request {rid}: runner expected {st.physical} physical slots, the step "
+                                   f"starts at {physical_start} (scheduler and runner disagree)")
+            st.physical = physical_start + q
+            st.peak_physical = max(st.peak_physical, st.physical)
+            prefill = q > 1 or int(step.computed_before[i]) < st.num_prompt
+            if self.observes:
+                t0 = time.perf_counter()
+                tokens = input_ids[start:start + q].clone()
+                h = hidden[start:start + q].clone() if self.needs_hidden else None
+                self._observe(st, physical_start, tokens, h, prefill)
+                self._charge(st, time.perf_counter() - t0)
+            if self.queries is not None and st.query_row >= 0:
+                n = min(q, self.queries.window)
+                q_rows.append(np.full(n, st.query_row))
+                q_pos.append(np.arange(int(step.computed_before[i]) + q - n, int(step.computed_before[i]) + q))
+                q_tok.append(np.arange(start + q - n, start + q))
+        if q_rows and self.queries is not None:
+            t0 = time.perf_counter()
+            rows = torch.from_numpy(np.concatenate(q_rows))
+            pos = torch.from_numpy(np.concatenate(q_pos))
+            tok = torch.from_numpy(np.concatenate(q_tok))
+            for layer, query in enumerate(self._step_queries):
+                assert query is not None
+                self.queries.write(layer, rows, pos, query[tok].view(len(tok), -1, self.head_dim))
+            spent = (time.perf_counter() - t0) / max(1, len(q_rows))
+            for rid in step.req_ids:
+                if rid in self.requests:
+                    self._charge(self.requests[rid], spent)
+        self._step_queries = [None] * len(self.layers)
+
+    def _charge(self, st: RequestState, seconds: float) -> None:
+        st.policy_s += seconds
+        self.spent[st.request_id] = self.spent.get(st.request_id, 0.0) + seconds
+
+    def _observe(self, st: RequestState, slot: int, tokens: torch.Tensor, hidden: torch.Tensor | None,
+                 prefill: bool) -> None:
+        if prefill:
+            self._flush(st)
+            self._call_observe(st, slot, tokens, hidden, True)
+            return
+        if st.pending is None:
+            st.pending = PendingObservation(slot)
+        st.pending.token_ids.append(tokens)
+        if hidden is not None:
+            st.pending.hidden.append(hidden)
+        if st.pending.count >= OBSERVE_CHUNK:
+            self._flush(st)
+
+    def _flush(self, st: RequestState) -> None:
+        pending, st.pending = st.pending, None
+        if pending is None or not pending.token_ids:
+            return
+        hidden = torch.cat(pending.hidden) if pending.hidden else None
+        self._call_observe(st, pending.slot_start, torch.cat(pending.token_ids), hidden, False)
+
+    def _call_observe(self, st: RequestState, slot: int, tokens: torch.Tensor, hidden: torch.Tensor | None,
+                      prefill: bool) -> None:
+        obs = StepObservation(tokens.long().unsqueeze(0), slot, None if hidden is None else hidden.unsqueeze(0),
+                              prefill)
+        self.policy.observe(obs, st.state)
+
+    def after_sample(self, runner: Any) -> tuple[dict[str, Compaction], dict[str, float]]:
+        """Compact the due requests; returns the compactions and the step's policy seconds per request."""
+        step, self.step = self.step, None
+        if step is None:
+            return {}, {}
+        due = []
+        for i, rid in enumerate(step.req_ids):
+            st = self.requests.get(rid)
+            if st is None or st.schedule is None:
+                continue
+            decode = int(step.num_scheduled[i]) == 1 and int(step.computed_before[i]) >= st.num_prompt
+            if decode and st.schedule.triggers(st.physical):
+                due.append(st)
+        reports = self.compact(runner, due) if due else {}
+        spent, self.spent = self.spent, {}
+        return reports, spent
+
+    # ------------------------------------------------------------------ compaction
+    def compact(self, runner: Any, due: list[RequestState]) -> dict[str, Compaction]:
+        t0 = time.perf_counter()
+        for st in due:
+            self._flush(st)
+        width = max(st.physical for st in due)
+        b = len(due)
+        valid = torch.zeros(b, width, dtype=torch.bool)
+        positions = torch.full((b, width), -1, dtype=torch.long)
+        token_ids = torch.zeros(b, width, dtype=torch.long)
+        is_prompt = torch.zeros(b, width, dtype=torch.bool)
+        blocks = torch.zeros(b, width, dtype=torch.long)
+        offsets = torch.zeros(b, width, dtype=torch.long)
+        state = {name: torch.zeros(b, width) for name in self.policy.state_names}
+        pads = []
+        token_table = runner.input_batch.token_ids_cpu
+        for i, st in enumerate(due):
+            pad = width - st.physical
+            pads.append(pad)
+            logical = st.logical_map()
+            row = runner.input_batch.req_id_to_index[st.request_id]
+            table = torch.tensor(runner.requests[st.request_id].block_ids[0], dtype=torch.long)
+            slots = torch.arange(st.physical)
+            valid[i, pad:] = True
+            positions[i, pad:] = logical
+            token_ids[i, pad:] = torch.from_numpy(token_table[row][logical.numpy()].astype(np.int64))
+            is_prompt[i, pad:] = logical < st.num_prompt
+            blocks[i, pad:] = table[slots // self.block_size]
+            offsets[i, pad:] = slots % self.block_size
+            for name in state:
+                state[name][i, pad:] = st.state[name][0, : st.physical]
+        queries = query_valid = None
+        if self.queries is not None:
+            rows = torch.tensor([st.query_row for st in due], dtype=torch.long)
+            lengths = torch.tensor([st.logical for st in due], dtype=torch.long)
+            queries, query_valid = self.queries.read(rows, lengths)
+        view = CacheView(valid=valid, positions=positions, token_ids=token_ids, is_prompt=is_prompt,
+                         keys=LazyKeys(self.slabs, self.layout, blocks, offsets, valid), queries=queries,
+                         query_valid=query_valid, state=state, think_end_id=self.think_end_id)
+        live = valid.sum(-1)
+        prompt_counts = (is_prompt & valid).sum(-1)
+        keep = torch.tensor([st.schedule.keep_count(int(n), int(p)) for st, n, p in zip(due, live, prompt_counts)])
+        sched = due[0].schedule
+        assert sched is not None
+        scores = self.policy.score(view)
+        kept, kept_valid = self.policy.select(scores, view, keep, sched.window, sched.protect_prompt)
+        cache = _PagedCache(self, runner, due, pads)
+        self.policy.evict(cache, kept, kept_valid)
+        elapsed = time.perf_counter() - t0
+        for st in due:
+            self._charge(st, elapsed)
+            st.compressions += int(st.request_id in cache.reports)
+        return cache.reports

@@ -1,0 +1,138 @@
+"""Each policy keeps what its paper says it keeps, on small hand-built caches.
+
+One sequence of 12 slots: the prompt is slots 0-1, the window the last 2 (10-11), and a compression keeps 6,
+so each policy picks 2 of the 8 slots in between (4 with ``--evict-prompt``). Keys are orthogonal (slot ``s``
+has ``10 * e_s``, unless a case makes copies), so a query aimed at slots puts its attention there and nowhere
+else. The expected sets are written from the policies' definitions, not computed by their code.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zoo import build_policy
+from zoo.base import CacheView, ModelInfo, Policy, StepObservation
+from zoo.dynts import SCORE
+from zoo.predictor import ImportancePredictor, PredictorConfig
+
+T, D, KEEP, WINDOW = 12, 16, 6, 2
+PROMPT = {0, 1}
+RECENT = {10, 11}
+
+
+def unit(*slots: int) -> torch.Tensor:
+    v = torch.zeros(D)
+    for s in slots:
+        v[s] = 10.0
+    return v
+
+
+def view(keys: list[torch.Tensor] | None = None, queries: list[torch.Tensor] | None = None,
+         token_ids: list[int] | None = None, state: dict | None = None) -> CacheView:
+    keys = keys or [unit(s) for s in range(T)]
+    positions = torch.arange(T)[None]
+    return CacheView(
+        valid=torch.ones(1, T, dtype=torch.bool), positions=positions,
+        token_ids=torch.tensor([token_ids or [20 + s for s in range(T)]]), is_prompt=positions < 2,
+        keys=[torch.stack(keys)[None, None]],  # one layer [B=1, KVH=1, T, D]
+        queries=[torch.stack(queries)[None, None]] if queries else None, state=state or {},
+    )
+
+
+def kept(policy: Policy, cache: CacheView, protect_prompt: bool = True) -> set[int]:
+    chosen, valid = policy.select(policy.score(cache), cache, torch.tensor([KEEP]), WINDOW, protect_prompt)
+    return set(chosen[valid].tolist())
+
+
+def test_window_keeps_the_most_recent_tokens() -> None:
+    assert kept(build_policy("window"), view()) == PROMPT | RECENT | {8, 9}
+
+
+def test_streamingllm_keeps_the_sinks_and_the_recent_tokens() -> None:
+    assert kept(build_policy("streamingllm", sinks=4), view(), protect_prompt=False) == {0, 1, 2, 3} | RECENT
+
+
+def test_sepllm_keeps_sinks_separators_then_the_most_recent() -> None:
+    policy = build_policy("sepllm", sinks=1)
+    texts = [f"w{i}" for i in range(40)]
+    texts[5] = "."
+    policy.prepare(ModelInfo("m", "m", D, 1, lambda: texts))
+    ids = [20 + s for s in range(T)]
+    ids[3] = ids[6] = 5  # separators at slots 3 and 6
+    assert kept(policy, view(token_ids=ids), protect_prompt=False) == {0, 3, 6, 9} | RECENT
+
+
+def test_h2o_keeps_the_heavy_hitters_of_accumulated_attention() -> None:
+    attention = torch.full((1, T), 0.1)
+    attention[0, 4], attention[0, 7] = 3.0, 2.0
+    assert kept(build_policy("h2o"), view(state={"attention": attention})) == PROMPT | RECENT | {4, 7}
+
+
+def test_snapkv_keeps_what_the_observation_window_votes_for() -> None:
+    # both observed queries look at slots 3 and 5; without pooling those are the votes
+    policy = build_policy("snapkv", obs_window=2, kernel_size=1)
+    assert kept(policy, view(queries=[unit(3, 5), unit(3, 5)])) == PROMPT | RECENT | {3, 5}
+
+
+def test_snapkv_pooling_keeps_the_neighbours_of_a_voted_token() -> None:
+    # one voted slot (6): max-pooling over 3 slots gives 5 and 7 its vote, so the pick comes from {5, 6, 7}
+    policy = build_policy("snapkv", obs_window=1, kernel_size=3, pooling="maxpool")
+    assert kept(policy, view(queries=[unit(6)])) - PROMPT - RECENT < {5, 6, 7}
+
+
+def test_tova_keeps_the_argmax_of_the_last_query_only() -> None:
+    # TOVA stores one query (the latest); it looks at 2 and 7
+    assert kept(build_policy("tova"), view(queries=[unit(2, 7)])) == PROMPT | RECENT | {2, 7}
+
+
+def test_rkv_prefers_a_unique_token_to_a_second_copy_of_a_repeated_one() -> None:
+    # slots 3, 4, 5 hold the same key, 6 a unique one; the queries attend to all four equally. Attention alone
+    # ties them; R-KV's redundancy penalty keeps the unique token and only one copy of the repeated one.
+    keys = [unit(s) for s in range(T)]
+    keys[4] = keys[5] = keys[3]
+    policy = build_policy("rkv", obs_window=2, kernel_size=1)
+    chosen = kept(policy, view(keys=keys, queries=[unit(3, 6), unit(3, 6)])) - PROMPT - RECENT
+    assert 6 in chosen and len(chosen & {3, 4, 5}) == 1
+
+
+def test_dynts_keeps_the_highest_predicted_scores(tmp_path) -> None:
+    # a hand-set head: score = softplus(softplus(hidden[0])), increasing in the first hidden feature
+    head = ImportancePredictor(PredictorConfig("m", hidden_size=4, layer_sizes=[1]))
+    with torch.no_grad():
+        head.mlp[0].weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+        head.mlp[2].weight.fill_(1.0)
+    head.save(tmp_path)
+    policy = build_policy("dynts", predictor=str(tmp_path))
+    hidden = torch.zeros(1, T, 4)
+    hidden[0, :, 0] = torch.tensor([0, 0, 1, 9, 2, 3, 1, 0, 8, 2, 0, 0], dtype=torch.float)
+    state = {SCORE: torch.zeros(1, T)}
+    policy.observe(StepObservation(torch.zeros(1, T, dtype=torch.long), 0, hidden=hidden), state)
+    assert kept(policy, view(state=state)) == PROMPT | RECENT | {3, 8}
+
+
+def test_dynts_never_evicts_the_answer_after_think_end(tmp_path) -> None:
+    head = ImportancePredictor(PredictorConfig("m", hidden_size=4, layer_sizes=[1]))
+    head.save(tmp_path)
+    policy = build_policy("dynts", predictor=str(tmp_path))
+    state = {SCORE: torch.zeros(1, T)}
+    ids = [20 + s for s in range(T)]
+    ids[8] = 99  # </think> at slot 8: slots 8 and 9 are the answer
+    cache = view(token_ids=ids, state=state)
+    cache.think_end_id = 99
+    assert {8, 9} <= kept(policy, cache)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_keeps_the_right_count_with_prompt_and_window(seed: int) -> None:
+    chosen = kept(build_policy("random", seed=seed), view())
+    assert len(chosen) == KEEP and PROMPT | RECENT <= chosen
+
+
+def test_random_draws_differ_between_seeds_and_cover_every_evictable_slot() -> None:
+    draws = [frozenset(kept(build_policy("random", seed=s), view()) - PROMPT - RECENT) for s in range(40)]
+    assert len(set(draws)) > 5 and set().union(*draws) == set(range(2, 10))
+
+
+def test_full_never_evicts() -> None:
+    assert not build_policy("full").evicts
