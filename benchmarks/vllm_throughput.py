@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=64)
     parser.add_argument("--interval", type=int, default=32)
     parser.add_argument("--kv-gib", type=int, default=1)
+    parser.add_argument("--kv-mib", type=int, help="KV pool size in MiB (overrides --kv-gib)")
     parser.add_argument("--policies", default="full,window,dynts")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -49,8 +50,9 @@ def main() -> None:
     from zoo import build_policy
     from zoo.schedule import EvictionSchedule
 
-    backend = VLLMBackend(args.model, batch_size=args.requests, kv_cache_gib=args.kv_gib,
-                          max_model_len=args.new_tokens + 256)
+    engine_args = {"kv_cache_memory_bytes": args.kv_mib * 2**20} if args.kv_mib else None
+    backend = VLLMBackend(args.model, batch_size=args.requests, kv_cache_gib=None if args.kv_mib else args.kv_gib,
+                          max_model_len=args.new_tokens + 256, engine_args=engine_args)
     prompt = backend.encode_prompt("Count from one to ten thousand, one number per line.")
     requests = [GenerationRequest(f"r{i}", prompt, seed=i) for i in range(args.requests)]
     schedule = EvictionSchedule(budget=args.budget, window=args.window, interval=args.interval)
@@ -72,7 +74,8 @@ def main() -> None:
         tokens = sum(r.generated_tokens for r in results)
         rows[name] = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
                       "policy_share": sum(r.policy_s for r in results) / max(1e-9, seconds * len(results)),
-                      "peak_blocks": max(r.extra.get("kv_peak_blocks", 0) for r in results)}
+                      "peak_blocks": max(r.extra.get("kv_peak_blocks", 0) for r in results),
+                      "pool_blocks": backend.block_pool.num_gpu_blocks}
         print(name, json.dumps(rows[name]), flush=True)
     base = rows.get("full", {}).get("tokens_per_s")
     for row in rows.values():

@@ -1,51 +1,107 @@
-"""The regression gate: compare finished runs with a committed baseline.
+"""The regression gate: compare finished runs with a committed baseline, and never let a check vanish.
 
-Entries are keyed by (workload, model, policy, budget) and pool their seeds. Accuracy is compared with a
-one-sided Fisher exact test (is the current success rate significantly below the baseline's?), never with a
-fixed epsilon that a handful of samples would trip. Efficiency is compared as ratios to the full-cache run of
-the same sweep: the KV ratio is exact (byte counts), the speed ratio gets a tolerance because even ratios of
-timings move on a shared machine.
+Entries are keyed by (workload, model, policy, budget) and pool their seeds. Every baseline entry is checked or
+fails as missing; every current entry must be in the baseline or fails as new; an entry whose run config
+differs from the baseline's (sample count, limit, sampling, model, data hash, ...) fails with the difference
+named -- comparing different experiments is never a pass.
+
+* **Accuracy, greedy runs** (deterministic): per-sample correctness against the baseline's; every flipped
+  sample is listed and any flip fails. Outputs that changed without a flip are reported (not failed).
+* **Accuracy, sampled runs**: a one-sided Fisher exact test at ``alpha``, with the test's power against a
+  5-point drop reported; an entry too small to have 80% power fails as underpowered, naming the trials needed.
+* **KV memory**: the bytes the cache actually allocated (tensor storage, largest batch), absolute, against the
+  baseline's with ``kv_tolerance`` -- the full cache's entry included, so a cache that stops shrinking, or a
+  full cache that grows, fails.
+* **Speed**: the decode speed ratio to ``full`` of the same sweep, with ``speed_tolerance``.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from harness.leaderboard import RunRecord
+from harness.results import ResultsError
 
-BASELINE_VERSION = 1
+BASELINE_VERSION = 2
+#: the drop in accuracy a sampled gate must be able to see, and with what power
+DETECTABLE_DROP, MIN_POWER = 0.05, 0.8
+#: run config fields that must match the baseline's for a comparison to mean anything
+COMPARED_CONFIG = ("backend", "model", "dtype", "device", "batch_size", "limit", "chat", "prompts_name",
+                   "prompts_sha256", "sampling", "policy_options", "schedule", "extra")
+
+
+def validate_gate(alpha: float, kv_tolerance: float, speed_tolerance: float) -> None:
+    """Refuse settings that switch a check off (``--alpha 0``) or make it meaningless."""
+    if not 0.0 < alpha < 0.5:
+        raise ResultsError(f"--alpha must be in (0, 0.5), got {alpha}: 0 switches the accuracy test off")
+    if not 0.0 <= kv_tolerance < 1.0:
+        raise ResultsError(f"--kv-tolerance must be in [0, 1), got {kv_tolerance}")
+    if not 0.0 < speed_tolerance < 1.0:
+        raise ResultsError(f"--speed-tolerance must be in (0, 1), got {speed_tolerance}: 1 switches the speed "
+                           "check off")
 
 
 def _key(r: RunRecord) -> str:
     return f"{r.workload} | {r.model} | {r.policy} | {r.budget_label}"
 
 
+def _output_hash(ids: list[int]) -> str:
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+
+
+def _samples(r: RunRecord, seed: int) -> dict[str, dict[str, Any]]:
+    """Per-sample correctness and output hash of a run (seed-qualified, so pooled seeds stay apart)."""
+    out = {}
+    path = r.path / "samples.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        row = json.loads(line)
+        if "correct" in row:
+            out[f"seed {seed}:{row['sample_id']}"] = {"correct": bool(row["correct"]),
+                                                          "output": _output_hash(row.get("output_ids", []))}
+    return out
+
+
+def _config(r: RunRecord) -> dict[str, Any]:
+    config = json.loads((r.path / "config.json").read_text())["config"]
+    return {k: config.get(k) for k in COMPARED_CONFIG}
+
+
 def _pool(records: list[RunRecord]) -> dict[str, dict[str, Any]]:
     pooled: dict[str, dict[str, Any]] = {}
     for r in records:
-        entry = pooled.setdefault(_key(r), {"successes": 0, "trials": 0, "kv": [], "speed": [], "runs": []})
+        config = _config(r)
+        entry = pooled.setdefault(_key(r), {"successes": 0, "trials": 0, "speed": [], "kv_allocated": [],
+                                            "runs": [], "configs": [], "samples": {}})
+        entry["greedy"] = config["sampling"].get("temperature", 0.0) == 0.0
         if r.quality is not None and r.n_samples:
             entry["successes"] += round(r.quality * r.n_samples)
             entry["trials"] += r.n_samples
-        if r.kv_ratio_vs_full is not None:
-            entry["kv"].append(r.kv_ratio_vs_full)
+        if r.kv_allocated_bytes:
+            entry["kv_allocated"].append(r.kv_allocated_bytes)
         if r.speed_ratio_vs_full is not None:
             entry["speed"].append(r.speed_ratio_vs_full)
-        entry["runs"].append({"run_id": r.run_id, "config_hash": r.config_hash})
+        entry["runs"].append({"run_id": r.run_id, "config_hash": r.config_hash, "seed": config["sampling"]["seed"]})
+        entry["configs"].append({k: v for k, v in config.items()})
+        entry["samples"].update(_samples(r, config["sampling"]["seed"]))
     for entry in pooled.values():
-        entry["kv_ratio_vs_full"] = sum(entry["kv"]) / len(entry["kv"]) if entry["kv"] else None
+        entry["kv_allocated_bytes"] = max(entry["kv_allocated"]) if entry["kv_allocated"] else None
         entry["speed_ratio_vs_full"] = sum(entry["speed"]) / len(entry["speed"]) if entry["speed"] else None
-        del entry["kv"], entry["speed"]
+        entry["configs"] = sorted(entry["configs"], key=lambda c: c["sampling"]["seed"])
+        del entry["kv_allocated"], entry["speed"]
     return pooled
 
 
-def make_baseline(records: list[RunRecord], name: str) -> dict[str, Any]:
+def make_baseline(records: list[RunRecord], name: str, hardware: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "version": BASELINE_VERSION,
         "name": name,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "hardware": hardware or {},
         "entries": _pool(records),
     }
 
@@ -60,6 +116,76 @@ class Finding:
     failed: bool
 
 
+def _config_difference(base: list[dict[str, Any]], now: list[dict[str, Any]]) -> str | None:
+    if len(base) != len(now):
+        return f"{len(now)} seed(s) run, the baseline has {len(base)}"
+    for b, n in zip(base, now):
+        for field in COMPARED_CONFIG:
+            if b.get(field) != n.get(field):
+                if isinstance(b.get(field), dict) and isinstance(n.get(field), dict):
+                    keys = sorted(k for k in set(b[field]) | set(n[field]) if b[field].get(k) != n[field].get(k))
+                    return "; ".join(f"{field}.{k}: {b[field].get(k)!r} -> {n[field].get(k)!r}" for k in keys)
+                return f"{field}: {b.get(field)!r} -> {n.get(field)!r}"
+    return None
+
+
+def power_one_sided(p0: float, n0: int, n1: int, drop: float = DETECTABLE_DROP, alpha: float = 0.05) -> float:
+    """Power of a one-sided two-proportion test (normal approximation) to see ``p0 -> p0 - drop``."""
+    from scipy.stats import norm
+
+    p1 = max(0.0, p0 - drop)
+    pooled = (p0 * n0 + p1 * n1) / (n0 + n1)
+    se0 = math.sqrt(max(pooled * (1 - pooled) * (1 / n0 + 1 / n1), 1e-12))
+    se1 = math.sqrt(max(p0 * (1 - p0) / n0 + p1 * (1 - p1) / n1, 1e-12))
+    return float(norm.cdf((drop - norm.ppf(1 - alpha) * se0) / se1))
+
+
+def trials_for_power(p0: float, alpha: float) -> int:
+    n = 16
+    while power_one_sided(p0, n, n, alpha=alpha) < MIN_POWER and n < 10**6:
+        n = int(n * 1.25) + 1
+    return n
+
+
+def _accuracy(key: str, base: dict[str, Any], now: dict[str, Any], alpha: float) -> list[Finding]:
+    ratio = f"{base['successes']}/{base['trials']}", f"{now['successes']}/{now['trials']}"
+    if not now["trials"]:
+        return [Finding(key, "accuracy", ratio[0], "none", "the current run scored no sample", True)]
+    if base["greedy"] and now["greedy"] and base.get("samples"):
+        flips = [sid + (" right->wrong" if was["correct"] else " wrong->right")
+                 for sid, was in sorted(base["samples"].items())
+                 if sid in now["samples"] and now["samples"][sid]["correct"] != was["correct"]]
+        lost = sorted(set(base["samples"]) - set(now["samples"]))
+        changed = sum(1 for sid, was in base["samples"].items()
+                      if sid in now["samples"] and now["samples"][sid]["output"] != was["output"])
+        findings = [Finding(key, "accuracy (greedy, per sample)", *ratio,
+                            f"{len(flips)} flipped: {', '.join(flips[:8])}{' ...' if len(flips) > 8 else ''}"
+                            if flips else "no sample flipped", bool(flips))]
+        if lost:
+            findings.append(Finding(key, "samples", str(len(base["samples"])), str(len(now["samples"])),
+                                    f"{len(lost)} baseline samples missing, e.g. {lost[0]}", True))
+        if changed:
+            findings.append(Finding(key, "outputs (greedy)", "", f"{changed} changed",
+                                    "outputs differ without a correctness flip (reported, not failed)", False))
+        return findings
+    from scipy.stats import fisher_exact
+
+    table = [[now["successes"], now["trials"] - now["successes"]],
+             [base["successes"], base["trials"] - base["successes"]]]
+    p = fisher_exact(table, alternative="less").pvalue
+    p0 = base["successes"] / base["trials"]
+    power = power_one_sided(p0, base["trials"], now["trials"], alpha=alpha)
+    findings = [Finding(key, "accuracy (sampled)", *ratio,
+                        f"one-sided Fisher p={p:.3g} (fail below {alpha}); power {power:.0%} vs a "
+                        f"{DETECTABLE_DROP:.0%} drop", bool(p < alpha))]
+    if power < MIN_POWER:
+        need = trials_for_power(p0, alpha)
+        findings.append(Finding(key, "accuracy power", "", f"{power:.0%}",
+                                f"underpowered: {need} trials per side give {MIN_POWER:.0%} power against a "
+                                f"{DETECTABLE_DROP:.0%} drop (add samples or seeds)", True))
+    return findings
+
+
 def compare(
     baseline: dict[str, Any],
     records: list[RunRecord],
@@ -67,34 +193,43 @@ def compare(
     kv_tolerance: float = 0.02,
     speed_tolerance: float = 0.25,
 ) -> list[Finding]:
-    """Every check of every baseline entry against the current runs."""
-    from scipy.stats import fisher_exact
-
+    """Every check of every baseline entry against the current runs, and every current entry against it."""
+    validate_gate(alpha, kv_tolerance, speed_tolerance)
+    if baseline.get("version") != BASELINE_VERSION:
+        raise ResultsError(f"baseline version {baseline.get('version')} is not {BASELINE_VERSION}: recreate it with "
+                           "`dynts-bench check RESULTS --baseline FILE --update`")
     current = _pool(records)
     findings = []
+    for key in sorted(set(current) - set(baseline["entries"])):
+        findings.append(Finding(key, "entry", "absent", "present", "not in the baseline (new policy or budget?): "
+                                "update the baseline", True))
     for key, base in sorted(baseline["entries"].items()):
         now = current.get(key)
         if now is None:
-            findings.append(Finding(key, "run", "present", "missing", "no matching finished run", True))
+            findings.append(Finding(key, "entry", "present", "missing", "no matching finished run", True))
             continue
-        if base["trials"] and now["trials"]:
-            table = [[now["successes"], now["trials"] - now["successes"]],
-                     [base["successes"], base["trials"] - base["successes"]]]
-            p = fisher_exact(table, alternative="less").pvalue
-            findings.append(Finding(
-                key, "accuracy", f"{base['successes']}/{base['trials']}", f"{now['successes']}/{now['trials']}",
-                f"one-sided Fisher p={p:.3g} (fail below {alpha})", bool(p < alpha),
-            ))
-        if base["kv_ratio_vs_full"] is not None and now["kv_ratio_vs_full"] is not None:
-            limit = base["kv_ratio_vs_full"] * (1 + kv_tolerance)
-            findings.append(Finding(
-                key, "KV vs full", f"{base['kv_ratio_vs_full']:.3f}x", f"{now['kv_ratio_vs_full']:.3f}x",
-                f"fail above {limit:.3f}x", now["kv_ratio_vs_full"] > limit,
-            ))
-        if base["speed_ratio_vs_full"] is not None and now["speed_ratio_vs_full"] is not None:
+        difference = _config_difference(base["configs"], now["configs"])
+        if difference:
+            findings.append(Finding(key, "config", "", "differs", difference, True))
+            continue
+        if base["trials"]:
+            findings += _accuracy(key, base, now, alpha)
+        if base["kv_allocated_bytes"] is not None:
+            got = now["kv_allocated_bytes"]
+            limit = base["kv_allocated_bytes"] * (1 + kv_tolerance)
+            findings.append(Finding(key, "KV allocated", _bytes(base["kv_allocated_bytes"]), _bytes(got),
+                                    f"largest batch's cache storage; fail above {_bytes(limit)}",
+                                    got is None or got > limit))
+        if base["speed_ratio_vs_full"] is not None and key.split(" | ")[2] != "full":
+            got = now["speed_ratio_vs_full"]
             limit = base["speed_ratio_vs_full"] * (1 - speed_tolerance)
-            findings.append(Finding(
-                key, "speed vs full", f"{base['speed_ratio_vs_full']:.3f}x", f"{now['speed_ratio_vs_full']:.3f}x",
-                f"fail below {limit:.3f}x", now["speed_ratio_vs_full"] < limit,
-            ))
+            findings.append(Finding(key, "speed vs full", f"{base['speed_ratio_vs_full']:.3f}x",
+                                    "-" if got is None else f"{got:.3f}x", f"fail below {limit:.3f}x",
+                                    got is None or got < limit))
     return findings
+
+
+def _bytes(n: float | None) -> str:
+    from harness.tables import human_bytes
+
+    return human_bytes(n)

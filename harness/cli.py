@@ -147,17 +147,19 @@ def check(
     speed_tolerance: float = typer.Option(0.25, help="Allowed relative drop of the speed ratio to full."),
 ) -> None:
     """Regression gate: exit 0 when every baseline entry holds, 1 on a regression, 2 on bad input."""
-    from harness.check import compare, make_baseline
+    from harness.check import compare, make_baseline, validate_gate
+    from harness.env import hardware
     from harness.leaderboard import load_runs
     from harness.results import ResultsError, atomic_write_json
     from harness.tables import check_table
 
+    validate_gate(alpha, kv_tolerance, speed_tolerance)
     records = load_runs(results_dir) if results_dir.is_dir() else []
     if not records:
         raise ResultsError(f"no finished runs (summary.json) under {results_dir}")
     if update:
         baseline.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(baseline, make_baseline(records, baseline.stem))
+        atomic_write_json(baseline, make_baseline(records, baseline.stem, hardware()))
         say(f"baseline written: {baseline} ({len(records)} runs)", style="")
         return
     try:
@@ -167,6 +169,9 @@ def check(
         raise ResultsError(f"cannot read baseline {baseline}: create one with --update") from None
     findings = compare(reference, records, alpha, kv_tolerance, speed_tolerance)
     console.print(check_table(baseline.name, findings))
+    made_on, here = reference.get("hardware", {}).get("cpu_model"), hardware().get("cpu_model")
+    if made_on != here:
+        say(f"note: the baseline was made on {made_on}, this is {here}; greedy outputs can differ across CPUs")
     failed = [f for f in findings if f.failed]
     if failed:
         fail(f"regression: {len(failed)} of {len(findings)} checks failed", code=1)

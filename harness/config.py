@@ -31,6 +31,8 @@ class RunConfig:
     batch_size: int = 8
     chat: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    #: content fingerprints of the model weights and any policy artefact (predictor): part of the hash
+    artefacts: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

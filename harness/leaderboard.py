@@ -39,6 +39,7 @@ class RunRecord:
     decode_mean_s: float | None
     kv_peak_bytes: int | None
     sweep: str
+    kv_allocated_bytes: int | None = None  # the cache's tensor storage, largest batch (what was really held)
     kv_ratio_vs_full: float | None = None
     speed_ratio_vs_full: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -72,9 +73,15 @@ def _sweep_key(config: dict[str, Any]) -> str:
 def load_runs(root: Path) -> list[RunRecord]:
     """Every complete run below ``root`` (a directory holding ``summary.json``), with ratios to full."""
     records = []
+    from harness.results import ResultsError
+
     for summary_path in sorted(root.rglob("summary.json")):
-        summary = json.loads(summary_path.read_text())
-        config, m = summary["config"], summary["metrics"]
+        try:
+            summary = json.loads(summary_path.read_text())
+            config, m = summary["config"], summary["metrics"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ResultsError(f"{summary_path} is unreadable or truncated: rerun that run, or remove its "
+                               "directory") from None
         task = (config.get("extra") or {}).get("task")
         k = m.get("samples_per_problem")
         ci = m.get("pass@1_ci95")
@@ -98,6 +105,7 @@ def load_runs(root: Path) -> list[RunRecord]:
                 decode_mean_s=m.get("decode_mean_s"),
                 kv_peak_bytes=m.get("kv_peak_max_bytes"),
                 sweep=_sweep_key(config),
+                kv_allocated_bytes=m.get("kv_batch_allocated_max_bytes") or None,
             )
         )
     _ratios_to_full(records)

@@ -19,6 +19,7 @@ from typing import Any
 from backends.base import Backend
 from harness.config import RunConfig
 from harness.env import environment
+from harness.fingerprints import code_fingerprint
 from harness.measure import NvmlSampler, cuda_memory, peak_rss_bytes, reset_cuda_peak
 from harness.metrics import summarize_samples
 from harness.results import RunDir, config_hash, default_run_id
@@ -37,12 +38,13 @@ class ActiveRun:
     """A policy's run over a workload while it generates; ``reused`` is set when it was already complete."""
 
     def __init__(self, config: RunConfig, backend: Backend, policy: Policy, out_root: Path,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, allow_stale: bool = False) -> None:
         self.config = config
         self.config_dict = config.to_dict()
         self.backend = backend
         self.policy = policy
-        self.dir = RunDir.open(out_root, run_id or default_run_id(self.config_dict), self.config_dict)
+        self.dir = RunDir.open(out_root, run_id or default_run_id(self.config_dict), self.config_dict,
+                               {"code": code_fingerprint()}, allow_stale)
         self.reused: RunOutcome | None = None
         self.done: set[str] = set()
         self.env: dict[str, Any] = {}
@@ -51,6 +53,7 @@ class ActiveRun:
         self.wall_s = 0.0
 
     def __enter__(self) -> ActiveRun:
+        self.dir.lock()
         if self.dir.is_complete:
             summary = json.loads((self.dir.path / "summary.json").read_text())["metrics"]
             self.reused = RunOutcome(self.dir, summary, summary.get("n_samples", 0), reused=True)
@@ -67,6 +70,8 @@ class ActiveRun:
         if self.reused is None:
             self._nvml.__exit__(*exc)
             self.wall_s = time.perf_counter() - self._started
+        if exc[0] is not None:  # nothing more will be written: let another process resume it
+            self.dir.unlock()
 
     # ------------------------------------------------------------------ while generating
     def append(self, row: dict[str, Any]) -> None:
@@ -80,6 +85,7 @@ class ActiveRun:
     def finish(self, quality: dict[str, Any]) -> RunOutcome:
         """Aggregate the samples with the workload's ``quality`` and write ``summary.json`` atomically."""
         if self.reused is not None:
+            self.dir.unlock()
             return self.reused
         rows = self.rows()
         summary = summarize_samples(rows)
@@ -103,4 +109,5 @@ class ActiveRun:
                 "metrics": summary,
             }
         )
+        self.dir.unlock()
         return RunOutcome(self.dir, summary, len(self.done), reused=False)

@@ -25,7 +25,7 @@ DEFAULT_MODEL = "tiny-reasoner"
 DEFAULT_MAX_NEW_TOKENS = 512
 PROTOCOLS = ("generate", "replay")
 #: options that name where results go: not part of a sweep grid (the sweep decides them)
-PLACEMENT = ("out", "run_id")
+PLACEMENT = ("out", "run_id", "allow_stale")
 
 
 class OptionError(UserError, ValueError):
@@ -84,6 +84,8 @@ class RunOptions:
     out: Path = field(default=Path("results/runs"), metadata=_opt("Root of the result directories."))
     run_id: Optional[str] = field(default=None, metadata=_opt(
         "Directory name (default: policy + config hash); one policy only."))
+    allow_stale: bool = field(default=False, metadata=_opt(
+        "Reuse or resume a run directory that other code made (refused by default).", "--allow-stale"))
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -100,10 +100,13 @@ class RunDir:
         self._path = Path(path)
         self._config_hash = config_hash
         self._ids: set[str] = set()
+        self._lock_fd: int | None = None
 
     @classmethod
-    def open(cls, root: Path, run_id: str, config: dict[str, Any]) -> RunDir:
-        """Create or resume ``root/run_id``; refuses a directory that holds a different config."""
+    def open(cls, root: Path, run_id: str, config: dict[str, Any], provenance: dict[str, str] | None = None,
+             allow_stale: bool = False) -> RunDir:
+        """Create or resume ``root/run_id``; refuses a directory that holds a different config, or (unless
+        ``allow_stale``) one whose ``provenance`` -- the code fingerprint -- differs from this process's."""
         _check_run_id(run_id)
         path = Path(root) / run_id
         h = config_hash(config)
@@ -122,8 +125,14 @@ class RunDir:
                     f"{path} holds a run with config_hash {old} but this config hashes to {h}; "
                     "pick another --run-id or --out"
                 )
+            made_by = stored.get("provenance") or {}
+            if provenance and made_by != provenance and not allow_stale:
+                raise ResultsError(
+                    f"{path} was made by other code (code {made_by.get('code', 'unrecorded')}, this is "
+                    f"{provenance.get('code')}): run into a new --out, or pass --allow-stale to reuse it"
+                )
         else:
-            atomic_write_json(cfg_path, {"config": config, "config_hash": h})
+            atomic_write_json(cfg_path, {"config": config, "config_hash": h, "provenance": provenance or {}})
         run = cls(path, h)
         run.done_ids()  # repairs a truncated samples.jsonl before anything is appended
         return run
@@ -131,6 +140,26 @@ class RunDir:
     @property
     def path(self) -> Path:
         return self._path
+
+    def lock(self) -> None:
+        """Take the directory for this process: a second writer gets one line instead of duplicated rows."""
+        import fcntl
+
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self._path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ResultsError(f"another dynts-bench process is writing {self._path}: wait for it to finish, or "
+                               "use another --out") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
 
     @property
     def config_hash(self) -> str:

@@ -11,6 +11,7 @@ from backends import BACKENDS, Backend, BackendError
 from backends.base import SamplingParams
 from harness.catalog import PREDICTOR, default_policies, shipped_predictor
 from harness.config import RunConfig
+from harness.fingerprints import model_fingerprint, predictor_fingerprint
 from harness.lifecycle import ActiveRun, RunOutcome
 from harness.options import RunOptions
 from harness.workloads import Workload, build_workload
@@ -29,15 +30,19 @@ class RunPlan:
     schedule: EvictionSchedule
     sampling: SamplingParams
     workload: Workload
+    model_fingerprint: str
 
     def config_for(self, name: str) -> RunConfig:
         o, policy = self.options, self.policies[name]
+        artefacts = {"model": self.model_fingerprint}
+        if policy.artefact():
+            artefacts[policy.requires or "artefact"] = predictor_fingerprint(policy.artefact())
         return RunConfig(
             backend=o.backend, model=o.model, policy=name, policy_options=policy.options(),
             schedule=self.schedule if policy.evicts else None, sampling=self.sampling,
             prompts_name=self.workload.source_name, prompts_sha256=self.workload.source_hash, limit=o.limit,
             dtype=o.dtype, device=o.device, batch_size=o.batch_size, chat=o.chat,
-            extra=self.workload.config_extra(),
+            extra=self.workload.config_extra(), artefacts=artefacts,
         )
 
 
@@ -115,7 +120,7 @@ def prepare(o: RunOptions) -> RunPlan:
     if capabilities is not None:  # known without building the engine: refuse before loading any model
         for policy in policies.values():
             capabilities.require(o.backend, policy, workload.protocol)
-    return RunPlan(o, policies, schedule, sampling, workload)
+    return RunPlan(o, policies, schedule, sampling, workload, model_fingerprint(o.model))
 
 
 def execute_plan(plan: RunPlan, backend: Backend, on_start: OnStart | None = None) -> dict[str, RunOutcome]:
@@ -124,10 +129,13 @@ def execute_plan(plan: RunPlan, backend: Backend, on_start: OnStart | None = Non
     for policy in plan.policies.values():
         backend.capabilities.require(backend.name, policy, workload.protocol)
     workload.check(backend, plan.policies, plan.schedule)
+    for policy in plan.policies.values():  # a policy that cannot bind to the model fails before any run dir
+        backend.prepare(policy)
     outcomes = {}
     for name, policy in plan.policies.items():
         advance = on_start(name, workload.n_items) if on_start else None
-        with ActiveRun(plan.config_for(name), backend, policy, plan.options.out, plan.options.run_id) as run:
+        with ActiveRun(plan.config_for(name), backend, policy, plan.options.out, plan.options.run_id,
+                       plan.options.allow_stale) as run:
             if run.reused is None:
                 workload.generate(run, backend, policy, advance)
         outcomes[name] = run.finish(workload.quality(run.rows()) if run.reused is None else {})

@@ -218,3 +218,18 @@ def test_trainer_trains_the_control_views_and_says_so_on_the_card(tmp_path, monk
     assert card.startswith("# tiny-reasoner-control") and "full:0,random-any:1" in card
     with pytest.raises(ValueError, match="unknown view"):
         trainer.train(tmp_path / "bad", trainer.TrainConfig(steps=1, dropout_views="oracle,sideways"))
+
+
+def test_the_control_model_has_its_own_alias() -> None:
+    """``--model tiny-reasoner-control``: the model trained without the oracle-like view, or, where it is not
+    shipped, an error that says how to make it."""
+    from backends.base import BackendError
+    from backends.hf.loading import TINY_REASONER_ALIAS, resolve, tiny_reasoner_dir
+
+    assert resolve(TINY_REASONER_ALIAS).path == str(tiny_reasoner_dir())
+    try:
+        source = resolve("tiny-reasoner-control")
+    except BackendError as exc:
+        assert "--dropout-views full,random-any" in str(exc)
+    else:
+        assert source.kind == "alias" and source.path.endswith("control") and source.path != str(tiny_reasoner_dir())

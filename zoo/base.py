@@ -130,6 +130,10 @@ class Policy:
         one it ships for the model)."""
         return False
 
+    def artefact(self) -> str | None:
+        """Where the policy's model artefact was loaded from (fingerprinted into the run config), if any."""
+        return None
+
     def provide(self, artefact: str) -> None:
         """Take the ``requires`` artefact shipped for the model. Options stay as given: ``None`` then records
         "the model's shipped artefact", whose content the run config hashes separately."""

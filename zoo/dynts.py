@@ -26,6 +26,7 @@ class DynTS(Policy):
     state_names = (SCORE,)
     predictor: str | None = None
     _model: ImportancePredictor | None = field(default=None, init=False, repr=False)
+    _source: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.predictor:
@@ -36,6 +37,10 @@ class DynTS(Policy):
 
     def provide(self, artefact: str) -> None:
         self._model = ImportancePredictor.load(artefact)
+        self._source = artefact
+
+    def artefact(self) -> str | None:
+        return self._source or self.predictor
 
     def prepare(self, model: ModelInfo) -> None:
         if self._model is None:

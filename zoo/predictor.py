@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -55,9 +56,15 @@ class ImportancePredictor(nn.Module):
         return self.mlp(hidden.to(self.mlp[0].weight.dtype)).squeeze(-1)
 
     def save(self, directory: Path) -> None:
+        """Write weights and config next to each other, then move each into place: an interrupted save leaves
+        the previous predictor (or nothing), never a config beside half the weights."""
+        directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / WEIGHTS))
-        (directory / CONFIG).write_text(json.dumps(asdict(self.config), indent=2, sort_keys=True))
+        staged = {WEIGHTS: directory / f".{WEIGHTS}.partial", CONFIG: directory / f".{CONFIG}.partial"}
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(staged[WEIGHTS]))
+        staged[CONFIG].write_text(json.dumps(asdict(self.config), indent=2, sort_keys=True))
+        for name, path in staged.items():
+            path.replace(directory / name)
 
     @classmethod
     def load(cls, directory: str | Path) -> ImportancePredictor:
@@ -74,8 +81,9 @@ class ImportancePredictor(nn.Module):
         model = cls(config)
         try:
             model.load_state_dict(load_file(str(directory / WEIGHTS)))
-        except (RuntimeError, OSError) as exc:
-            raise PolicyError(f"{directory / WEIGHTS} does not match {CONFIG}: {str(exc).splitlines()[0]}") from None
+        except (RuntimeError, OSError, SafetensorError) as exc:
+            raise PolicyError(f"{directory / WEIGHTS} is unreadable or does not match {CONFIG}: "
+                              f"{str(exc).splitlines()[0]}") from None
         return model.eval()
 
     def check_model(self, model: ModelInfo) -> None:

@@ -8,6 +8,7 @@ de-quantisation takes ~20 s, so the converted model is saved once under the user
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import shutil
 from dataclasses import dataclass
@@ -82,6 +83,16 @@ def resolve(spec: str) -> ModelSource:
     return ModelSource(spec, "hub", spec)
 
 
+def gguf_cache_name(gguf: Path) -> str:
+    """The conversion cache is keyed on the file's content, not its name: two files called ``m.gguf`` never
+    share an entry, and a replaced file is converted again."""
+    digest = hashlib.sha256()
+    with open(gguf, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return f"{gguf.stem}-{digest.hexdigest()[:12]}"
+
+
 def _from_gguf(gguf: Path, cache_name: str) -> Path:
     """Convert a GGUF file to a transformers directory once; later loads read the directory."""
     target = CACHE_DIR / cache_name
@@ -110,7 +121,7 @@ def load(
     source = resolve(spec)
     path: str | Path = source.path
     if source.kind == "gguf" or source.spec == SMOLLM2_ALIAS:
-        path = _from_gguf(Path(source.path), Path(source.path).stem)
+        path = _from_gguf(Path(source.path), gguf_cache_name(Path(source.path)))
     attn = register()
     hf_logging.disable_progress_bar()  # our own rich progress is the one users watch
     try:

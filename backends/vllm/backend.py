@@ -75,6 +75,8 @@ class VLLMBackend:
             os.environ[key] = value
         if kv_cache_gib is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+        if (engine_args or {}).get("kv_cache_memory_bytes"):
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = ""  # vLLM's CPU platform lets this env var win when set
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from transformers import AutoConfig, AutoTokenizer
         from vllm import LLM
@@ -159,11 +161,8 @@ class VLLMBackend:
     def describe(self) -> dict[str, Any]:
         import vllm
 
-        runtime_isa = None
-        try:
-            runtime_isa = getattr(self.model_runner.dynts, "layout", None)
-        except AttributeError:
-            pass
+        context = self.model_runner.compilation_config.static_forward_context
+        isas = sorted({str(getattr(layer, "isa", "")) for layer in context.values() if hasattr(layer, "isa")})
         return {
             "backend": self.name,
             "engine": f"vllm {vllm.__version__}",
@@ -180,7 +179,7 @@ class VLLMBackend:
             "block_size": self.block_size,
             "kv_blocks": self.block_pool.num_gpu_blocks,
             "max_model_len": self.max_model_len,
-            "kv_layout": None if runtime_isa is None else runtime_isa.isa,
+            "kv_layout": ",".join(isas) or None,
         }
 
     # ------------------------------------------------------------------ prompts

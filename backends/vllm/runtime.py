@@ -187,7 +187,8 @@ class WorkerRuntime:
 
     def after_update(self, scheduler_output: Any, runner: Any) -> None:
         for new in scheduler_output.scheduled_new_reqs:
-            if new.req_id in self.requests:
+            if new.req_id in self.requests:  # sent again from scratch: it recomputes every token
+                self.requests[new.req_id].reset()
                 continue
             params = new.sampling_params
             options = (params.extra_args or {}).get(EXTRA_KEY) if params is not None else None

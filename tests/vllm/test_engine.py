@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("vllm", reason="vLLM is not installed here: backends/vllm/install_cpu_env.sh makes its venv")
+
 from backends.base import BackendError, GenerationRequest, SamplingParams
 from backends.vllm.checks import check_engine_config, check_version
 from zoo import build_policy
@@ -22,6 +24,15 @@ BUDGET = EvictionSchedule(budget=86, window=32, interval=16)
 PAPER = EvictionSchedule(mode="paper", trigger_len=140, window=32, ratio=0.4)
 GREEDY = SamplingParams(max_new_tokens=600)
 VANILLA = Path(__file__).with_name("vanilla_vllm.py")
+
+
+def make_policy(name: str):
+    """A fresh policy; DynTS gets the predictor shipped for the tiny reasoner (the harness passes it the same)."""
+    if name == "dynts":
+        from harness.catalog import shipped_predictor
+
+        return build_policy(name, predictor=str(shipped_predictor("tiny-reasoner")))
+    return build_policy(name)
 
 
 def requests_for(backend, problems, n=8) -> list[GenerationRequest]:
@@ -136,12 +147,12 @@ def test_same_kept_sets_as_the_transformers_backend(vllm_backend, problems, poli
     requests = requests_for(vllm_backend, problems, 4)
     hf = TransformersBackend("tiny-reasoner", batch_size=4)
     try:
-        policy = build_policy(policy_name)
+        policy = make_policy(policy_name)
         hf.prepare(policy)
         expected = hf.generate(requests, policy, schedule, GREEDY)
     finally:
         hf.close() if hasattr(hf, "close") else None
-    policy = build_policy(policy_name)
+    policy = make_policy(policy_name)
     vllm_backend.prepare(policy)
     got = vllm_backend.generate(requests, policy, schedule, GREEDY)
     assert [r.compressions for r in got] == [r.compressions for r in expected]
