@@ -134,16 +134,24 @@ def _num(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
 
 
 def leaderboard_rows(records: list[RunRecord]) -> dict[tuple[str, str, str], list[RunRecord]]:
-    """``{(model, workload, budget label): runs best first}``; the full cache appears in every budget group."""
+    """``{(model, workload with its size, budget label): runs best first}``, in budget order. Runs of different
+    sizes (100 vs 200 problems) are never ranked together; the full cache of the same size appears in every
+    budget group."""
+    def workload(r: RunRecord) -> str:
+        return f"{r.workload} ({r.n_samples} samples)"
+
     groups: dict[tuple[str, str, str], list[RunRecord]] = {}
+    order: dict[tuple[str, str, str], float] = {}
     for r in records:
         if r.policy != "full":
-            groups.setdefault((r.model, r.workload, r.budget_label), []).append(r)
-    for (model, workload, _), rows in groups.items():
-        rows.extend(f for f in records if f.policy == "full" and f.model == model and f.workload == workload)
+            key = (r.model, workload(r), r.budget_label)
+            groups.setdefault(key, []).append(r)
+            order[key] = r.budget_tokens or 0
+    for (model, size, _), rows in groups.items():
+        rows.extend(f for f in records if f.policy == "full" and f.model == model and workload(f) == size)
     for rows in groups.values():
         rows.sort(key=lambda r: (-(r.quality if r.quality is not None else -1), r.policy))
-    return groups
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order[kv[0]], kv[0][2])))
 
 
 HEADER = ["rank", "policy", "quality", "95% CI", "pass@k / maj@k", "n", "KV peak", "KV vs full", "speed vs full",
@@ -160,7 +168,7 @@ def _cells(rank: int, r: RunRecord) -> list[str]:
 
 def markdown(records: list[RunRecord]) -> str:
     lines = ["# dynts-bench leaderboard", ""]
-    for (model, workload, budget), rows in sorted(leaderboard_rows(records).items()):
+    for (model, workload, budget), rows in leaderboard_rows(records).items():
         lines += [f"## {workload} · {model} · {budget}", "", "| " + " | ".join(HEADER) + " |",
                   "|" + "---|" * len(HEADER)]
         lines += ["| " + " | ".join(_cells(i + 1, r)) + " |" for i, r in enumerate(rows)]
@@ -176,7 +184,7 @@ def html_page(records: list[RunRecord], plots: list[Path]) -> str:
              "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:nth-child(2){text-align:left}"
              "img{max-width:48%;margin:1%}</style></head><body><h1>dynts-bench leaderboard</h1>"]
-    for (model, workload, budget), rows in sorted(leaderboard_rows(records).items()):
+    for (model, workload, budget), rows in leaderboard_rows(records).items():
         parts.append(f"<h2>{html.escape(workload)} · {html.escape(model)} · {html.escape(budget)}</h2><table><tr>")
         parts += [f"<th>{html.escape(h)}</th>" for h in HEADER] + ["</tr>"]
         for i, r in enumerate(rows):

@@ -24,6 +24,7 @@ from zoo.errors import UserError
 DEFAULT_MODEL = "tiny-reasoner"
 DEFAULT_MAX_NEW_TOKENS = 512
 PROTOCOLS = ("generate", "replay")
+DTYPES = ("float32", "bfloat16", "float16")
 #: options that name where results go: not part of a sweep grid (the sweep decides them)
 PLACEMENT = ("out", "run_id", "allow_stale")
 
@@ -101,6 +102,15 @@ class RunOptions:
             raise PromptFileError(f"unknown --protocol {self.protocol!r}: use generate or replay")
         if self.protocol == "replay" and self.task is not None:
             raise PromptFileError("--protocol replay forces tiny-reasoner traces: use --prompts FILE, not --task")
+        if self.dtype not in DTYPES:
+            raise OptionError(f"unknown --dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise OptionError(f"unknown --device {self.device!r}: use cpu or cuda[:N]")
+        if self.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise OptionError(f"--device {self.device} asked for, but no CUDA GPU is visible: use --device cpu")
         if self.run_id and len(set(self.policy)) > 1:
             raise ResultsError("--run-id names one directory: use it with a single --policy")
 

@@ -42,7 +42,7 @@ def test_report_ranks_and_renders(tmp_path):
     result = CliRunner().invoke(app, ["report", str(runs), "--out", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     md = (out / "report.md").read_text()
-    section = md.split("## p.jsonl · m · budget 64 (+8), window 16")[1].split("##")[0]
+    section = md.split("## p.jsonl (10 samples) · m · budget 64 (+8), window 16")[1].split("##")[0]
     rows = [line for line in section.splitlines() if line.startswith("| ") and "rank" not in line]
     ranked = [line.split("|")[2].strip() for line in rows]
     assert ranked == ["full", "h2o", "window"]

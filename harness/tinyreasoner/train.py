@@ -169,7 +169,7 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print,
     start = 0
     checkpoint = out / "checkpoint.pt"
     if checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=True)  # tensors and plain data only: no code runs
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         rng.setstate(state["rng"])
