@@ -3,8 +3,10 @@ loaded yet, so option errors come first), then run the plan's policies, one run 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from backends import BACKENDS, Backend, BackendError
@@ -17,6 +19,7 @@ from harness.options import RunOptions
 from harness.workloads import Workload, build_workload
 from zoo import build_policy, policy_options, registry
 from zoo.base import Policy, PolicyError
+from zoo.predictor import CONFIG
 from zoo.schedule import EvictionSchedule, ScheduleError
 
 #: ``on_start(policy, n_items)`` returns the per-sample progress callback of that policy's run
@@ -108,6 +111,23 @@ def build_sampling(o: RunOptions) -> SamplingParams:
         raise ScheduleError(str(exc)) from None
 
 
+def check_binding(policies: dict[str, Policy], model: str, fingerprint: str) -> None:
+    """A predictor that recorded the fingerprint of the model it was trained on (``extra.base_fingerprint``)
+    serves only that model: the same name on other weights gives scores that are noise but look like a
+    ranking."""
+    for name, policy in policies.items():
+        source = policy.artefact()
+        if policy.requires != PREDICTOR or not source:
+            continue
+        try:
+            bound = json.loads((Path(source) / CONFIG).read_text()).get("extra", {}).get("base_fingerprint")
+        except (OSError, ValueError, AttributeError):
+            continue  # unreadable configs were refused when the predictor loaded
+        if bound and bound != fingerprint:
+            raise PolicyError(f"{name}'s predictor {source} was trained on model weights {bound}, but {model} is "
+                              f"{fingerprint}: use a predictor trained for these weights")
+
+
 def prepare(o: RunOptions) -> RunPlan:
     """Validate ``run`` options into a plan; raises one-line user errors before any model is loaded."""
     policies = build_policies(o)
@@ -120,7 +140,9 @@ def prepare(o: RunOptions) -> RunPlan:
     if capabilities is not None:  # known without building the engine: refuse before loading any model
         for policy in policies.values():
             capabilities.require(o.backend, policy, workload.protocol)
-    return RunPlan(o, policies, schedule, sampling, workload, model_fingerprint(o.model))
+    fingerprint = model_fingerprint(o.model)
+    check_binding(policies, o.model, fingerprint)
+    return RunPlan(o, policies, schedule, sampling, workload, fingerprint)
 
 
 def execute_plan(plan: RunPlan, backend: Backend, on_start: OnStart | None = None) -> dict[str, RunOutcome]:

@@ -183,3 +183,46 @@ def test_a_second_writer_of_one_run_directory_is_refused(tmp_path) -> None:
     first.unlock()
     second.lock()  # free again once the first writer is done
     second.unlock()
+
+
+def test_a_predictor_is_refused_for_other_weights_under_the_same_name(random_reasoner, tmp_path) -> None:
+    """The shipped predictor records its model's fingerprint: a random model saved as ``.../tiny-reasoner``
+    passes the name check but not the weights check."""
+    from harness.catalog import shipped_predictor
+
+    impostor = tmp_path / "tiny-reasoner"
+    shutil.copytree(random_reasoner, impostor)
+    result = runner.invoke(app, ["run", "-p", "dynts", "--model", str(impostor), "--limit", "1",
+                                 "--predictor", str(shipped_predictor("tiny-reasoner")), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "trained on model weights" in result.output, result.output
+
+
+def test_a_truncated_predictor_is_one_line(tmp_path) -> None:
+    from harness.catalog import shipped_predictor
+
+    broken = tmp_path / "predictor"
+    shutil.copytree(shipped_predictor("tiny-reasoner"), broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    result = runner.invoke(app, ["run", "-p", "dynts", "--predictor", str(broken), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "unreadable" in result.output and "Traceback" not in result.output
+    assert not any(tmp_path.glob("dynts-*")), "a refused predictor leaves no run directory behind"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--dtype", "float8"], "unknown --dtype"),
+    (["--device", "cuda"], "no CUDA GPU is visible"),
+    (["--out", "x[/x]", "--limit", "0"], "--limit must be >= 1"),
+    (["--prompts", "missing[/x].jsonl"], "cannot read prompts file missing[/x].jsonl"),
+])
+def test_bad_run_options_are_one_line_and_exit_2(args, message, tmp_path) -> None:
+    result = runner.invoke(app, ["run", *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+
+
+def test_an_out_path_with_markup_characters_finishes_cleanly(tmp_path) -> None:
+    out = tmp_path / "odd[/x]"
+    result = runner.invoke(app, ["run", "-p", "window", "--limit", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert str(out) in " ".join(result.output.split()) or "odd[/x]" in result.output

@@ -162,6 +162,7 @@ def fit(store: TraceStore, out: Path, cfg: FitConfig,
     assert best is not None
     model.load_state_dict(best[1])
     model.config.extra = {
+        "base_fingerprint": _fingerprint(meta["model"]),  # binds the head to these weights (harness.runplan)
         "training_data_sha256": data_hash(store, cfg.label_method),
         "traces": {"train": len(train), "validation": len(val)},
         "best_epoch": best[2],
@@ -172,3 +173,13 @@ def fit(store: TraceStore, out: Path, cfg: FitConfig,
     }
     model.save(out)
     return model.config.extra
+
+
+def _fingerprint(model: str) -> str | None:
+    """The content fingerprint of the model the traces came from (None when it cannot be resolved here)."""
+    from harness.fingerprints import model_fingerprint
+
+    try:
+        return model_fingerprint(model)
+    except Exception:  # a hub id without network, a moved directory: the name check still applies
+        return None
