@@ -1,6 +1,7 @@
 """Compare two run directories sample by sample (e.g. ``--backend vllm`` vs ``--backend transformers``).
 
-    python benchmarks/vllm_compare.py RUN_DIR_A RUN_DIR_B
+    python benchmarks/vllm_compare.py RUN_DIR_A RUN_DIR_B     # two runs
+    python benchmarks/vllm_compare.py OUT_A OUT_B             # two --out roots: every policy they share
 
 Prints accuracy of both, the share of problems with identical output tokens, and for the others where the
 first differing token is (greedy runs: fp32 reduction order is the usual cause under a full cache).
@@ -35,8 +36,26 @@ def compare(dir_a: str, dir_b: str) -> dict:
             "first_difference": diffs}
 
 
+def runs(root: str) -> dict[str, str]:
+    """Policy name -> run directory under an ``--out`` root (directories are ``<policy>-<config hash>``)."""
+    return {d.name.rsplit("-", 1)[0]: str(d) for d in sorted(Path(root).iterdir()) if (d / "samples.jsonl").is_file()}
+
+
+def main(a: str, b: str) -> None:
+    if (Path(a) / "samples.jsonl").is_file():
+        pairs = {Path(a).name.rsplit("-", 1)[0]: (a, b)}
+    else:
+        ra, rb = runs(a), runs(b)
+        pairs = {name: (ra[name], rb[name]) for name in ra if name in rb}
+    print("| policy | n | accuracy A | accuracy B | identical tokens |")
+    print("|---|---|---|---|---|")
+    for name, (da, db) in pairs.items():
+        r = compare(da, db)
+        print(f"| {name} | {r['n']} | {100 * r['accuracy_a']:.1f}% | {100 * r['accuracy_b']:.1f}% | "
+              f"{100 * r['identical']:.1f}% |")
+        for key, index in list(r["first_difference"].items())[:5]:
+            print(f"|   {key} | first differing token at {index} | | | |")
+
+
 if __name__ == "__main__":
-    result = compare(sys.argv[1], sys.argv[2])
-    print(json.dumps({k: v for k, v in result.items() if k != "first_difference"}))
-    for key, index in list(result["first_difference"].items())[:20]:
-        print(f"  {key}: first differing token at {index}")
+    main(sys.argv[1], sys.argv[2])

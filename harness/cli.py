@@ -74,6 +74,7 @@ def run(**values: Any) -> None:
     options = RunOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
     with console.status("checking options ..."):
         plan = prepare(options)
+    options.apply_threads()
     with console.status(f"loading {options.model} ..."):
         engine = build_backend(options.backend, model=options.model, dtype=options.dtype, device=options.device,
                                batch_size=options.batch_size)

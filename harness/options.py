@@ -27,6 +27,8 @@ PROTOCOLS = ("generate", "replay")
 DTYPES = ("float32", "bfloat16", "float16")
 #: options that name where results go: not part of a sweep grid (the sweep decides them)
 PLACEMENT = ("out", "run_id", "allow_stale")
+#: CPU threads when --threads is not given (benchmarks/threads.py measures why)
+DEFAULT_CPU_THREADS = 1
 
 
 class OptionError(UserError, ValueError):
@@ -82,6 +84,9 @@ class RunOptions:
     device: str = field(default="cpu", metadata=_opt("cpu or cuda[:N]."))
     batch_size: int = field(default=32, metadata=_opt("Sequences decoded together.", min=1))
     chat: bool = field(default=True, metadata=_opt("Wrap prompts in the tokenizer's chat template."))
+    threads: Optional[int] = field(default=None, metadata=_opt(
+        "CPU threads for torch (default 1 on CPU: fastest and robust on a shared machine, see "
+        "benchmarks/threads.py); recorded in every result.", min=1))
     out: Path = field(default=Path("results/runs"), metadata=_opt("Root of the result directories."))
     run_id: Optional[str] = field(default=None, metadata=_opt(
         "Directory name (default: policy + config hash); one policy only."))
@@ -137,6 +142,14 @@ class RunOptions:
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else str(value) if isinstance(value, Path) else value
         return out
+
+    def apply_threads(self) -> int:
+        """Set torch's intra-op threads for this run (CPU only); returns the count in force."""
+        import torch
+
+        if self.device == "cpu":
+            torch.set_num_threads(self.threads or DEFAULT_CPU_THREADS)
+        return torch.get_num_threads()
 
     @property
     def max_tokens(self) -> int:

@@ -96,6 +96,7 @@ def run_cell(options: RunOptions, engines: dict | None = None) -> dict[str, Any]
     from harness.runplan import execute_plan, prepare
 
     plan = prepare(options)
+    options.apply_threads()
     key = (options.backend, options.model, options.dtype, options.device, options.batch_size)
     engine = engines.get(key) if engines is not None else None
     if engine is None:

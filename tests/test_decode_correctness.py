@@ -100,26 +100,38 @@ def test_sampling_is_seeded_per_request_and_batch_independent(tiny):
     assert other_seed[0].output_ids != alone.output_ids
 
 
+#: the tiny model's KV bytes per token, from its config: 2 (K, V) x 2 layers x 2 KV heads x 16 dims x 4 bytes
+TINY_KV_BYTES = 2 * 2 * 2 * 16 * 4
+
+
 @pytest.mark.parametrize("budget,interval", [(12, 4), (20, 8), (16, 1)])
 def test_peak_kv_bytes_follow_the_budget_formula(tiny, budget, interval):
     _, parts, info, predictor = tiny
+    assert parts.kv_bytes_per_token == TINY_KV_BYTES
     schedule = EvictionSchedule(budget=budget, interval=interval, window=4)
     sampling = SamplingParams(max_new_tokens=48)
     requests = [GenerationRequest(f"r{i}", p) for i, p in enumerate(PROMPTS)]
     for name in ("window", "h2o", "dynts"):
         results = generate_batch(parts, requests, make_policy(name, info, predictor), schedule, sampling, CPU)
-        bound = (budget + interval) * parts.kv_bytes_per_token
         for r in results:
             seen = r.prompt_tokens + r.generated_tokens - 1
             assert r.kv_peak_tokens == min(seen, budget + interval)
-            assert r.kv_peak_bytes == r.kv_peak_tokens * parts.kv_bytes_per_token <= bound
-            assert r.kv_full_bytes == seen * parts.kv_bytes_per_token
-            assert r.extra["kv_batch_allocated_bytes"] <= bound * len(requests)
+            assert r.kv_peak_bytes == r.kv_peak_tokens * TINY_KV_BYTES
+            assert r.kv_full_bytes == seen * TINY_KV_BYTES
+            # the buffers really allocated: every row of the batch holds budget + interval slots (the longest
+            # prompt, 8 tokens, is shorter than that), not prompt + 48 new tokens
+            assert r.extra["kv_batch_allocated_bytes"] == len(requests) * (budget + interval) * TINY_KV_BYTES
     full = generate_batch(parts, requests, build_policy("full"), None, sampling, CPU)
     assert all(r.kv_peak_bytes == r.kv_full_bytes for r in full)
+    assert full[0].extra["kv_batch_allocated_bytes"] == len(requests) * (8 + 48) * TINY_KV_BYTES
 
 
-def test_every_policy_is_registered_and_tested():
+def test_every_registered_policy_is_covered_by_the_parametrized_tests():
+    """A new policy joins the decode tests by being registered: the parameter lists are the registry."""
+    from zoo import registry
+
+    assert set(ALL_POLICIES) == set(registry())
+    assert set(EVICTING_POLICIES) == {name for name, cls in registry().items() if cls.evicts}
     assert {"full", "window", "streamingllm", "sepllm", "h2o", "snapkv", "tova", "rkv", "random", "dynts"} <= set(
         ALL_POLICIES
     )

@@ -27,7 +27,7 @@ TINY_REASONER_ALIAS = "tiny-reasoner"
 TINY_REASONER_CONTROL_ALIAS = "tiny-reasoner-control"
 #: shipped tiny reasoners: alias -> (directory under harness/tinyreasoner/, make-tiny-reasoner options)
 TINY_REASONERS = {TINY_REASONER_ALIAS: ("model", ""),
-                  TINY_REASONER_CONTROL_ALIAS: ("control", " --steps 3000 --dropout-views full,random-any")}
+                  TINY_REASONER_CONTROL_ALIAS: ("control", " --dropout-views full,random-any")}
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_DIR = Path.home() / ".cache" / "dynts-bench" / "models"
 

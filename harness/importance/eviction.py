@@ -6,15 +6,20 @@ the policy's scores and which slots survived. Afterwards each generated token ge
 (``task.token_roles``) and every *result statement* (``r7 6`` after a step's sum) its lifetime: from when it is
 written to the first later step line that reads its name. A statement is *live* in between.
 
-Per compression this gives what was kept outside the protected prompt + window, by role; per sequence the first
-compression that evicted a live statement token; per failure a cause:
+Per compression this gives what was kept outside the protected prompt + window, by role, and how many live names
+and values survived; per sequence and kind (name / value) the first compression that evicted a live one, with
+its score's percentile among the cached thinking tokens and the roles of the kept tokens that outscored it;
+per failure a cause:
 
-* ``lost:ranked-low`` -- a live statement was evicted at the first compression that could evict it (it had just
-  left the window): it was scored below the tokens kept, when it was scored.
-* ``lost:displaced`` -- it survived at least one compression outside the window and was evicted later, by tokens
-  written after it (between compressions) that scored higher.
-* ``kept:misread`` -- every live statement a step read was in the cache when read, yet the output diverged from
-  the full cache's.
+* ``value-lost:ranked-low`` -- a live value was evicted at the first compression that could evict it (it had
+  just left the window): scored, at write time, below the tokens kept;
+* ``value-lost:displaced`` -- it survived at least one compression outside the window and was evicted later,
+  by tokens written after it that scored higher;
+* ``name-lost`` -- every live value survived, but a live result name did not;
+* ``none-lost`` -- every live statement was cached whenever a compression ran, yet the answer is wrong.
+
+``dynts+names`` (the same scores, but live result names kept) and ``oracle-names`` (the oracle with names
+evicted first) are the interventions that test whether lost names cause a failure.
 """
 
 from __future__ import annotations
