@@ -18,9 +18,10 @@ PREDICTOR = "predictor"
 TASK_VOCABULARY = "tiny-reasoner task vocabulary"
 
 #: shipped predictors by model alias, as package resources of ``harness``
-SHIPPED_PREDICTORS = {"tiny-reasoner": "tinyreasoner/predictor"}
+SHIPPED_PREDICTORS = {"tiny-reasoner": "tinyreasoner/predictor",
+                      "tiny-reasoner-control": "tinyreasoner/control-predictor"}
 #: models whose tokenizer has the tiny-reasoner task's words as single tokens (what the oracle reads)
-TASK_VOCABULARY_MODELS = frozenset({"tiny-reasoner"})
+TASK_VOCABULARY_MODELS = frozenset({"tiny-reasoner", "tiny-reasoner-control"})
 
 
 def shipped_predictor(model_id: str) -> Path | None:

@@ -111,11 +111,6 @@ class RunOptions:
             raise OptionError(f"unknown --dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise OptionError(f"unknown --device {self.device!r}: use cpu or cuda[:N]")
-        if self.device.startswith("cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                raise OptionError(f"--device {self.device} asked for, but no CUDA GPU is visible: use --device cpu")
         if self.run_id and len(set(self.policy)) > 1:
             raise ResultsError("--run-id names one directory: use it with a single --policy")
 
@@ -142,6 +137,14 @@ class RunOptions:
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else str(value) if isinstance(value, Path) else value
         return out
+
+    def check_device(self) -> None:
+        """Whether the asked-for device is here (not part of validation: a GPU grid is valid on a CPU machine)."""
+        if self.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise OptionError(f"--device {self.device} asked for, but no CUDA GPU is visible: use --device cpu")
 
     def apply_threads(self) -> int:
         """Set torch's intra-op threads for this run (CPU only); returns the count in force."""

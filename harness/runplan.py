@@ -130,6 +130,7 @@ def check_binding(policies: dict[str, Policy], model: str, fingerprint: str) -> 
 
 def prepare(o: RunOptions) -> RunPlan:
     """Validate ``run`` options into a plan; raises one-line user errors before any model is loaded."""
+    o.check_device()
     policies = build_policies(o)
     if o.backend not in BACKENDS:
         raise BackendError(f"unknown backend {o.backend!r}: choose one of {', '.join(BACKENDS)}")

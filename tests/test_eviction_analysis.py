@@ -82,14 +82,14 @@ def test_generation_log_matches_the_decode_loop(random_reasoner, tmp_path) -> No
     head = ImportancePredictor(PredictorConfig(str(random_reasoner), 32, [8]))
     head.save(tmp_path / "pred")
     items = [PromptItem(p.id, p.prompt, p.answer) for p in (generate(i) for i in range(4))]
-    schedule = EvictionSchedule(budget=40, interval=8, window=16)
+    schedule = EvictionSchedule(budget=56, interval=8, window=16)
     for name, factory in tiny_policies({"dynts": str(tmp_path / "pred")}, interventions=True).items():
         logs = generate_logged(engine, items, factory(), schedule, SamplingParams(60))
         assert [log.item_id for log in logs] == [i.id for i in items]
         for log in logs:
             assert log.compressions, name
             for comp in log.compressions:
-                assert sum(comp.kept) == 40 and len(comp.positions) == 48  # budget kept of budget + interval
+                assert sum(comp.kept) == 56 and len(comp.positions) == 64  # budget kept of budget + interval
                 assert all(k for k, p in zip(comp.kept, comp.protected) if p)  # prompt + window always kept
                 assert comp.positions == sorted(comp.positions)
             # each compression starts from what the previous one kept, plus the tokens written since
@@ -104,7 +104,7 @@ def test_names_intervention_keeps_every_live_result_name(random_reasoner, tmp_pa
     head.save(tmp_path / "pred")
     items = [PromptItem(p.id, p.prompt, p.answer) for p in (generate(i) for i in range(2))]
     policy = tiny_policies({"dynts": str(tmp_path / "pred")}, oracle=False, interventions=True)["dynts+names"]()
-    logs = generate_logged(engine, items, policy, EvictionSchedule(budget=40, interval=8, window=16),
+    logs = generate_logged(engine, items, policy, EvictionSchedule(budget=56, interval=8, window=16),
                            SamplingParams(60))
     for log in logs:
         words = engine.tokenizer.convert_ids_to_tokens(log.prompt_ids + log.output_ids)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from harness import env, metrics, results
+from harness import env, measure, results
 from harness.measure import NvmlSampler, peak_rss_bytes
 from harness.metrics import percentile, summarize_samples
 from harness.results import ResultsError, RunDir, atomic_write_json, config_hash, default_run_id
@@ -87,7 +87,7 @@ def test_rundir_open_writes_config(tmp_path: Path) -> None:
     assert run.path == tmp_path / "r1"
     assert run.config_hash == config_hash(CFG)
     stored = json.loads((run.path / "config.json").read_text())
-    assert stored == {"config": CFG, "config_hash": config_hash(CFG)}
+    assert stored == {"config": CFG, "config_hash": config_hash(CFG), "provenance": {}}
     assert not run.is_complete
     assert run.done_ids() == set()
     assert run.samples() == []
@@ -264,10 +264,10 @@ def test_cuda_memory_without_cuda() -> None:
     import torch
 
     if torch.cuda.is_available():  # pragma: no cover
-        assert set(metrics.cuda_memory()) == {"cuda_max_memory_allocated_bytes", "cuda_max_memory_reserved_bytes"}
+        assert set(measure.cuda_memory()) == {"cuda_max_memory_allocated_bytes", "cuda_max_memory_reserved_bytes"}
     else:
-        assert metrics.cuda_memory() == {}
-    metrics.reset_cuda_peak()
+        assert measure.cuda_memory() == {}
+    measure.reset_cuda_peak()
 
 
 def test_percentile_linear_interpolation() -> None:

@@ -101,12 +101,12 @@ def test_on_policy_collection_stores_the_hidden_states_dynts_saw(random_reasoner
     store = TraceStore(tmp_path / "on-policy")
     store.open_for({"model": str(random_reasoner), "hidden_size": 32})
     collect(engine, items, store, SamplingParams(80), policy=DynTS(predictor=str(tmp_path / "pred")),
-            schedule=EvictionSchedule(budget=40, interval=8, window=16))
+            schedule=EvictionSchedule(budget=56, interval=8, window=16))
     for trace in store.load(store.records()):
         r = trace.record
         full = final_hidden(engine, trace.tokens.tolist())[r.thinking]
         assert trace.hidden.shape == full.shape
-        first = 48 - r.prompt_len - 1  # tokens written before the first compression saw the whole context
+        first = 64 - r.prompt_len - 1  # tokens written before the first compression saw the whole context
         torch.testing.assert_close(trace.hidden[:first].float(), full[:first].half().float(), atol=2e-3, rtol=1e-2)
         assert not torch.allclose(trace.hidden[first + 8 :].float(), full[first + 8 :].half().float(), atol=2e-3)
 

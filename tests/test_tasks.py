@@ -94,11 +94,14 @@ def test_deterministic_subsample():
 class FakeBackend:
     """Echoes a boxed answer; counts what it was asked to generate."""
 
-    source = SimpleNamespace(spec="fake/model")
-    tokenizer = SimpleNamespace(encode=lambda text, add_special_tokens=False: [len(text)], chat_template=None)
-
     def __init__(self):
         self.generated: list[str] = []
+
+    def encode(self, text: str) -> list[int]:
+        return [len(text)]
+
+    def chat_template(self) -> None:
+        return None
 
     def generate(self, requests, policy, schedule, sampling, on_batch=None):
         results = [

@@ -30,6 +30,8 @@ class SepLLM(SinkPolicy):
         if self._separator_ids is None:
             raise PolicyError("sepllm needs the tokenizer's separator tokens: the backend did not call prepare()")
         is_sep = torch.isin(view.token_ids, self._separator_ids.to(view.token_ids.device))
-        # separators outrank every non-separator; recency breaks ties inside each group
-        return view.positions.float() + is_sep.float() * 1e9
+        # separators outrank every non-separator; recency breaks ties inside each group. The offset is the
+        # longest position + 1, not a huge constant: float32 represents these sums exactly, so no two slots tie
+        offset = view.positions.max().clamp(min=0) + 1
+        return view.positions.float() + is_sep.float() * offset.float()
 
