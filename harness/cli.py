@@ -233,13 +233,8 @@ def bench(
               out)
 
 
-def _guard(action: Callable[[], None]) -> None:
-    """Kept for command modules written against the old ``guard(fn)`` style: the boundary already wraps them."""
-    action()
-
-
 register_tiny_commands(app, console)
-register_predictor_commands(app, console, _guard)
+register_predictor_commands(app, console)
 
 
 def main() -> None:

@@ -33,8 +33,8 @@ def _write_json(path: Optional[Path], data: Any) -> None:
         atomic_write_json(path, data)
 
 
-def register(app: typer.Typer, console: Console, guard) -> None:
-    """Add the pipeline's commands to ``app``; ``guard(fn)`` turns user errors into one red line."""
+def register(app: typer.Typer, console: Console) -> None:
+    """Add the pipeline's commands to ``app`` (whose error boundary turns user errors into one line)."""
 
     @app.command("collect-traces")
     def collect_traces(
@@ -59,38 +59,35 @@ def register(app: typer.Typer, console: Console, guard) -> None:
     ) -> None:
         """Generate full-cache traces and store tokens + final hidden states of the thinking tokens."""
 
-        def go() -> None:
-            from backends.base import SamplingParams
-            from harness.config import file_sha256
-            from harness.importance.traces import TraceStoreError, collect
-            from harness.prompts import default_prompts_path, load_prompts
-            from harness.replay import load_trace_rows
-            from zoo.dynts import DynTS
-            from zoo.schedule import EvictionSchedule
+        from backends.base import SamplingParams
+        from harness.config import file_sha256
+        from harness.importance.traces import TraceStoreError, collect
+        from harness.prompts import default_prompts_path, load_prompts
+        from harness.replay import load_trace_rows
+        from zoo.dynts import DynTS
+        from zoo.schedule import EvictionSchedule
 
-            path = prompts or default_prompts_path()
-            items = load_trace_rows(path, limit) if forced else load_prompts(path, limit)
-            engine = _engine(model, batch_size, device)
-            store = TraceStore(out)
-            meta = {"model": model, "hidden_size": engine.model.config.hidden_size, "source": path.name,
-                    "source_sha256": file_sha256(path), "max_new_tokens": max_new_tokens, "chat": chat,
-                    "forced": forced}
-            policy = schedule = None
-            if on_policy_budget is not None:
-                if forced:
-                    raise TraceStoreError("--on-policy-budget generates the model's own traces: drop --forced")
-                schedule = EvictionSchedule(mode="budget", budget=on_policy_budget, interval=interval, window=window)
-                location = _load_predictor_path(predictor, engine)
-                policy = DynTS(predictor=str(location))
-                meta["on_policy"] = {"policy": "dynts", "predictor": str(location), **schedule.to_dict()}
-            store.open_for(meta)
-            with _progress(console, "traces") as progress:
-                bar = progress.add_task("traces", total=len(items), completed=len(store.records()))
-                report = collect(engine, items, store, SamplingParams(max_new_tokens), chat,
-                                 on_trace=lambda: progress.advance(bar), policy=policy, schedule=schedule)
-            console.print(f"{report['traces']} traces in {out} ({report['correct']} correct, {report['new']} new)")
-
-        guard(go)
+        path = prompts or default_prompts_path()
+        items = load_trace_rows(path, limit) if forced else load_prompts(path, limit)
+        engine = _engine(model, batch_size, device)
+        store = TraceStore(out)
+        meta = {"model": model, "hidden_size": engine.model.config.hidden_size, "source": path.name,
+                "source_sha256": file_sha256(path), "max_new_tokens": max_new_tokens, "chat": chat,
+                "forced": forced}
+        policy = schedule = None
+        if on_policy_budget is not None:
+            if forced:
+                raise TraceStoreError("--on-policy-budget generates the model's own traces: drop --forced")
+            schedule = EvictionSchedule(mode="budget", budget=on_policy_budget, interval=interval, window=window)
+            location = _load_predictor_path(predictor, engine)
+            policy = DynTS(predictor=str(location))
+            meta["on_policy"] = {"policy": "dynts", "predictor": str(location), **schedule.to_dict()}
+        store.open_for(meta)
+        with _progress(console, "traces") as progress:
+            bar = progress.add_task("traces", total=len(items), completed=len(store.records()))
+            report = collect(engine, items, store, SamplingParams(max_new_tokens), chat,
+                             on_trace=lambda: progress.advance(bar), policy=policy, schedule=schedule)
+        console.print(f"{report['traces']} traces in {out} ({report['correct']} correct, {report['new']} new)")
 
     @app.command()
     def label(
@@ -101,20 +98,17 @@ def register(app: typer.Typer, console: Console, guard) -> None:
     ) -> None:
         """Label each thinking token by how much the answer uses it; with both methods, report their agreement."""
 
-        def go() -> None:
-            from harness.importance.labels import label_store
+        from harness.importance.labels import label_store
 
-            store = TraceStore(store_dir)
-            engine = _engine(store.meta["model"], device=device)
-            with _progress(console, "labels") as progress:
-                bar = progress.add_task("labels", total=len(store.records()))
-                report = label_store(engine, store, method, on_trace=lambda: progress.advance(bar))
-            agree = "; ".join(f"Spearman {pair} {rho:.3f}" for pair, rho in report["spearman_between_methods"].items()
-                              if rho is not None)
-            console.print(f"labelled {report['labelled']} traces with {', '.join(method)}" + (f"; {agree}" if agree
-                                                                                               else ""))
-
-        guard(go)
+        store = TraceStore(store_dir)
+        engine = _engine(store.meta["model"], device=device)
+        with _progress(console, "labels") as progress:
+            bar = progress.add_task("labels", total=len(store.records()))
+            report = label_store(engine, store, method, on_trace=lambda: progress.advance(bar))
+        agree = "; ".join(f"Spearman {pair} {rho:.3f}" for pair, rho in report["spearman_between_methods"].items()
+                          if rho is not None)
+        console.print(f"labelled {report['labelled']} traces with {', '.join(method)}" + (f"; {agree}" if agree
+                                                                                           else ""))
 
     @app.command("train-predictor")
     def train_predictor(
@@ -137,38 +131,35 @@ def register(app: typer.Typer, console: Console, guard) -> None:
     ) -> None:
         """Train the importance head on the frozen model's hidden states; early stopping on held-out tau."""
 
-        def go() -> None:
-            from harness.importance.fit import PRESETS, FitConfig, fit
-            from harness.importance.traces import TraceStoreError
+        from harness.importance.fit import PRESETS, FitConfig, fit
+        from harness.importance.traces import TraceStoreError
 
-            if preset is not None and preset not in PRESETS:
-                raise TraceStoreError(f"unknown --preset {preset!r}: choose from {', '.join(PRESETS)}")
-            try:
-                sizes = [int(x) for x in layer_sizes.split(",")] if layer_sizes else None
-            except ValueError:
-                raise TraceStoreError(f"--layer-sizes {layer_sizes!r}: give widths such as 256,64") from None
-            if preset:
-                sizes = PRESETS[preset]
-            if rank_weight < 0 or mse_weight < 0 or rank_weight + mse_weight == 0:
-                raise TraceStoreError(f"--rank-weight {rank_weight} and --mse-weight {mse_weight}: both must be >= 0 "
-                                      "and one > 0")
-            cfg = FitConfig(label_method=label_method, transform=transform, pool=pool, layer_sizes=sizes,
-                            epochs=epochs, lr=lr, rank_weight=rank_weight, mse_weight=mse_weight,
-                            val_fraction=val_fraction, seed=seed,
-                            correct_only=not include_incorrect)
-            with _progress(console, "epochs") as progress:
-                bar = progress.add_task("epochs", total=epochs)
+        if preset is not None and preset not in PRESETS:
+            raise TraceStoreError(f"unknown --preset {preset!r}: choose from {', '.join(PRESETS)}")
+        try:
+            sizes = [int(x) for x in layer_sizes.split(",")] if layer_sizes else None
+        except ValueError:
+            raise TraceStoreError(f"--layer-sizes {layer_sizes!r}: give widths such as 256,64") from None
+        if preset:
+            sizes = PRESETS[preset]
+        if rank_weight < 0 or mse_weight < 0 or rank_weight + mse_weight == 0:
+            raise TraceStoreError(f"--rank-weight {rank_weight} and --mse-weight {mse_weight}: both must be >= 0 "
+                                  "and one > 0")
+        cfg = FitConfig(label_method=label_method, transform=transform, pool=pool, layer_sizes=sizes,
+                        epochs=epochs, lr=lr, rank_weight=rank_weight, mse_weight=mse_weight,
+                        val_fraction=val_fraction, seed=seed,
+                        correct_only=not include_incorrect)
+        with _progress(console, "epochs") as progress:
+            bar = progress.add_task("epochs", total=epochs)
 
-                def on_epoch(epoch: int, row: dict[str, float]) -> None:
-                    progress.update(bar, completed=epoch)
-                    progress.console.log(f"epoch {epoch}: loss {row['train_loss']:.4f}, held-out tau "
-                                         f"{row['kendall_tau']:.3f}, top-20% recall@20 {row['top20_recall@20']:.3f}")
+            def on_epoch(epoch: int, row: dict[str, float]) -> None:
+                progress.update(bar, completed=epoch)
+                progress.console.log(f"epoch {epoch}: loss {row['train_loss']:.4f}, held-out tau "
+                                     f"{row['kendall_tau']:.3f}, top-20% recall@20 {row['top20_recall@20']:.3f}")
 
-                report = fit(TraceStore(store_dir), out, cfg, on_epoch)
-            console.print(f"predictor -> {out} (best epoch {report['best_epoch']}, held-out tau "
-                          f"{report['validation']['kendall_tau']:.3f})")
-
-        guard(go)
+            report = fit(TraceStore(store_dir), out, cfg, on_epoch)
+        console.print(f"predictor -> {out} (best epoch {report['best_epoch']}, held-out tau "
+                      f"{report['validation']['kendall_tau']:.3f})")
 
     @app.command("eval-predictor")
     def eval_predictor(
@@ -181,28 +172,25 @@ def register(app: typer.Typer, console: Console, guard) -> None:
     ) -> None:
         """Kendall tau, Spearman and top-20% recall of the predictor and of every baseline ranker."""
 
-        def go() -> None:
-            from harness.importance.evaluate import evaluate
+        from harness.importance.evaluate import evaluate
 
-            store = TraceStore(store_dir)
-            engine = _engine(store.meta["model"])
-            model = _load_predictor(predictor, engine)
-            with _progress(console, "traces") as progress:
-                bar = progress.add_task("traces", total=None)
-                result = evaluate(engine, store, model, label_method, limit, lambda: progress.advance(bar),
-                                  correct_only=not include_incorrect)
-            table = Table(title=f"Ranking the thinking tokens of {store_dir} ({label_method} labels)")
-            columns = list(next(iter(result.values())))
-            table.add_column("ranker")
-            for column in columns:
-                table.add_column(column, justify="right")
-            for name, metrics in sorted(result.items(), key=lambda kv: -kv[1]["kendall_tau"]):
-                table.add_row(name, *(f"{metrics.get(c, float('nan')):.3f}" for c in columns))
-            console.print(table)
-            _write_json(json_out, {"store": str(store_dir), "label_method": label_method,
-                                   "predictor": str(predictor) if predictor else "shipped", "rankers": result})
-
-        guard(go)
+        store = TraceStore(store_dir)
+        engine = _engine(store.meta["model"])
+        model = _load_predictor(predictor, engine)
+        with _progress(console, "traces") as progress:
+            bar = progress.add_task("traces", total=None)
+            result = evaluate(engine, store, model, label_method, limit, lambda: progress.advance(bar),
+                              correct_only=not include_incorrect)
+        table = Table(title=f"Ranking the thinking tokens of {store_dir} ({label_method} labels)")
+        columns = list(next(iter(result.values())))
+        table.add_column("ranker")
+        for column in columns:
+            table.add_column(column, justify="right")
+        for name, metrics in sorted(result.items(), key=lambda kv: -kv[1]["kendall_tau"]):
+            table.add_row(name, *(f"{metrics.get(c, float('nan')):.3f}" for c in columns))
+        console.print(table)
+        _write_json(json_out, {"store": str(store_dir), "label_method": label_method,
+                               "predictor": str(predictor) if predictor else "shipped", "rankers": result})
 
     @app.command()
     def analyze(
@@ -230,39 +218,36 @@ def register(app: typer.Typer, console: Console, guard) -> None:
         """Attention mode: how concentrated answer attention is, and the keep-top / bottom / random re-feeding
         experiment. Eviction mode: what DynTS keeps vs the oracle, per budget, and why answers are lost."""
 
-        def go() -> None:
-            from harness.importance.traces import TraceStoreError
+        from harness.importance.traces import TraceStoreError
 
-            if mode == "eviction":
-                _analyze_eviction(console, predictor, prompts, limit, budget, window, interval, policy,
-                                  batch_size, json_out, markdown)
-                return
-            if mode != "attention":
-                raise TraceStoreError(f"unknown --mode {mode!r}: use attention or eviction")
-            if store_dir is None:
-                raise TraceStoreError("analyze --mode attention needs a labelled trace store: dynts-bench analyze DIR")
-            from harness.importance.evaluate import analyze as run_analysis
+        if mode == "eviction":
+            _analyze_eviction(console, predictor, prompts, limit, budget, window, interval, policy,
+                              batch_size, json_out, markdown)
+            return
+        if mode != "attention":
+            raise TraceStoreError(f"unknown --mode {mode!r}: use attention or eviction")
+        if store_dir is None:
+            raise TraceStoreError("analyze --mode attention needs a labelled trace store: dynts-bench analyze DIR")
+        from harness.importance.evaluate import analyze as run_analysis
 
-            store = TraceStore(store_dir)
-            engine = _engine(store.meta["model"])
-            model = _load_predictor(predictor, engine) if predictor else None
-            with _progress(console, "traces") as progress:
-                bar = progress.add_task("traces", total=None)
-                report = run_analysis(engine, store, label_method, fraction, model, limit,
-                                      lambda: progress.advance(bar))
-            table = Table(title=f"Importance concentration and re-feeding ({store_dir})")
-            for column in ("traces", "tokens for 80% / 90% of answer attention", "kept", "same answer"):
-                table.add_column(column)
-            for part, data in report.items():
-                mass = (f"{data['tokens_for_80pct_attention']:.1%} / {data['tokens_for_90pct_attention']:.1%}"
-                        if data.get("tokens_for_80pct_attention") is not None else "-")
-                refeed = data.get("refeed_same_answer", {})
-                table.add_row(f"{part}: {data['traces']}", mass, "\n".join(refeed),
-                              "\n".join(f"{v:.1%}" for v in refeed.values()))
-            console.print(table)
-            _write_json(json_out, {"store": str(store_dir), "label_method": label_method, **report})
-
-        guard(go)
+        store = TraceStore(store_dir)
+        engine = _engine(store.meta["model"])
+        model = _load_predictor(predictor, engine) if predictor else None
+        with _progress(console, "traces") as progress:
+            bar = progress.add_task("traces", total=None)
+            report = run_analysis(engine, store, label_method, fraction, model, limit,
+                                  lambda: progress.advance(bar))
+        table = Table(title=f"Importance concentration and re-feeding ({store_dir})")
+        for column in ("traces", "tokens for 80% / 90% of answer attention", "kept", "same answer"):
+            table.add_column(column)
+        for part, data in report.items():
+            mass = (f"{data['tokens_for_80pct_attention']:.1%} / {data['tokens_for_90pct_attention']:.1%}"
+                    if data.get("tokens_for_80pct_attention") is not None else "-")
+            refeed = data.get("refeed_same_answer", {})
+            table.add_row(f"{part}: {data['traces']}", mass, "\n".join(refeed),
+                          "\n".join(f"{v:.1%}" for v in refeed.values()))
+        console.print(table)
+        _write_json(json_out, {"store": str(store_dir), "label_method": label_method, **report})
 
 
 def _analyze_eviction(console: Console, predictor: Optional[Path], prompts: Optional[Path], limit: Optional[int],
