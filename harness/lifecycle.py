@@ -1,7 +1,8 @@
 """One run's lifecycle, the same for every workload: open (or reuse) the result directory, find what an earlier
-invocation finished, bind the policy, record the environment, reset the peak-memory counters, sample the GPU
+invocation finished, record the environment, reset the peak-memory counters, sample the GPU
 while generating, and finally aggregate the rows into ``summary.json`` (atomically).
 
+    backend.prepare(policy)  # before any directory exists: a policy that cannot bind leaves nothing behind
     with ActiveRun(config, backend, policy, out_root, run_id) as run:
         if run.reused is None:
             workload.generate(run, backend, policy, on_sample)
@@ -35,7 +36,8 @@ class RunOutcome:
 
 
 class ActiveRun:
-    """A policy's run over a workload while it generates; ``reused`` is set when it was already complete."""
+    """A policy's run over a workload while it generates; ``reused`` is set when it was already complete. The
+    policy is bound to the backend (``Backend.prepare``) by the caller, before the run directory is opened."""
 
     def __init__(self, config: RunConfig, backend: Backend, policy: Policy, out_root: Path,
                  run_id: str | None = None, allow_stale: bool = False) -> None:
@@ -59,7 +61,6 @@ class ActiveRun:
             self.reused = RunOutcome(self.dir, summary, summary.get("n_samples", 0), reused=True)
             return self
         self.done = self.dir.done_ids()
-        self.backend.prepare(self.policy)
         self.env = environment()
         reset_cuda_peak()
         self._started = time.perf_counter()

@@ -56,15 +56,21 @@ def test_attention_label_equals_eager_attention(random_reasoner, store) -> None:
     torch.testing.assert_close(attention_label(engine, trace), expected, atol=1e-6, rtol=1e-4)
 
 
-def test_lookback_label_equals_eager_attention(random_reasoner, store) -> None:
+def _eager_attention(random_reasoner, store, which: slice):
+    """A stored trace (up to its EOS) and its attention probabilities from an eager forward, [L, T(query), T(key)]
+    averaged over heads: the slow reference the labels are checked against."""
     engine = TransformersBackend(str(random_reasoner))
-    trace = next(store.load(store.records()[1:2]))
-    r = trace.record
-    end = r.length - (1 if int(trace.tokens[-1]) in engine.parts.eos_ids else 0)
+    trace = next(store.load(store.records()[which]))
+    end = trace.record.length - (1 if int(trace.tokens[-1]) in engine.parts.eos_ids else 0)
     eager = LlamaForCausalLM.from_pretrained(random_reasoner, attn_implementation="eager").eval()
     with torch.no_grad():
         attentions = eager(input_ids=trace.tokens[None, :end], output_attentions=True).attentions
-    probs = torch.stack(attentions)[:, 0].mean(1)  # [L, T(query), T(key)]
+    return engine, trace, end, torch.stack(attentions)[:, 0].mean(1)
+
+
+def test_lookback_label_equals_eager_attention(random_reasoner, store) -> None:
+    engine, trace, end, probs = _eager_attention(random_reasoner, store, slice(1, 2))
+    r = trace.record
     rows, cols = torch.arange(end)[:, None], torch.arange(end)[None, :]
     far = probs * (cols <= rows - 32)
     expected = far.amax(dim=1).mean(0)[r.thinking]
@@ -72,14 +78,8 @@ def test_lookback_label_equals_eager_attention(random_reasoner, store) -> None:
 
 
 def test_later_label_equals_eager_attention_from_every_far_query(random_reasoner, store) -> None:
-    engine = TransformersBackend(str(random_reasoner))
-    trace = next(store.load(store.records()[2:3]))
+    engine, trace, end, probs = _eager_attention(random_reasoner, store, slice(2, 3))
     r = trace.record
-    end = r.length - (1 if int(trace.tokens[-1]) in engine.parts.eos_ids else 0)
-    eager = LlamaForCausalLM.from_pretrained(random_reasoner, attn_implementation="eager").eval()
-    with torch.no_grad():
-        attentions = eager(input_ids=trace.tokens[None, :end], output_attentions=True).attentions
-    probs = torch.stack(attentions)[:, 0].mean(1)  # [L, T(query), T(key)]
     expected = torch.zeros(end)
     for query in range(end):  # every query (thinking or answer) at least 32 tokens after the key
         for key in range(max(0, query - 31)):

@@ -19,6 +19,7 @@ from backends.base import (
 )
 from backends.hf import loading
 from backends.hf.decode import ModelParts, generate_batch
+from backends.hf.tokenizer import TokenizerText, eos_ids_of
 from zoo.base import OBSERVATIONS, ModelInfo, Policy
 from zoo.schedule import EvictionSchedule
 
@@ -30,7 +31,7 @@ def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
     return 2 * config.num_hidden_layers * heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
 
-class TransformersBackend:
+class TransformersBackend(TokenizerText):
     """Runs the project's decode loop (``backends.hf.decode``) on a transformers model: every observation and
     every protocol. Code that needs more than the backend contract (the decode loop's parts, the model itself:
     replay, bench, the predictor pipeline) is typed against this class."""
@@ -61,14 +62,7 @@ class TransformersBackend:
 
     # ------------------------------------------------------------------ model facts
     def _eos_ids(self) -> frozenset[int]:
-        ids = set()
-        for source in (self.model.generation_config, self.model.config, self.tokenizer):
-            eos = getattr(source, "eos_token_id", None)
-            if isinstance(eos, int):
-                ids.add(eos)
-            elif isinstance(eos, (list, tuple)):
-                ids.update(int(i) for i in eos)
-        return frozenset(ids)
+        return eos_ids_of(self.model.generation_config, self.model.config, self.tokenizer)
 
     def _pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
@@ -108,30 +102,6 @@ class TransformersBackend:
             "kv_bytes_per_token": self.parts.kv_bytes_per_token,
             "batch_size": self.batch_size,
         }
-
-    # ------------------------------------------------------------------ prompts
-    def encode_prompt(self, text: str, chat: bool = True) -> list[int]:
-        """Token ids of a prompt; with ``chat`` the tokenizer's chat template wraps it as a user turn."""
-        if chat and self.tokenizer.chat_template:
-            ids = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-            )
-            if not isinstance(ids, list):  # transformers 5 returns a BatchEncoding
-                ids = ids["input_ids"]
-            return [int(i) for i in ids]
-        return self.tokenizer.encode(text)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
-
-    def chat_template(self) -> str | None:
-        return self.tokenizer.chat_template
-
-    def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     # ------------------------------------------------------------------ generation
     def prepare(self, policy: Policy) -> None:

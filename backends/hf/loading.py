@@ -93,6 +93,14 @@ def gguf_cache_name(gguf: Path) -> str:
     return f"{gguf.stem}-{digest.hexdigest()[:12]}"
 
 
+def transformers_dir(source: ModelSource) -> str | Path:
+    """What transformers (or vLLM) loads for ``source``: a GGUF file converted once into the cache, keyed on
+    its content; any other source as it is."""
+    if source.kind == "gguf" or source.spec == SMOLLM2_ALIAS:
+        return _from_gguf(Path(source.path), gguf_cache_name(Path(source.path)))
+    return source.path
+
+
 def _from_gguf(gguf: Path, cache_name: str) -> Path:
     """Convert a GGUF file to a transformers directory once; later loads read the directory."""
     target = CACHE_DIR / cache_name
@@ -119,9 +127,7 @@ def load(
     if dtype not in DTYPES:
         raise BackendError(f"unknown --dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     source = resolve(spec)
-    path: str | Path = source.path
-    if source.kind == "gguf" or source.spec == SMOLLM2_ALIAS:
-        path = _from_gguf(Path(source.path), gguf_cache_name(Path(source.path)))
+    path = transformers_dir(source)
     attn = register()
     hf_logging.disable_progress_bar()  # our own rich progress is the one users watch
     try:

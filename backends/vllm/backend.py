@@ -12,7 +12,6 @@ import os
 import time
 from collections.abc import Sequence
 from itertools import count
-from pathlib import Path
 from typing import Any
 
 from backends.base import (
@@ -24,6 +23,7 @@ from backends.base import (
     SequenceResult,
     check_schedules,
 )
+from backends.hf.tokenizer import TokenizerText, eos_ids_of
 from backends.vllm.checks import ENGINE_ENV, check_engine_config, check_version
 from backends.vllm.runtime import EXTRA_KEY
 from zoo.base import ModelInfo, Policy
@@ -40,11 +40,11 @@ def model_directory(spec: str) -> tuple[str, str, str]:
 
     source = loading.resolve(spec)
     if source.kind == "gguf" or source.spec == loading.SMOLLM2_ALIAS:
-        return str(loading._from_gguf(Path(source.path), Path(source.path).stem)), source.kind, source.path
+        return str(loading.transformers_dir(source)), source.kind, source.path
     return source.path, source.kind, source.path
 
 
-class VLLMBackend:
+class VLLMBackend(TokenizerText):
     """vLLM ``LLM`` in this process with the compacting scheduler and worker (module docstring)."""
 
     name = "vllm"
@@ -131,18 +131,11 @@ class VLLMBackend:
     def _eos_ids(self) -> frozenset[int]:
         from transformers import GenerationConfig
 
-        ids: set[int] = set()
         try:
             generation = GenerationConfig.from_pretrained(self.path)
         except OSError:
             generation = None
-        for source in (generation, self.config, self.tokenizer):
-            eos = getattr(source, "eos_token_id", None)
-            if isinstance(eos, int):
-                ids.add(eos)
-            elif isinstance(eos, (list, tuple)):
-                ids.update(int(i) for i in eos)
-        return frozenset(ids)
+        return eos_ids_of(generation, self.config, self.tokenizer)
 
     def model_info(self) -> ModelInfo:
         tokenizer = self.tokenizer
@@ -183,29 +176,6 @@ class VLLMBackend:
         }
 
     # ------------------------------------------------------------------ prompts
-    def encode_prompt(self, text: str, chat: bool = True) -> list[int]:
-        if chat and self.tokenizer.chat_template:
-            ids = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-            )
-            if not isinstance(ids, list):
-                ids = ids["input_ids"]
-            return [int(i) for i in ids]
-        return self.tokenizer.encode(text)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
-
-    def chat_template(self) -> str | None:
-        return self.tokenizer.chat_template
-
-    def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                                  tokenize=False)
-
     # ------------------------------------------------------------------ generation
     def prepare(self, policy: Policy) -> None:
         self.capabilities.require(self.name, policy)

@@ -25,12 +25,19 @@ class PromptWorkload:
         self.items: list[PromptItem] = load_prompts(path, limit)
         self.chat = chat
         self.source_name, self.source_hash, self.n_items = path.name, file_sha256(path), len(self.items)
+        self._encoded: tuple[Backend, dict[str, list[int]]] | None = None
+
+    def prompt_ids(self, backend: Backend) -> dict[str, list[int]]:
+        """Every prompt's token ids, encoded once per backend for the prompt check and every policy."""
+        if self._encoded is None or self._encoded[0] is not backend:
+            self._encoded = (backend, {i.id: backend.encode_prompt(i.prompt, chat=self.chat) for i in self.items})
+        return self._encoded[1]
 
     def config_extra(self) -> dict[str, Any]:
         return {}
 
     def check(self, backend: Backend, policies: Mapping[str, Policy], schedule: EvictionSchedule) -> None:
-        encoded = [GenerationRequest(i.id, backend.encode_prompt(i.prompt, chat=self.chat)) for i in self.items]
+        encoded = [GenerationRequest(sid, ids) for sid, ids in self.prompt_ids(backend).items()]
         for policy in policies.values():
             check_schedules(encoded, policy, schedule)
 
@@ -38,8 +45,8 @@ class PromptWorkload:
         seed = run.config.sampling.seed
         todo = [item for item in self.items if item.id not in run.done]
         by_id = {item.id: item for item in todo}
-        requests = [GenerationRequest(i.id, backend.encode_prompt(i.prompt, chat=self.chat), request_seed(seed, i.id))
-                    for i in todo]
+        prompt_ids = self.prompt_ids(backend)
+        requests = [GenerationRequest(i.id, prompt_ids[i.id], request_seed(seed, i.id)) for i in todo]
         thinking = backend.model_info().think_end_id is not None
 
         def record(results: list[SequenceResult]) -> None:
