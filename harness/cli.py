@@ -18,6 +18,7 @@ from backends import BACKENDS, build_backend
 from harness.options import RunOptions, cli_parameters
 from harness.predictor_cli import register as register_predictor_commands
 from harness.progress import per_policy, progress_for
+from harness.serve import register as register_serve_command
 from harness.tinyreasoner.cli import register as register_tiny_commands
 from zoo.errors import UserError
 
@@ -235,6 +236,7 @@ def bench(
 
 register_tiny_commands(app, console)
 register_predictor_commands(app, console)
+register_serve_command(app, console)
 
 
 def main() -> None:

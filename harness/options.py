@@ -12,7 +12,7 @@ import dataclasses
 import inspect
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -217,12 +217,14 @@ def _coerce(key: str, hint: Any, value: Any, where: str) -> Any:
     return value
 
 
-def cli_parameters() -> list[inspect.Parameter]:
-    """``RunOptions`` as typer parameters: the ``run`` command's signature."""
+def cli_parameters(only: Collection[str] | None = None) -> list[inspect.Parameter]:
+    """``RunOptions`` as typer parameters: the ``run`` command's signature (``only``: a subset, e.g. ``serve``'s)."""
     import typer
 
     params = []
     for f in fields(RunOptions):
+        if only is not None and f.name not in only:
+            continue
         hint = field_type(f.name)
         base, _ = _inner(hint)
         default = f.default

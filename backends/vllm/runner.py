@@ -10,7 +10,8 @@ original first and then ``runtime.WorkerRuntime`` (see there for what each step 
 * ``GPUModelRunner.sample_tokens``   -> compaction, reported on ``ModelRunnerOutput.dynts_compactions`` (and the
   step's policy seconds per request on ``dynts_policy_s``).
 
-Without a configured policy (``dynts_configure(None)``) the runner is vanilla vLLM.
+Without a configured policy (``dynts_configure(None)``) the runner is vanilla vLLM. Under ``dynts-bench serve`` it
+configures itself from the environment (``backends.vllm.serve``) on its first scheduled step.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from vllm.v1.worker.cpu_worker import CPUWorker
 
 from backends.base import BackendError
 from backends.vllm.runtime import WorkerRuntime
+from backends.vllm.serve import build_served_policy, served_spec
 from zoo.base import Policy
 
 
@@ -30,13 +32,26 @@ class CompactingCPUModelRunner(CPUModelRunner):
     """``CPUModelRunner`` + a ``WorkerRuntime`` when a policy is configured (module docstring)."""
 
     dynts: WorkerRuntime | None = None
+    _served_checked = False
 
-    def dynts_configure(self, policy: Policy | None, think_end_id: int | None) -> None:
+    def dynts_configure(self, policy: Policy | None, think_end_id: int | None,
+                        default_options: dict[str, Any] | None = None) -> None:
         if self.dynts is not None:  # called between generations: what it still tracks has finished
             self.dynts.close()
-        self.dynts = WorkerRuntime(self, policy, think_end_id) if policy is not None and policy.evicts else None
+        evicts = policy is not None and policy.evicts
+        self.dynts = WorkerRuntime(self, policy, think_end_id, default_options) if evicts else None
+
+    def _configure_served(self) -> None:
+        """Under ``dynts-bench serve`` the policy comes from the environment, once the KV caches exist."""
+        self._served_checked = True
+        spec = served_spec()
+        if spec is not None and self.dynts is None:
+            policy, think_end_id = build_served_policy(spec)
+            self.dynts_configure(policy, think_end_id, spec.default_options)
 
     def _update_states(self, scheduler_output: Any):
+        if not self._served_checked:
+            self._configure_served()
         runtime = self.dynts
         if runtime is not None:
             runtime.before_update(scheduler_output)

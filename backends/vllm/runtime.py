@@ -120,7 +120,9 @@ class _PagedCache:
 class WorkerRuntime:
     """One policy bound to one model runner (see module docstring)."""
 
-    def __init__(self, runner: Any, policy: Policy, think_end_id: int | None) -> None:
+    def __init__(self, runner: Any, policy: Policy, think_end_id: int | None,
+                 default_options: dict[str, Any] | None = None) -> None:
+        """``default_options``: our ``extra_args`` entry for requests without one (a server's clients)."""
         from vllm import _custom_ops as ops
         from vllm.v1.kv_cache_interface import FullAttentionSpec
 
@@ -148,6 +150,7 @@ class WorkerRuntime:
         self.slabs = [slab_view(c) for c in caches]
         self.policy = policy
         self.think_end_id = think_end_id
+        self.default_options = default_options
         self.observes = type(policy).observe is not Policy.observe
         self.needs_hidden = "hidden" in policy.needs
         self.capacity = int(runner.max_model_len)
@@ -192,6 +195,7 @@ class WorkerRuntime:
                 continue
             params = new.sampling_params
             options = (params.extra_args or {}).get(EXTRA_KEY) if params is not None else None
+            options = options or self.default_options
             if options is None:
                 continue  # a request sent without the policy (e.g. another client of a shared engine)
             schedule = EvictionSchedule(**options["schedule"]) if options.get("schedule") else None

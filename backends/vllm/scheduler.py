@@ -11,7 +11,7 @@ then free the rest of a request finishing in the same step).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from vllm.v1.core.sched.scheduler import Scheduler
@@ -19,6 +19,7 @@ from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
 
 from backends.base import BackendError
 from backends.vllm.runtime import EXTRA_KEY
+from backends.vllm.serve import served_spec, write_stats
 
 
 class CompactingFullAttentionManager(FullAttentionManager):
@@ -80,11 +81,28 @@ class CompactingScheduler(Scheduler):
         self.manager.__class__ = CompactingFullAttentionManager
         self.manager.dropped = {}
         self.kv_stats: dict[str, RequestKV] = {}
+        self.served = served_spec()  # under ``dynts-bench serve``: stats of finished requests go to its file
 
     def _stats_key(self, request: Any) -> str | None:
         params = getattr(request, "sampling_params", None)
         options = (getattr(params, "extra_args", None) or {}).get(EXTRA_KEY)
-        return None if options is None else str(options.get("id", request.request_id))
+        if options is None:
+            return request.request_id if self.served is not None else None
+        return str(options.get("id", request.request_id))
+
+    def _free_request(self, request: Any, *args: Any, **kwargs: Any):
+        """vLLM's, then (serving) the finished request's KV stats go to the stats file instead of waiting for a
+        reader that a server does not have."""
+        result = super()._free_request(request, *args, **kwargs)
+        if self.served is not None:
+            key = self._stats_key(request)
+            stats = self.kv_stats.pop(key, None) if key is not None else None
+            if stats is not None:
+                write_stats(self.served, {"request_id": request.request_id, "prompt_tokens": request.num_prompt_tokens,
+                                          "output_tokens": request.num_output_tokens,
+                                          "pool_blocks": self.kv_cache_manager.block_pool.num_gpu_blocks,
+                                          **asdict(stats)})
+        return result
 
     def schedule(self, *args: Any, **kwargs: Any):
         output = super().schedule(*args, **kwargs)
