@@ -60,11 +60,12 @@ class VLLMBackend(VLLMModel):
                                "layout) is not wired yet: use --device cpu or --backend transformers")
         for key, value in ENGINE_ENV.items():
             os.environ[key] = value
-        if kv_cache_gib is not None:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
         if (engine_args or {}).get("kv_cache_memory_bytes"):
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = ""  # vLLM's CPU platform lets this env var win when set
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)  # vLLM's CPU platform lets this env var win when set
+        else:
+            if kv_cache_gib is not None:
+                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm import LLM
 
         super().__init__(model, dtype)
@@ -229,7 +230,7 @@ class VLLMBackend(VLLMModel):
         peak = kv.peak_physical_tokens if kv is not None else prompt + len(ids) - 1
         extra = {"batch_size": self.batch_size, "block_size": self.block_size}
         if kv is not None:
-            extra.update(kv_peak_blocks=kv.peak_blocks, kv_freed_blocks=kv.freed_blocks,
+            extra.update(kv_peak_blocks=kv.peak_blocks, kv_freed_blocks=kv.freed_blocks, preemptions=kv.preemptions,
                          kv_min_free_blocks=kv.min_free_blocks, kv_pool_blocks=self.block_pool.num_gpu_blocks)
         return SequenceResult(
             request_id=request.request_id,

@@ -62,6 +62,7 @@ class RequestKV:
     freed_blocks: int = 0
     min_free_blocks: int = -1  # fewest free blocks in the pool while this request ran
     policy_s: float = 0.0  # worker time in observe + score + select + evict for this request
+    preemptions: int = 0  # times vLLM preempted it (the pool ran out of blocks); its resume recomputes everything
 
 
 class CompactingScheduler(Scheduler):
@@ -81,6 +82,7 @@ class CompactingScheduler(Scheduler):
         self.manager.__class__ = CompactingFullAttentionManager
         self.manager.dropped = {}
         self.kv_stats: dict[str, RequestKV] = {}
+        self.peak_running = 0  # most requests running in one step (a full pool makes vLLM queue the rest)
         self.served = served_spec()  # under ``dynts-bench serve``: stats of finished requests go to its file
 
     def _stats_key(self, request: Any) -> str | None:
@@ -106,6 +108,7 @@ class CompactingScheduler(Scheduler):
 
     def schedule(self, *args: Any, **kwargs: Any):
         output = super().schedule(*args, **kwargs)
+        self.peak_running = max(self.peak_running, len(self.running))
         free = self.kv_cache_manager.block_pool.get_num_free_blocks()
         for req_id in output.num_scheduled_tokens:
             request = self.requests.get(req_id)
@@ -118,6 +121,12 @@ class CompactingScheduler(Scheduler):
             stats.peak_physical_tokens = max(stats.peak_physical_tokens, physical)
             stats.min_free_blocks = free if stats.min_free_blocks < 0 else min(stats.min_free_blocks, free)
         return output
+
+    def _preempt_request(self, request: Any, *args: Any, **kwargs: Any) -> None:
+        super()._preempt_request(request, *args, **kwargs)
+        key = self._stats_key(request)
+        if key is not None:
+            self.kv_stats.setdefault(key, RequestKV()).preemptions += 1
 
     def update_from_output(self, scheduler_output: Any, model_runner_output: Any):
         reports = getattr(model_runner_output, "dynts_compactions", None) or {}
