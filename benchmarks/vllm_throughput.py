@@ -12,7 +12,8 @@ The policies run in interleaved rounds (round r runs every policy once, in an or
 ratio is taken within a round, so a machine whose load drifts moves numerator and denominator together. Both
 wall-clock tokens/s and tokens per CPU-second of this process are reported: with one intra-op thread the CPU
 figure is what the work costs, whatever else runs on the machine. Also: preemptions, the most requests running
-at once, peak blocks per request, and the policy's share of the run (observe + score + select + evict).
+at once, peak blocks per request, and the policy's share of the run's wall time (every second the worker spent in
+observe, query capture and score + select + evict, counted once, over the run's wall time).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def one_run(backend: Any, policy: Any, requests: list, schedule: Any, sampling: 
     backend.prepare(policy)
     backend._configure(policy)
     backend.scheduler.peak_running = 0
+    runtime = backend.model_runner.dynts
+    policy0 = runtime.total_policy_s if runtime is not None else 0.0
     wall0, cpu0 = time.perf_counter(), time.process_time()
     results = backend._run_group(requests, policy, schedule if policy.evicts else None, sampling, ignore_eos=True)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
@@ -64,7 +67,7 @@ def one_run(backend: Any, policy: Any, requests: list, schedule: Any, sampling: 
     return {
         "tokens": tokens, "wall_s": wall, "cpu_s": cpu,
         "tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / cpu,
-        "policy_share": sum(r.policy_s for r in results) / max(1e-9, wall * len(results)),
+        "policy_share": ((runtime.total_policy_s - policy0) / wall) if runtime is not None else 0.0,
         "preemptions": sum(r.extra.get("preemptions", 0) for r in results),
         "peak_running": backend.scheduler.peak_running,
         "peak_blocks_per_request": max(r.extra.get("kv_peak_blocks", 0) for r in results),

@@ -4,12 +4,13 @@ A policy hands back, per request, the slots it keeps (indices into the request's
 order). ``plan`` turns that into a ``CompactionPlan`` over the request's block table: which slot is copied
 where (kept tokens move to the front, order preserved), which whole blocks become free, the new physical
 length and the logical (RoPE) positions that stay. ``moves`` applies the copies to any cache whose per-block
-slab stores each token at a fixed set of element offsets (every KV layout we know), overlapping moves
-included. Nothing here imports an engine.
+slab stores each token at a fixed set of element offsets (the CPU kernels' layouts), or to a dense
+``[blocks, heads, block_size, channels]`` cache (the GPU kernels' logical view), overlapping moves included.
+Nothing here imports an engine.
 """
 
-from backends.paged.moves import apply_moves, gather_tokens
+from backends.paged.moves import apply_dense_moves, apply_moves, gather_dense, gather_tokens
 from backends.paged.plan import BatchPlan, CompactionPlan, PlanError, merge_plans, plan_compaction
 
-__all__ = ["BatchPlan", "CompactionPlan", "PlanError", "apply_moves", "gather_tokens", "merge_plans",
-           "plan_compaction"]
+__all__ = ["BatchPlan", "CompactionPlan", "PlanError", "apply_dense_moves", "apply_moves", "gather_dense",
+           "gather_tokens", "merge_plans", "plan_compaction"]

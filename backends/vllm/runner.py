@@ -98,3 +98,13 @@ class CompactingCPUWorker(CPUWorker):
 
     def dynts_configure(self, policy: Policy | None, think_end_id: int | None) -> None:
         self.model_runner.dynts_configure(policy, think_end_id)  # type: ignore[attr-defined]
+
+    def dynts_kv_isas(self) -> list[str]:
+        """The attention ISA of each layer on this rank (``collective_rpc``: reachable under tensor parallelism)."""
+        context = self.model_runner.compilation_config.static_forward_context
+        return sorted({str(getattr(layer, "isa", "")) for layer in context.values() if hasattr(layer, "isa")})
+
+    def dynts_kept_digest(self) -> str | None:
+        """sha256 of the kept sets this rank chose itself (tensor parallelism: equal on every rank)."""
+        runtime = self.model_runner.dynts  # type: ignore[attr-defined]
+        return None if runtime is None else runtime.kept_digest.hexdigest()

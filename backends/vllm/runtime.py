@@ -16,6 +16,7 @@ Per step (hooks called by ``runner.CompactingCPUModelRunner``):
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Sequence
@@ -26,8 +27,8 @@ import numpy as np
 import torch
 
 from backends.base import BackendError
-from backends.paged import apply_moves, gather_tokens, merge_plans, plan_compaction
-from backends.vllm.layouts import TokenLayout, layout_for, probe_layout, slab_view
+from backends.paged import merge_plans, plan_compaction
+from backends.vllm.layouts import LayerStore, SlabStore, layout_for, probe_layout
 from backends.vllm.state import OBSERVE_CHUNK, PendingObservation, QueryStore, RequestState
 from zoo.base import CacheView, Policy, StepObservation
 from zoo.schedule import EvictionSchedule
@@ -56,6 +57,14 @@ class StepLayout:
     query_start: np.ndarray
 
 
+def _tensor_parallel_group() -> Any:
+    """vLLM's tensor-parallel group when there is more than one rank, else None."""
+    from vllm.distributed.parallel_state import get_tp_group
+
+    group = get_tp_group()
+    return group if group.world_size > 1 else None
+
+
 def _layer_index(name: str) -> int:
     match = _LAYER_INDEX.search(name)
     if match is None:
@@ -66,13 +75,13 @@ def _layer_index(name: str) -> int:
 class LazyKeys(Sequence):
     """Per-layer keys ``[B, kv_heads, T, head_dim]`` gathered from the blocks only when a policy reads them."""
 
-    def __init__(self, slabs: list[torch.Tensor], layout: TokenLayout, blocks: torch.Tensor, offsets: torch.Tensor,
-                 valid: torch.Tensor) -> None:
-        self.slabs, self.layout, self.blocks, self.offsets, self.valid = slabs, layout, blocks, offsets, valid
+    def __init__(self, stores: list[LayerStore], blocks: torch.Tensor, offsets: torch.Tensor,
+                 valid: torch.Tensor, tp: Any = None) -> None:
+        self.stores, self.blocks, self.offsets, self.valid, self.tp = stores, blocks, offsets, valid, tp
         self._cache: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
-        return len(self.slabs)
+        return len(self.stores)
 
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
@@ -80,7 +89,9 @@ class LazyKeys(Sequence):
         if index < 0:
             index += len(self)
         if index not in self._cache:
-            keys = gather_tokens(self.slabs[index], self.blocks, self.offsets, self.layout.key_only)  # [B,T,H,D]
+            keys = self.stores[index].keys(self.blocks, self.offsets)  # [B, T, H, D]
+            if self.tp is not None:  # every rank reads every head (all ranks run this same read, in order)
+                keys = self.tp.all_gather(keys.contiguous(), dim=2)
             keys = keys.masked_fill(~self.valid[:, :, None, None], 0)
             self._cache[index] = keys.permute(0, 2, 1, 3)
         return self._cache[index]
@@ -102,8 +113,8 @@ class _PagedCache:
             plans.append(plan_compaction(st.request_id, block_ids, st.physical, real, rt.block_size))
             survivors.append(real)
         batch = merge_plans(plans)
-        for slab in rt.slabs:
-            apply_moves(slab, batch, rt.layout.offsets)
+        for store in rt.stores:
+            store.move(batch)
         table = runner.input_batch.block_table[0]
         for st, plan, real in zip(self.due, plans, survivors):
             before = st.physical
@@ -147,7 +158,7 @@ class WorkerRuntime:
         self.layout = layout_for(isa, self.block_size, self.head_dim, caches[0].dtype)
         probe_layout(self.layout, caches[0].dtype, lambda k, v, kc, vc, s, i: ops.cpu_attn_reshape_and_cache(
             k, v, kc, vc, s, i))
-        self.slabs = [slab_view(c) for c in caches]
+        self.stores: list[LayerStore] = [SlabStore(c, self.layout) for c in caches]
         self.policy = policy
         self.think_end_id = think_end_id
         self.default_options = default_options
@@ -156,6 +167,12 @@ class WorkerRuntime:
         self.capacity = int(runner.max_model_len)
         self.requests: dict[str, RequestState] = {}
         self.spent: dict[str, float] = {}  # policy seconds per request in the current step
+        #: every second spent in policy code (observe, query capture, score + select + evict), counted once:
+        #: the per-request ``policy_s`` charge a batched compaction to every request in it
+        self.total_policy_s = 0.0
+        self.tp = _tensor_parallel_group()
+        #: sha256 over the kept sets this rank chose itself, before rank 0's are broadcast (tests compare ranks)
+        self.kept_digest = hashlib.sha256()
         self.step: StepLayout | None = None
         self.queries: QueryStore | None = None
         self._step_queries: list[torch.Tensor | None] = [None] * len(self.layers)
@@ -256,7 +273,9 @@ class WorkerRuntime:
                 tokens = input_ids[start:start + q].clone()
                 h = hidden[start:start + q].clone() if self.needs_hidden else None
                 self._observe(st, physical_start, tokens, h, prefill)
-                self._charge(st, time.perf_counter() - t0)
+                spent = time.perf_counter() - t0
+                self.total_policy_s += spent
+                self._charge(st, spent)
             if self.queries is not None and st.query_row >= 0:
                 n = min(q, self.queries.window)
                 q_rows.append(np.full(n, st.query_row))
@@ -270,7 +289,9 @@ class WorkerRuntime:
             for layer, query in enumerate(self._step_queries):
                 assert query is not None
                 self.queries.write(layer, rows, pos, query[tok].view(len(tok), -1, self.head_dim))
-            spent = (time.perf_counter() - t0) / max(1, len(q_rows))
+            spent = time.perf_counter() - t0
+            self.total_policy_s += spent
+            spent /= max(1, len(q_rows))
             for rid in step.req_ids:
                 if rid in self.requests:
                     self._charge(self.requests[rid], spent)
@@ -324,6 +345,14 @@ class WorkerRuntime:
         spent, self.spent = self.spent, {}
         return reports, spent
 
+    def _agree(self, kept: torch.Tensor, kept_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tensor parallelism: every rank has chosen from the same inputs (hidden states are replicated, keys and
+        queries gathered over ranks); rank 0's choice is broadcast so that float noise can never split them."""
+        self.kept_digest.update(kept.to(torch.long).numpy().tobytes() + kept_valid.numpy().tobytes())
+        kept = self.tp.broadcast(kept.to(torch.long).contiguous(), src=0)
+        kept_valid = self.tp.broadcast(kept_valid.to(torch.uint8).contiguous(), src=0).bool()
+        return kept, kept_valid
+
     # ------------------------------------------------------------------ compaction
     def compact(self, runner: Any, due: list[RequestState]) -> dict[str, Compaction]:
         t0 = time.perf_counter()
@@ -360,8 +389,10 @@ class WorkerRuntime:
             rows = torch.tensor([st.query_row for st in due], dtype=torch.long)
             lengths = torch.tensor([st.logical for st in due], dtype=torch.long)
             queries, query_valid = self.queries.read(rows, lengths)
+            if self.tp is not None:
+                queries = [self.tp.all_gather(q.contiguous(), dim=1) for q in queries]
         view = CacheView(valid=valid, positions=positions, token_ids=token_ids, is_prompt=is_prompt,
-                         keys=LazyKeys(self.slabs, self.layout, blocks, offsets, valid), queries=queries,
+                         keys=LazyKeys(self.stores, blocks, offsets, valid, self.tp), queries=queries,
                          query_valid=query_valid, state=state, think_end_id=self.think_end_id)
         live = valid.sum(-1)
         prompt_counts = (is_prompt & valid).sum(-1)
@@ -370,9 +401,12 @@ class WorkerRuntime:
         assert sched is not None
         scores = self.policy.score(view)
         kept, kept_valid = self.policy.select(scores, view, keep, sched.window, sched.protect_prompt)
+        if self.tp is not None:
+            kept, kept_valid = self._agree(kept, kept_valid)
         cache = _PagedCache(self, runner, due, pads)
         self.policy.evict(cache, kept, kept_valid)
         elapsed = time.perf_counter() - t0
+        self.total_policy_s += elapsed
         for st in due:
             self._charge(st, elapsed)
             st.compressions += int(st.request_id in cache.reports)

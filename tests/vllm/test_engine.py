@@ -197,7 +197,7 @@ def test_consistency_through_compaction_preemption_and_abort(vllm_backend, probl
 
 def test_unsupported_configurations_fail_closed_with_one_line(vllm_backend):
     bad = [{"enable_prefix_caching": True}, {"async_scheduling": True}, {"speculative_config": {"method": "ngram"}},
-           {"pipeline_parallel_size": 2}, {"tensor_parallel_size": 2}, {"kv_cache_dtype": "fp8"}]
+           {"pipeline_parallel_size": 2}, {"kv_cache_dtype": "fp8"}]
     for options in bad:
         with pytest.raises(BackendError) as err:
             check_engine_config(options)

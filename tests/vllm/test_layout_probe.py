@@ -34,3 +34,11 @@ def test_the_isa_this_machine_picks_is_known():
     for dtype in (torch.float32, torch.bfloat16):
         for head_dim in (32, 64, 80, 128):
             layout_for(_get_attn_isa(dtype, 32, head_dim), 32, head_dim, dtype)
+
+
+def test_the_transcribed_gpu_stride_orders_are_vllms():
+    from vllm.v1.kv_cache_layout import KVCacheLayout
+
+    from tests.test_paged_dense import STRIDE_ORDERS
+
+    assert {m.name: m.value for m in KVCacheLayout} == STRIDE_ORDERS
