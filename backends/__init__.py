@@ -1,4 +1,4 @@
-"""Backends: run any policy under transformers (here), vLLM or SGLang (GPU engines, adapters pending)."""
+"""Backends: run any policy under transformers (here), vLLM or SGLang (paged engines, each in its own environment)."""
 
 from __future__ import annotations
 
@@ -24,18 +24,6 @@ class BackendEntry:
 
 def _transformers_missing() -> str | None:
     return None if importlib.util.find_spec("transformers") else "pip install transformers"
-
-
-def _engine_missing(package: str, extra: str, label: str) -> Callable[[], str | None]:
-    def check() -> str | None:
-        if importlib.util.find_spec(package) is None:
-            return f"{label} is not installed: pip install 'dynts-bench[{extra}]' on a machine with an NVIDIA GPU"
-        return (
-            f"the {label} adapter (compaction plans applied to {label}'s paged KV blocks) has not landed yet: "
-            "use --backend transformers"
-        )
-
-    return check
 
 
 def _transformers(**kwargs: Any) -> Backend:
@@ -72,11 +60,32 @@ def _vllm_capabilities() -> Capabilities:
     return CAPABILITIES
 
 
-def _unavailable(name: str) -> Callable[..., Backend]:
-    def factory(**kwargs: Any) -> Backend:
-        raise BackendError(BACKENDS[name].available() or f"backend {name} is unavailable")
+def _sglang_missing() -> str | None:
+    if importlib.util.find_spec("sglang") is None:
+        return ("SGLang is not installed: pip install 'dynts-bench[sglang]' on a machine with an NVIDIA GPU, or on CPU "
+                "run backends/sglang/install_cpu_env.sh (its own environment: SGLang pins transformers 5.19)")
+    from backends.sglang.checks import check_version
 
-    return factory
+    try:
+        check_version()
+    except BackendError as err:
+        return str(err)
+    return None
+
+
+def _sglang(**kwargs: Any) -> Backend:
+    reason = _sglang_missing()
+    if reason is not None:
+        raise BackendError(reason)
+    from backends.sglang.backend import SGLangBackend
+
+    return SGLangBackend(**kwargs)
+
+
+def _sglang_capabilities() -> Capabilities:
+    from backends.sglang.checks import CAPABILITIES
+
+    return CAPABILITIES
 
 
 BACKENDS: dict[str, BackendEntry] = {
@@ -98,10 +107,11 @@ BACKENDS: dict[str, BackendEntry] = {
     ),
     "sglang": BackendEntry(
         "sglang",
-        "SGLang paged engine (GPU)",
+        "SGLang 0.5.23 engine through its plugin hooks, policies remapping its token pool (page size 1)",
         "sglang",
-        _engine_missing("sglang", "sglang", "SGLang"),
-        _unavailable("sglang"),
+        _sglang_missing,
+        _sglang,
+        _sglang_capabilities(),
     ),
 }
 

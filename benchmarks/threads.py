@@ -5,7 +5,7 @@ machine load; prints generated tokens/s (median, min, max) per count and the rat
 quiet machine and next to other jobs (``--load N`` starts N busy-looping processes for the duration): intra-op
 threads spin at barriers when the cores are oversubscribed, which is what a shared CI runner does.
 
-    python benchmarks/threads.py [--model tiny-reasoner] [--limit 16] [--repeats 3] [--load 0]
+    python benchmarks/threads.py [--model tiny-reasoner] [--limit 16] [--repeats 3] [--load 0] [--budget 96]
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--load", type=int, default=0, help="busy processes to run alongside (a loaded machine)")
     p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--budget", type=int, default=96, help="window policy's KV budget (SmolLM2's chat prompts: 160)")
     a = p.parse_args(argv)
     counts = sorted({1, os.cpu_count() or 1})
     backend = TransformersBackend(a.model, batch_size=a.limit)
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     requests = [GenerationRequest(i.id, backend.encode_prompt(i.prompt)) for i in items]
     policy = build_policy("window")
     backend.prepare(policy)
-    schedule = EvictionSchedule(budget=96, interval=16, window=32)
+    schedule = EvictionSchedule(budget=a.budget, interval=16, window=32)
     stop = multiprocessing.Event()
     spinners = [multiprocessing.Process(target=_spin, args=(stop,), daemon=True) for _ in range(a.load)]
     for proc in spinners:
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 started = time.perf_counter()
                 results = backend.generate(requests, policy, schedule, SamplingParams(a.max_new_tokens))
                 rates[n].append(sum(r.generated_tokens for r in results) / (time.perf_counter() - started))
+                print(f"repeat {repeat}, {n} threads: {rates[n][-1]:.2f} tok/s", flush=True)
     finally:
         stop.set()
         for proc in spinners:

@@ -26,7 +26,13 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from backends.base import GenerationRequest, SamplingParams
+    from backends.vllm.backend import VLLMBackend
+    from zoo.base import Policy
+    from zoo.schedule import EvictionSchedule
 
 PROMPT = "Count from one to ten thousand, one number per line."
 
@@ -40,7 +46,7 @@ def untrained_predictor(hidden_size: int, model_id: str) -> str:
     return str(out)
 
 
-def build(name: str, backend: Any, model: str) -> tuple[Any, str]:
+def build(name: str, backend: VLLMBackend, model: str) -> tuple[Policy, str]:
     """The policy, and where DynTS's predictor came from."""
     from harness.catalog import shipped_predictor
     from zoo import build_policy
@@ -54,7 +60,8 @@ def build(name: str, backend: Any, model: str) -> tuple[Any, str]:
     return build_policy(name, predictor=head), "untrained head of the default shape"
 
 
-def one_run(backend: Any, policy: Any, requests: list, schedule: Any, sampling: Any) -> dict[str, Any]:
+def one_run(backend: VLLMBackend, policy: Policy, requests: list[GenerationRequest], schedule: EvictionSchedule,
+            sampling: SamplingParams) -> dict[str, Any]:
     backend.prepare(policy)
     backend._configure(policy)
     backend.scheduler.peak_running = 0

@@ -9,9 +9,7 @@ sample is flagged so that a report can count truncations.
 
 from __future__ import annotations
 
-import logging
 import re
-import threading
 from dataclasses import dataclass
 
 _NUMBER = re.compile(r"-?\d+(?:[.:]\d+)?")
@@ -107,31 +105,11 @@ def extract_number(output: str) -> Extracted:
     return Extracted(found, closed, "ok" if found is not None else "no_answer")
 
 
-def _in_thread(fn, timeout_s: float):
-    """Run ``fn`` in a daemon thread and give up after ``timeout_s``: math-verify's own timeouts use
-    ``signal.alarm``, which only works in the main thread, so they are off and this bounds the wait instead."""
-    box: list = []
-    worker = threading.Thread(target=lambda: box.append(fn()), daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    return box[0] if box else None
-
-
 def verify_math(gold: str, answer: str, timeout_s: float = 10.0) -> bool:
-    """Symbolic equivalence with math-verify (gold first: ``verify`` is not symmetric)."""
-    from math_verify import parse, verify
+    """Symbolic equivalence with math-verify, in a worker process that a time-out kills (``harness.verifier``)."""
+    from harness.verifier import verify
 
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-
-    def check() -> bool:
-        g = parse(f"${gold}$", parsing_timeout=None)
-        p = parse(f"${answer}$", parsing_timeout=None)
-        return bool(g and p and verify(g, p, timeout_seconds=None))
-
-    try:
-        return bool(_in_thread(check, timeout_s))
-    except Exception:  # noqa: BLE001 - an unparseable answer is a wrong answer, never a crash
-        return False
+    return verify(gold, answer, timeout_s)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,13 @@ named -- comparing different experiments is never a pass.
 * **KV memory**: the bytes the cache actually allocated (tensor storage, largest batch), absolute, against the
   baseline's with ``kv_tolerance`` -- the full cache's entry included, so a cache that stops shrinking, or a
   full cache that grows, fails.
-* **Speed**: the decode speed ratio to ``full`` of the same sweep, with ``speed_tolerance``.
+* **Speed** (from the sweep's speed probe, ``harness.speed``: interleaved repeats, min / median / max): the
+  decode time per token divided by a fixed reference computation timed beside it (catches a decode loop that
+  got slower for every policy, ``full`` included), and the decode time relative to ``full`` in the same round
+  (a policy's own cost). Each fails when its median rose by more than ``speed_tolerance`` (or when even the
+  fastest repeat did), and is **inconclusive** -- reported, not failed -- when the repeats spread wider than the
+  tolerance: a measurement that noisy cannot resolve a change of that size. The thread count, clock, reference
+  and probe workload must match the baseline's.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from harness.leaderboard import RunRecord
 from harness.results import ResultsError
 
-BASELINE_VERSION = 2
+BASELINE_VERSION = 3
 #: the drop in accuracy a sampled gate must be able to see, and with what power
 DETECTABLE_DROP, MIN_POWER = 0.05, 0.8
 #: run config fields that must match the baseline's for a comparison to mean anything
@@ -44,10 +51,6 @@ def validate_gate(alpha: float, kv_tolerance: float, speed_tolerance: float) -> 
     if not 0.0 < speed_tolerance < 1.0:
         raise ResultsError(f"--speed-tolerance must be in (0, 1), got {speed_tolerance}: 1 switches the speed "
                            "check off")
-
-
-def _key(r: RunRecord) -> str:
-    return f"{r.workload} | {r.model} | {r.policy} | {r.budget_label}"
 
 
 def _output_hash(ids: list[int]) -> str:
@@ -75,7 +78,7 @@ def _pool(records: list[RunRecord]) -> dict[str, dict[str, Any]]:
     pooled: dict[str, dict[str, Any]] = {}
     for r in records:
         config = _config(r)
-        entry = pooled.setdefault(_key(r), {"successes": 0, "trials": 0, "speed": [], "kv_allocated": [],
+        entry = pooled.setdefault(r.gate_key, {"successes": 0, "trials": 0, "kv_allocated": [],
                                             "runs": [], "configs": [], "samples": {}})
         entry["greedy"] = config["sampling"].get("temperature", 0.0) == 0.0
         if r.quality is not None and r.n_samples:
@@ -83,26 +86,52 @@ def _pool(records: list[RunRecord]) -> dict[str, dict[str, Any]]:
             entry["trials"] += r.n_samples
         if r.kv_allocated_bytes:
             entry["kv_allocated"].append(r.kv_allocated_bytes)
-        if r.speed_ratio_vs_full is not None:
-            entry["speed"].append(r.speed_ratio_vs_full)
         entry["runs"].append({"run_id": r.run_id, "config_hash": r.config_hash, "seed": config["sampling"]["seed"]})
         entry["configs"].append({k: v for k, v in config.items()})
         entry["samples"].update(_samples(r, config["sampling"]["seed"]))
     for entry in pooled.values():
         entry["kv_allocated_bytes"] = max(entry["kv_allocated"]) if entry["kv_allocated"] else None
-        entry["speed_ratio_vs_full"] = sum(entry["speed"]) / len(entry["speed"]) if entry["speed"] else None
         entry["configs"] = sorted(entry["configs"], key=lambda c: c["sampling"]["seed"])
-        del entry["kv_allocated"], entry["speed"]
+        del entry["kv_allocated"]
     return pooled
 
 
-def make_baseline(records: list[RunRecord], name: str, hardware: dict[str, Any] | None = None) -> dict[str, Any]:
+#: what a speed figure was measured with: a different value makes the figures incomparable
+SPEED_SETUP = ("clock", "reference", "spec", "threads")
+
+
+def load_speed(root: Path) -> dict[str, dict[str, Any]]:
+    """The speed probe's entries (``speed.json``) below ``root``, each carrying the setup it was measured with."""
+    entries: dict[str, dict[str, Any]] = {}
+    for path in sorted(root.rglob("speed.json")):
+        try:
+            probe = json.loads(path.read_text())
+            found = {key: {**{k: probe[k] for k in SPEED_SETUP[:3]}, **e} for key, e in probe["entries"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise ResultsError(f"{path} is unreadable or truncated: rerun the sweep (it reruns the probe)") from None
+        twice = sorted(set(found) & set(entries))
+        if twice:
+            raise ResultsError(f"{path} times {twice[0]!r} again: check one sweep's speed probe at a time")
+        entries.update(found)
+    return entries
+
+
+def _speed_record(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: entry[k] for k in (*SPEED_SETUP, "vs_reference", "vs_full", "ms_per_token") if k in entry}
+
+
+def make_baseline(records: list[RunRecord], name: str, hardware: dict[str, Any] | None = None,
+                  speed: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    entries = _pool(records)
+    for key, probed in (speed or {}).items():
+        if key in entries:
+            entries[key]["speed"] = _speed_record(probed)
     return {
         "version": BASELINE_VERSION,
         "name": name,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "hardware": hardware or {},
-        "entries": _pool(records),
+        "entries": entries,
     }
 
 
@@ -114,6 +143,7 @@ class Finding:
     current: str
     detail: str
     failed: bool
+    inconclusive: bool = False
 
 
 def _config_difference(base: list[dict[str, Any]], now: list[dict[str, Any]]) -> str | None:
@@ -192,6 +222,7 @@ def compare(
     alpha: float = 0.05,
     kv_tolerance: float = 0.02,
     speed_tolerance: float = 0.25,
+    speed: dict[str, dict[str, Any]] | None = None,
 ) -> list[Finding]:
     """Every check of every baseline entry against the current runs, and every current entry against it."""
     validate_gate(alpha, kv_tolerance, speed_tolerance)
@@ -220,12 +251,52 @@ def compare(
             findings.append(Finding(key, "KV allocated", _bytes(base["kv_allocated_bytes"]), _bytes(got),
                                     f"largest batch's cache storage; fail above {_bytes(limit)}",
                                     got is None or got > limit))
-        if base["speed_ratio_vs_full"] is not None and key.split(" | ")[2] != "full":
-            got = now["speed_ratio_vs_full"]
-            limit = base["speed_ratio_vs_full"] * (1 - speed_tolerance)
-            findings.append(Finding(key, "speed vs full", f"{base['speed_ratio_vs_full']:.3f}x",
-                                    "-" if got is None else f"{got:.3f}x", f"fail below {limit:.3f}x",
-                                    got is None or got < limit))
+        if base.get("speed"):
+            findings += _speed(key, base["speed"], (speed or {}).get(key), speed_tolerance)
+        elif (speed or {}).get(key):
+            findings.append(Finding(key, "speed", "absent", "probed", "the baseline has no speed figures for this "
+                                    "entry: update the baseline", True))
+    return findings
+
+
+def speed_verdict(base_median: float, now: dict[str, float], tolerance: float) -> tuple[str, str]:
+    """``ok`` / ``FAIL`` / ``inconclusive`` for a time figure (higher is slower) against the baseline's median.
+
+    FAIL when even the fastest repeat is above the limit (every repeat slower: a slowdown, however noisy),
+    inconclusive when the repeats spread, (max - min) / median, wider than the tolerance (they cannot resolve a
+    change of that size), else FAIL when the median is above the limit."""
+    limit = base_median * (1 + tolerance)
+    width = (now["max"] - now["min"]) / now["median"]
+    if now["min"] > limit:
+        return "FAIL", f"every repeat above {limit:.3f} (baseline median +{tolerance:.0%})"
+    if width > tolerance:
+        return "inconclusive", (f"repeats spread {width:.0%}, wider than the {tolerance:.0%} tolerance: too noisy to "
+                                "decide (rerun on a quieter machine)")
+    if now["median"] > limit:
+        return "FAIL", f"median above {limit:.3f} (baseline median +{tolerance:.0%}); spread {width:.0%}"
+    return "ok", f"median within {limit:.3f} (+{tolerance:.0%}); spread {width:.0%}"
+
+
+def _speed(key: str, base: dict[str, Any], now: dict[str, Any] | None, tolerance: float) -> list[Finding]:
+    if now is None:
+        return [Finding(key, "speed", "probed", "missing", "no speed probe timed this entry: rerun the sweep "
+                        "(its grid's speed: section runs the probe)", True)]
+    for field in SPEED_SETUP:
+        if base.get(field) != now.get(field):
+            return [Finding(key, "speed setup", "", "differs", f"{field}: {base.get(field)!r} -> {now.get(field)!r}"
+                            " (speed figures are comparable only under the same setup)", True)]
+    findings = []
+    for figure, label in (("vs_reference", "decode time vs reference"), ("vs_full", "decode time vs full")):
+        if figure not in base or (figure == "vs_full" and now.get("policy", key.split(" | ")[2]) == "full"):
+            continue
+        got = now.get(figure)
+        if got is None:
+            findings.append(Finding(key, label, f"{base[figure]['median']:.3f}", "-", "not measured", True))
+            continue
+        verdict, rule = speed_verdict(base[figure]["median"], got, tolerance)
+        findings.append(Finding(key, f"{label} ({now['threads']} thr)", f"{base[figure]['median']:.3f}",
+                                f"{got['min']:.3f} / {got['median']:.3f} / {got['max']:.3f}", rule,
+                                verdict == "FAIL", verdict == "inconclusive"))
     return findings
 
 

@@ -61,6 +61,11 @@ class RunRecord:
             return f"budget {s['budget']} (+{s['interval']}), window {s['window']}"
         return f"trigger {s['trigger_len']}, ratio {s['ratio']}, window {s['window']}"
 
+    @property
+    def gate_key(self) -> str:
+        """What the regression gate and the speed probe call this run's entry (seeds pool into one)."""
+        return f"{self.workload} | {self.model} | {self.policy} | {self.budget_label}"
+
 
 def _sweep_key(config: dict[str, Any]) -> str:
     keep = {k: config.get(k) for k in ("backend", "model", "prompts_name", "prompts_sha256", "dtype", "device",

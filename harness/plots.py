@@ -119,15 +119,26 @@ def latency_vs_context(bench_json: Path, path: Path) -> Path:
     return _save(fig, ax, path)
 
 
+def plot_groups(records: list[RunRecord]) -> dict[tuple[str, str, int], list[RunRecord]]:
+    """Runs that may share a plot: the same model, workload and size (problem count). A line never joins a
+    100-problem point to a 200-problem one, as the leaderboard never ranks them together."""
+    groups: dict[tuple[str, str, int], list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault((r.model, r.workload, r.n_samples), []).append(r)
+    return dict(sorted(groups.items()))
+
+
 def all_plots(records: list[RunRecord], bench_files: list[Path], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     made = []
-    for workload in sorted({r.workload for r in records}):
-        runs = [r for r in records if r.workload == workload]
-        slug = "".join(c if c.isalnum() else "_" for c in workload)
-        made.append(accuracy_vs_budget(runs, workload, out / f"{slug}-accuracy-vs-budget.png"))
-        made.append(accuracy_vs_memory(runs, workload, out / f"{slug}-accuracy-vs-kv-memory.png"))
-        made.append(speed_vs_budget(runs, workload, out / f"{slug}-speed-vs-budget.png"))
+    groups = plot_groups(records)
+    for (model, workload, n), runs in groups.items():
+        several_models = len({m for m, w, _ in groups if w == workload}) > 1
+        title = f"{workload} ({n} samples{', ' + model if several_models else ''})"
+        slug = "".join(c if c.isalnum() else "_" for c in f"{workload}-{n}" + (f"-{model}" if several_models else ""))
+        made.append(accuracy_vs_budget(runs, title, out / f"{slug}-accuracy-vs-budget.png"))
+        made.append(accuracy_vs_memory(runs, title, out / f"{slug}-accuracy-vs-kv-memory.png"))
+        made.append(speed_vs_budget(runs, title, out / f"{slug}-speed-vs-budget.png"))
     for bench in bench_files:
         made.append(latency_vs_context(bench, out / f"{bench.stem}-latency-vs-context.png"))
     return made

@@ -6,13 +6,16 @@ A grid file is data::
     base: {model: smollm2-135m, max_new_tokens: 64, window: 16, interval: 8}
     grid: {policy: [full, window, snapkv], budget: [96, 128], seed: [0, 1]}
     resources: {num_cpus: 1, num_gpus: 0}      # per cell, for the ray executor
+    speed: {limit: 8, max_new_tokens: 128, rounds: 5}   # optional: the speed probe (harness.speed)
 
 Option names are those of ``dynts-bench run`` (underscores): the fields of ``RunOptions``, whose types every
 cell is checked against before anything runs. ``full`` ignores budgets, so its cells are
 deduplicated. Cells land in the usual result layout (``out/<policy>-<config hash>/``): a complete cell is
 skipped, an interrupted one resumes, whichever executor ran it. Executors: ``local`` (sequential, in this
 process, the model loaded once per model/dtype/device) and ``ray`` (one Ray task per cell, with the cell's
-CPU/GPU resources; ``--address`` joins an existing cluster).
+CPU/GPU resources; ``--address`` joins an existing cluster). With a ``speed:`` section the sweep then times
+every cell on that short workload, interleaved with a fixed reference computation, into ``OUT/<name>/speed.json``
+(rerun every time: it measures this code on this machine now).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import yaml
 
 from harness.options import PLACEMENT, RunOptions
 from harness.prompts import DataError
+from harness.speed import ProbeSpec
 
 SCHEDULE_KEYS = ("mode", "budget", "interval", "window", "trigger_len", "ratio", "evict_prompt")
 
@@ -37,6 +41,7 @@ class Grid:
     base: dict[str, Any]
     axes: dict[str, list[Any]]
     resources: dict[str, float]
+    speed: ProbeSpec | None = None
 
 
 def load_grid(path: Path) -> Grid:
@@ -62,7 +67,10 @@ def load_grid(path: Path) -> Grid:
     if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
         raise DataError(f"{path}: grid name {name!r} must be a single directory name (it becomes OUT/<name>)")
     resources = {"num_cpus": 1.0, "num_gpus": 0.0, **(raw.get("resources") or {})}
-    grid = Grid(name, base, axes, resources)
+    speed = ProbeSpec.from_mapping(raw["speed"], str(path)) if "speed" in raw else None
+    if speed is not None and any(k in [*base, *axes] for k in ("task", "protocol")):
+        raise DataError(f"{path}: the speed probe decodes a prompt file; drop 'speed:' for task or replay grids")
+    grid = Grid(name, base, axes, resources, speed)
     expand(grid, Path("."), where=str(path))  # every cell's option types, before anything runs
     return grid
 
@@ -120,8 +128,9 @@ def run_cell(options: RunOptions, engines: dict | None = None) -> dict[str, Any]
     }
 
 
-def run_local(cells: list[RunOptions], on_done: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
-    engines: dict = {}
+def run_local(cells: list[RunOptions], on_done: Callable[[dict], None] | None = None,
+              engines: dict | None = None) -> list[dict[str, Any]]:
+    engines = {} if engines is None else engines
     rows = []
     for options in cells:
         row = run_cell(options, engines)

@@ -157,12 +157,34 @@ def sweep_table(name: str, rows: list[dict[str, Any]], labels: list[str]) -> Tab
     return table
 
 
+def _mmm(stats: dict[str, Any] | None, spec: str = ".3f") -> str:
+    return "-" if not stats else f"{stats['min']:{spec}} / {stats['median']:{spec}} / {stats['max']:{spec}}"
+
+
+def speed_table(name: str, probe: dict[str, Any]) -> Table:
+    """The speed probe's figures, min / median / max over its interleaved rounds."""
+    spec, share = probe["spec"], probe.get("cpu_share")
+    title = (f"speed probe {name}: {spec['limit']} prompts x {spec['max_new_tokens']} tokens, {spec['rounds']} "
+             f"interleaved rounds, {probe['clock']} time" + (f" (got {share:.0%} of a core)" if share else ""))
+    table = Table(title=Text(title))
+    for col in ("entry", "threads", f"{probe['clock']} ms/token", "vs reference", "vs full", "wall ms/token"):
+        table.add_column(col)
+    for key, e in probe["entries"].items():
+        table.add_row(_plain(key.split(" | ", 2)[2]), str(e["threads"]), _mmm(e["ms_per_token"]),
+                      _mmm(e["vs_reference"]), _mmm(e.get("vs_full")), _mmm(e["wall_ms_per_token"]))
+    return table
+
+
+VERDICTS = {"ok": Text("ok", style="green"), "FAIL": Text("FAIL", style="red"),
+            "inconclusive": Text("inconclusive", style="yellow")}
+
+
 def check_table(baseline_name: str, findings: list[Any]) -> Table:
     table = Table(title=f"check against {baseline_name}")
     for col in ("entry", "metric", "baseline", "current", "rule", "result"):
         table.add_column(col)
     for f in findings:
-        result = Text("FAIL", style="red") if f.failed else Text("ok", style="green")
+        result = VERDICTS["FAIL" if f.failed else "inconclusive" if f.inconclusive else "ok"]
         table.add_row(_plain(f.key), f.metric, _plain(f.baseline), _plain(f.current), _plain(f.detail), result)
     return table
 

@@ -4,8 +4,12 @@ line and exit 2 (never a traceback, never exit 1, which is the gate's "regressio
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,7 @@ runner = CliRunner()
 GRID = """name: faults
 base: {model: tiny-reasoner, limit: 8, batch_size: 8, window: 32, interval: 16}
 grid: {policy: [full, window, dynts], budget: [80], seed: [0]}
+speed: {limit: 8, max_new_tokens: 64, rounds: 3}
 """
 
 
@@ -46,7 +51,7 @@ def _run_dir(sweep: Path, policy: str) -> Path:
 
 
 def _check(sweep: Path, baseline: Path, *extra: str):
-    return runner.invoke(app, ["check", str(sweep), "--baseline", str(baseline), "--speed-tolerance", "0.9", *extra])
+    return runner.invoke(app, ["check", str(sweep), "--baseline", str(baseline), *extra])
 
 
 def _rewrite(path: Path, edit) -> None:
@@ -226,3 +231,177 @@ def test_an_out_path_with_markup_characters_finishes_cleanly(tmp_path) -> None:
     result = runner.invoke(app, ["run", "-p", "window", "--limit", "1", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert str(out) in " ".join(result.output.split()) or "odd[/x]" in result.output
+
+
+# ---------------------------------------------------------------- speed: the probe and its gate
+
+
+def _slow_decode(monkeypatch, slow_call) -> None:
+    """Make the decode loop under ``TransformersBackend.generate`` burn as much CPU again as it used, i.e. take
+    twice as long (``slow_call(policy, n)``: whether the policy's n-th batch is slowed); the probe times it."""
+    import backends.hf.backend as hf
+
+    real, calls = hf.generate_batch, {}
+
+    def generate_batch(parts, requests, policy, *args, **kwargs):
+        n = calls[id(policy)] = calls.get(id(policy), -1) + 1
+        start = time.process_time()
+        out = real(parts, requests, policy, *args, **kwargs)
+        if slow_call(policy, n):
+            until = time.process_time() + (time.process_time() - start)
+            while time.process_time() < until:
+                pass
+        return out
+
+    monkeypatch.setattr(hf, "generate_batch", generate_batch)
+
+
+def _reprobe(tmp_path: Path) -> None:
+    """Rerun the sweep over the copied cells: every cell is reused, the speed probe runs again."""
+    grid = tmp_path / "faults.yaml"
+    grid.write_text(GRID)
+    result = runner.invoke(app, ["sweep", str(grid), "--out", str(tmp_path)])
+    assert result.exit_code == 0 and "speed probe" in result.output, result.output
+
+
+def _speed_findings(sweep: Path, baseline: Path) -> dict[str, list[str]]:
+    """The gate's speed verdicts by metric kind, from the same code the command ran."""
+    from harness.check import compare, load_speed
+    from harness.leaderboard import load_runs
+
+    found: dict[str, list[str]] = {"reference": [], "full": []}
+    for f in compare(json.loads(baseline.read_text()), load_runs(sweep), speed=load_speed(sweep)):
+        if f.metric.startswith("decode time vs"):
+            kind = "reference" if "reference" in f.metric else "full"
+            found[kind].append("FAIL" if f.failed else "inconclusive" if f.inconclusive else "ok")
+    return found
+
+
+def test_a_decode_loop_twice_as_slow_for_every_policy_fails_the_speed_gate(gate, tmp_path, monkeypatch) -> None:
+    """Every policy, full included, 2x slower: the ratios to full do not move, the reference figure does."""
+    sweep = _copy(gate, tmp_path)
+    _slow_decode(monkeypatch, lambda policy, n: True)
+    _reprobe(tmp_path)
+    result = _check(sweep, gate[1])
+    assert result.exit_code == 1 and "regression" in result.output, result.output
+    found = _speed_findings(sweep, gate[1])
+    assert found["reference"] == ["FAIL"] * 3, found  # full, window and dynts
+    assert len(found["full"]) == 2 and "FAIL" not in found["full"], found  # a uniform slowdown keeps the ratios
+
+
+def test_a_noisy_speed_measurement_is_inconclusive(gate, tmp_path, monkeypatch) -> None:
+    """The middle repeat of every cell slowed 2x (a burst of load): the repeats spread too wide to decide, and
+    the gate says so -- not a failure (the fastest repeats are unchanged), not a silent pass."""
+    sweep = _copy(gate, tmp_path)
+    _slow_decode(monkeypatch, lambda policy, n: n == 2)  # n 0 is the warm-up, 1-3 the three rounds
+    _reprobe(tmp_path)
+    result = _check(sweep, gate[1])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and "speed checks inconclusive" in text, result.output
+    found = _speed_findings(sweep, gate[1])
+    assert found["reference"] == ["inconclusive"] * 3, found
+
+
+def test_a_missing_speed_probe_other_threads_and_a_truncated_probe(gate, tmp_path) -> None:
+    sweep = _copy(gate, tmp_path)
+    probe = json.loads((sweep / "speed.json").read_text())
+    (sweep / "speed.json").unlink()
+    result = _check(sweep, gate[1])
+    assert result.exit_code == 1 and "no speed probe timed this entry" in " ".join(result.output.split())
+    for entry in probe["entries"].values():
+        entry["threads"] = 2
+    (sweep / "speed.json").write_text(json.dumps(probe))
+    result = _check(sweep, gate[1])
+    assert result.exit_code == 1 and "threads: 1 -> 2" in " ".join(result.output.split()), result.output
+    (sweep / "speed.json").write_text('{"entries": ')  # an interrupted write is bad input, not a regression
+    result = _check(sweep, gate[1])
+    assert result.exit_code == 2 and "speed.json is unreadable or truncated" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("speed,message", [("{rounds: 1}", "speed option rounds must be an integer >= 3"),
+                                           ("{limit: many}", "speed option limit must be an integer >= 1"),
+                                           ("{repeat: 3}", "unknown speed option 'repeat'"),
+                                           ("[5]", "'speed:' must be a mapping")])
+def test_a_bad_speed_section_is_one_line(speed, message, tmp_path) -> None:
+    grid = tmp_path / "g.yaml"
+    grid.write_text(GRID.replace("speed: {limit: 8, max_new_tokens: 64, rounds: 3}", f"speed: {speed}"))
+    result = runner.invoke(app, ["sweep", str(grid), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------- leftovers: verification, traces, hub, plots
+
+
+def test_a_runaway_math_check_is_killed_and_leaves_no_thread() -> None:
+    from harness.verifier import Verifier
+
+    verifier = Verifier()
+    try:
+        assert verifier.check("\\frac{1}{2}", "0.5", timeout_s=60)  # starts the worker
+        threads = threading.active_count()
+        assert not verifier.check("3", "9^{9^{9^{9}}}", timeout_s=1)  # sympy would spin for minutes
+        assert not verifier.alive and threading.active_count() == threads  # killed, nothing left running
+        assert verifier.check("2", "2", timeout_s=60) and verifier.alive  # a fresh worker afterwards
+    finally:
+        verifier.stop()
+
+
+def _collect(out: Path):
+    return runner.invoke(app, ["collect-traces", "--out", str(out), "--limit", "3", "--max-new-tokens", "48",
+                               "--batch-size", "3"])
+
+
+def test_a_partial_last_trace_index_line_is_repaired_and_a_bad_line_is_one_line(tmp_path) -> None:
+    from harness.importance.traces import TraceStore
+
+    store = tmp_path / "traces"
+    assert _collect(store).exit_code == 0
+    index = store / "index.jsonl"
+    lines = index.read_text().splitlines(keepends=True)
+    index.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # an append cut short
+    assert len(TraceStore(store).records()) == len(lines) - 1  # the partial line is not a record
+    resumed = _collect(store)
+    assert resumed.exit_code == 0, resumed.output
+    ids = [json.loads(line)["id"] for line in index.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == len(lines) and index.read_text().endswith("\n")  # repaired, none twice
+    index.write_text(lines[0] + "{not json\n" + "".join(lines[1:]))
+    bad = _collect(store)
+    assert bad.exit_code == 2 and "line 2 is not a trace record" in " ".join(bad.output.split()), bad.output
+    assert "Traceback" not in bad.output
+
+
+def test_an_offline_hub_task_is_one_line_without_retries(tmp_path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--task", "aime24", "--limit", "1", "--out",
+                           str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=600)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, lines
+    assert "cannot load HuggingFaceH4/aime_2024" in lines[0] and "--data-dir" in lines[0]
+
+
+def _sized_run(root: Path, policy: str, budget: int | None, n: int) -> None:
+    """A finished run of ``n`` problems without generating it."""
+    schedule = None if budget is None else {"mode": "budget", "budget": budget, "interval": 8, "window": 16,
+                                            "trigger_len": None, "ratio": 0.4, "protect_prompt": True}
+    config = {"backend": "transformers", "model": "m", "policy": policy, "policy_options": {}, "schedule": schedule,
+              "sampling": {"seed": 0}, "prompts_name": "p.jsonl", "prompts_sha256": "x", "limit": n,
+              "dtype": "float32", "device": "cpu", "batch_size": 8, "chat": True, "extra": {}}
+    run = RunDir.open(root, f"{policy}-{budget}-{n}", config)
+    run.write_summary({"run_id": run.path.name, "config": config, "config_hash": run.config_hash, "metrics": {
+        "accuracy": 0.5, "n_samples": n, "decode_mean_tokens_per_s": 10.0, "kv_peak_max_bytes": 1000}})
+
+
+def test_plots_never_join_runs_of_different_sizes(tmp_path) -> None:
+    from harness.leaderboard import load_runs
+    from harness.plots import all_plots, plot_groups
+
+    for n in (100, 200):
+        for policy, budget in (("full", None), ("window", 64), ("window", 96)):
+            _sized_run(tmp_path / "runs", policy, budget, n)
+    records = load_runs(tmp_path / "runs")
+    groups = plot_groups(records)
+    assert sorted(n for _, _, n in groups) == [100, 200]
+    assert all({r.n_samples for r in runs} == {n} and len(runs) == 3 for (_, _, n), runs in groups.items())
+    made = all_plots(records, [], tmp_path / "plots")
+    assert len(made) == len({p.name for p in made}) == 6  # three plots per size, none shared

@@ -9,7 +9,7 @@ A *trace store* is a directory::
 Hidden states are kept for the thinking tokens only (positions ``prompt_len .. think_end - 1``): the predictor
 is trained and evaluated there, and they are what dominates the size (a 7B model: 7 KiB per token). A shard is
 written atomically before its index lines are appended, so an interrupted collection resumes from the index
-without duplicates.
+without duplicates; a partial last index line (an append cut short) is ignored and repaired by the next append.
 """
 
 from __future__ import annotations
@@ -88,16 +88,38 @@ class TraceStore:
         (self.path / "shards").mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.path / "meta.json", meta)
 
-    def records(self, correct: bool | None = None) -> list[TraceRecord]:
+    def _index(self) -> tuple[list[TraceRecord], int]:
+        """The index's records and the byte length of its complete lines. A last line without its newline is an
+        append that was interrupted (its shard was written first, so nothing is lost but its index entry): it
+        is ignored here and cut off by the next ``add``. Any other unreadable line is an error."""
         index = self.path / "index.jsonl"
         if not index.is_file():
-            return []
-        rows = [TraceRecord(**json.loads(line)) for line in index.read_text().splitlines() if line.strip()]
+            return [], 0
+        data = index.read_bytes()
+        complete = data.rfind(b"\n") + 1
+        rows = []
+        for number, line in enumerate(data[:complete].decode(errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(TraceRecord(**json.loads(line)))
+            except (ValueError, TypeError):
+                raise TraceStoreError(f"{index} line {number} is not a trace record: remove that line (its traces "
+                                      "are collected again on resume) or collect into a new --out") from None
+        return rows, complete
+
+    def records(self, correct: bool | None = None) -> list[TraceRecord]:
+        rows, _ = self._index()
         return [r for r in rows if correct is None or r.correct == correct]
 
     def add(self, traces: Sequence[Trace]) -> None:
         if not traces:
             return
+        index = self.path / "index.jsonl"
+        _, complete = self._index()
+        if index.is_file() and index.stat().st_size > complete:  # an interrupted append: drop its partial line
+            with index.open("r+b") as fh:
+                fh.truncate(complete)
         shard = f"{len(list((self.path / 'shards').glob('*.safetensors'))):05d}"
         tensors = {}
         for trace in traces:

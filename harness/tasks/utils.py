@@ -7,8 +7,11 @@ the loader reads ``DIR/<task>.jsonl`` instead, so runs work offline. Rows are no
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +74,46 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the hub can be asked at all: not with ``HF_HUB_OFFLINE`` set, nor when its host does not answer
+    within ``timeout_s`` (then ``datasets`` would retry for two minutes, printing a line per retry)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def quiet_hub(offline: bool) -> Iterator[None]:
+    """The hub's retry warnings silenced; with ``offline`` the hub and ``datasets`` read their local caches only."""
+    import datasets
+    from huggingface_hub import constants
+
+    loggers = [logging.getLogger(n) for n in ("huggingface_hub", "datasets", "fsspec")]
+    levels = [lg.level for lg in loggers]
+    flags = (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE)
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    if offline:
+        constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = flags
+
+
 def load(
     name: str,
     kind: str,
@@ -93,12 +136,14 @@ def load(
             raise DataError(f"no {name}.jsonl in --data-dir {data_dir}: add it, or drop --data-dir to use the hub")
         raw, source = _read_jsonl(path), str(path)
     else:
+        online = hub_reachable()
         try:
-            raw = list(datasets.load_dataset(hub_path, hub_name, split=hub_split))
+            with quiet_hub(offline=not online):
+                raw = list(datasets.load_dataset(hub_path, hub_name, split=hub_split))
         except Exception as exc:  # noqa: BLE001 - any hub failure becomes one actionable line
+            why = exc.__class__.__name__ if online else "the hub is unreachable and it is not in the local cache"
             raise DataError(
-                f"cannot load {hub_path} from the hub ({exc.__class__.__name__}); offline, pass --data-dir DIR "
-                f"with {name}.jsonl in it"
+                f"cannot load {hub_path} from the hub ({why}); offline, pass --data-dir DIR with {name}.jsonl in it"
             ) from None
         source = hub_path
     rows = [normalise(row, i, kind, source) for i, row in enumerate(raw)]

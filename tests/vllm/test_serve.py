@@ -17,9 +17,8 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed here: backends/vllm/install_cpu_env.sh makes its venv")
 
-from tests.vllm.test_engine import BUDGET, make_policy, requests_for  # noqa: E402
-
 from backends.base import SamplingParams  # noqa: E402
+from tests.vllm.test_engine import BUDGET, make_policy, requests_for  # noqa: E402
 
 STARTUP_S = 480  # the engine core process loads the model and warms up: 1-3 minutes on 2 busy cores
 

@@ -1,0 +1,237 @@
+"""The sglang backend: every policy inside SGLang's token pool, evicted slots returned to its allocator.
+
+An in-process ``sglang.Engine`` (its scheduler runs in a process SGLang spawns) with the flags the adapter needs
+(``checks.REQUIRED``); the plugin's hooks (``backends.sglang.plugin``, loaded by SGLang from the entry point)
+compact in the scheduler. The policy reaches the scheduler once per policy through
+``Engine.collective_rpc("dynts_configure", ...)`` (pickled: SGLang's RPC carries scalars only); per-request
+schedules travel in ``SamplingParams.custom_params``; per-request KV figures come back as one JSON file per
+request in a scratch directory. ``Engine.generate`` returns whole groups: ``decode_s`` is SGLang's per-request
+``e2e_latency`` (prefill included) and ``ttft_s`` is 0 (not measured). Tokenisation is the model's transformers
+tokenizer (``TokenizerText``), so prompts are byte-identical to the transformers backend's.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+from backends.base import BackendError, GenerationRequest, OnBatch, SamplingParams, SequenceResult, check_schedules
+from backends.hf.tokenizer import TokenizerText, eos_ids_of
+from backends.sglang.checks import CAPABILITIES, check_engine_args, check_version
+from backends.sglang.runtime import request_options
+from zoo.base import ModelInfo, Policy
+from zoo.schedule import EvictionSchedule
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def engine_args(model: str, device: str, dtype: str, batch_size: int, max_model_len: int,
+                kv_tokens: int | None) -> dict[str, Any]:
+    """``sglang.Engine`` keywords: the adapter's flags plus what the harness controls."""
+    args: dict[str, Any] = dict(
+        model_path=model, tokenizer_path=model, device=device, dtype=dtype, page_size=1, disable_radix_cache=True,
+        disable_overlap_schedule=True, disable_cuda_graph=True, max_running_requests=batch_size,
+        context_length=max_model_len, random_seed=0, tp_size=1, skip_server_warmup=True, log_level="error",
+    )
+    if device == "cpu":
+        args.update(attention_backend="torch_native", sampling_backend="pytorch")
+    # SGLang sizes its pool from free memory (on CPU: a fraction of the machine's RAM); a full cache for every
+    # running request is what any schedule can need, and keeps the engine from taking the machine
+    args["max_total_tokens"] = kv_tokens if kv_tokens is not None else batch_size * max_model_len
+    return args
+
+
+def prepare_cpu() -> None:
+    """SGLang's CPU platform and the CPU shim (torchvision / sgl_kernel stand-ins), before SGLang is imported."""
+    os.environ["SGLANG_USE_CPU_ENGINE"] = "1"
+    # "Only CUDA ... support AWQ / GGUF", "Triton is not supported on current platform": true, and not ours to act on
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"sglang\.")
+    from backends.sglang.cpu_shim import activate
+
+    activate()
+
+
+class SGLangBackend(TokenizerText):
+    """``sglang.Engine`` with the dynts_bench plugin (module docstring)."""
+
+    name = "sglang"
+    capabilities = CAPABILITIES
+
+    def __init__(self, model: str, dtype: str = "float32", device: str = "cpu", batch_size: int = 8,
+                 max_model_len: int | None = None, kv_tokens: int | None = None,
+                 engine_kwargs: dict[str, Any] | None = None) -> None:
+        check_version()
+        if batch_size < 1:
+            raise BackendError(f"--batch-size must be >= 1, got {batch_size}")
+        if dtype not in DTYPES:
+            raise BackendError(f"unknown --dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+        if device != "cpu" and not device.startswith("cuda"):
+            raise BackendError(f"--device {device}: the sglang backend runs on cpu or cuda")
+        if device == "cpu":
+            prepare_cpu()
+        from transformers import AutoConfig, AutoTokenizer
+
+        from backends.hf import loading
+
+        source = loading.resolve(model)  # GGUF files are converted once, as for the transformers backend
+        self.spec, self.source_kind = model, source.kind
+        self.path = str(loading.transformers_dir(source))
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.config = AutoConfig.from_pretrained(self.path)
+        limit = int(getattr(self.config, "max_position_embeddings", 0) or 4096)
+        self.max_model_len = min(max_model_len or limit, limit)
+        self.batch_size, self.dtype, self.device = batch_size, dtype, "cpu" if device == "cpu" else "cuda"
+        args = engine_args(self.path, self.device, dtype, batch_size, self.max_model_len, kv_tokens)
+        args.update(engine_kwargs or {})
+        check_engine_args(args)
+        import sglang
+
+        self._stats_dir = Path(tempfile.mkdtemp(prefix="dynts-sglang-"))
+        self.engine = sglang.Engine(**args)
+        self._policy: Policy | None = None
+        self._ids = count()
+        heads = getattr(self.config, "num_key_value_heads", None) or self.config.num_attention_heads
+        head_dim = getattr(self.config, "head_dim", None) or self.config.hidden_size // self.config.num_attention_heads
+        itemsize = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
+        self.kv_bytes_per_token = 2 * self.config.num_hidden_layers * heads * head_dim * itemsize
+        from transformers import GenerationConfig
+
+        try:
+            generation = GenerationConfig.from_pretrained(self.path)
+        except OSError:
+            generation = None
+        self.eos_ids = eos_ids_of(generation, self.config, self.tokenizer)
+        ids = self.tokenizer.encode("</think>", add_special_tokens=False)
+        self.think_end_id = ids[0] if len(ids) == 1 else None
+
+    # ------------------------------------------------------------------ model facts
+    def model_info(self) -> ModelInfo:
+        tokenizer = self.tokenizer
+        return ModelInfo(
+            model_id=self.spec,
+            name_or_path=str(getattr(self.config, "_name_or_path", "") or self.path),
+            hidden_size=self.config.hidden_size,
+            num_layers=self.config.num_hidden_layers,
+            token_texts=lambda: [tokenizer.decode([i]) for i in range(len(tokenizer))],
+            think_end_id=self.think_end_id,
+            kv_bytes_per_token=self.kv_bytes_per_token,
+            eos_ids=self.eos_ids,
+            vocab_size=len(tokenizer),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        import sglang
+
+        return {
+            "backend": self.name, "engine": f"sglang {sglang.__version__}", "model": self.spec,
+            "model_source": self.source_kind, "model_path": self.path,
+            "architecture": (self.config.architectures or ["?"])[0], "dtype": self.dtype, "device": self.device,
+            "num_layers": self.config.num_hidden_layers, "hidden_size": self.config.hidden_size,
+            "kv_bytes_per_token": self.kv_bytes_per_token, "batch_size": self.batch_size, "page_size": 1,
+            "max_model_len": self.max_model_len,
+            "attention_backend": "torch_native" if self.device == "cpu" else "sglang default",
+        }
+
+    # ------------------------------------------------------------------ generation
+    def prepare(self, policy: Policy) -> None:
+        self.capabilities.require(self.name, policy)
+        policy.prepare(self.model_info())
+
+    def _configure(self, policy: Policy) -> None:
+        if policy is self._policy:
+            return
+        blob = base64.b64encode(pickle.dumps(policy if policy.evicts else None)).decode()
+        try:
+            self.engine.collective_rpc("dynts_configure", policy_b64=blob, think_end_id=self.think_end_id,
+                                       stats_dir=str(self._stats_dir))
+        except AssertionError as err:  # SGLang asserts the RPC's success; its message is the scheduler's error
+            raise BackendError(f"SGLang's scheduler refused the policy: {err}") from None
+        self._policy = policy
+
+    def generate(self, requests: Sequence[GenerationRequest], policy: Policy, schedule: EvictionSchedule | None,
+                 sampling: SamplingParams, on_batch: OnBatch | None = None) -> list[SequenceResult]:
+        self.capabilities.require(self.name, policy)
+        if any(r.forced_ids for r in requests):
+            self.capabilities.require(self.name, policy, "replay")
+        check_schedules(requests, policy, schedule)
+        too_long = [r for r in requests if len(r.prompt_ids) + sampling.max_new_tokens > self.max_model_len]
+        if too_long:
+            raise BackendError(f"request {too_long[0].request_id}: prompt + --max-new-tokens exceeds the engine's "
+                               f"context length {self.max_model_len}: lower --max-new-tokens")
+        self._configure(policy)
+        results: list[SequenceResult] = []
+        for start in range(0, len(requests), self.batch_size):
+            done = self._run_group(list(requests[start : start + self.batch_size]), policy, schedule, sampling)
+            results.extend(done)
+            if on_batch is not None:
+                on_batch(done)
+        return results
+
+    def _params(self, sampling: SamplingParams, request: GenerationRequest, key: str,
+                schedule: EvictionSchedule | None) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "top_k": sampling.top_k if sampling.top_k > 0 else -1, "stop_token_ids": sorted(self.eos_ids),
+            "custom_params": request_options(key, schedule), "skip_special_tokens": True,
+        }
+        if sampling.stop:
+            params["stop"] = list(sampling.stop)
+        if not sampling.greedy:
+            params["sampling_seed"] = request.seed
+        return params
+
+    def _run_group(self, group: list[GenerationRequest], policy: Policy, schedule: EvictionSchedule | None,
+                   sampling: SamplingParams) -> list[SequenceResult]:
+        keys = [f"{r.request_id}#{next(self._ids)}" for r in group]
+        params = [self._params(sampling, r, k, (r.schedule or schedule) if policy.evicts else None)
+                  for r, k in zip(group, keys)]
+        t0 = time.perf_counter()
+        outs = self.engine.generate(input_ids=[list(r.prompt_ids) for r in group], sampling_params=params)
+        total = time.perf_counter() - t0
+        return [self._result(k, r, o, total, sampling) for k, r, o in zip(keys, group, outs)]
+
+    def _result(self, key: str, request: GenerationRequest, out: dict[str, Any], total: float,
+                sampling: SamplingParams) -> SequenceResult:
+        ids = [int(i) for i in out["output_ids"]]
+        meta = out.get("meta_info", {})
+        text = self.decode(ids)
+        reason = (meta.get("finish_reason") or {}).get("type")
+        finish = "length" if reason == "length" else ("eos" if ids and ids[-1] in self.eos_ids else "stop")
+        if finish == "stop":
+            cuts = [text.find(s) for s in sampling.stop if s and s in text]
+            text = text[: min(cuts)] if cuts else text
+        stats_file = self._stats_dir / f"{key}.json"
+        kv = json.loads(stats_file.read_text()) if stats_file.exists() else None
+        prompt = len(request.prompt_ids)
+        peak = kv["peak_physical_tokens"] if kv else prompt + len(ids) - 1
+        extra: dict[str, Any] = {"batch_size": self.batch_size, "page_size": 1}
+        if kv:
+            extra.update(kv_freed_slots=kv["freed_slots"], kv_min_free_slots=kv["min_free_slots"])
+        return SequenceResult(
+            request_id=request.request_id, output_ids=ids, text=text, finish_reason=finish, prompt_tokens=prompt,
+            generated_tokens=len(ids), ttft_s=0.0, decode_s=float(meta.get("e2e_latency") or total),
+            kv_peak_tokens=peak, kv_peak_bytes=peak * self.kv_bytes_per_token,
+            kv_full_bytes=(prompt + len(ids) - 1) * self.kv_bytes_per_token,
+            compressions=kv["compactions"] if kv else 0, policy_s=kv["policy_s"] if kv else 0.0, extra=extra,
+        )
+
+    def close(self) -> None:
+        engine, self.engine = getattr(self, "engine", None), None
+        if engine is not None:
+            try:
+                engine.shutdown()
+            except Exception:  # noqa: BLE001 - best effort: the engine may already be down
+                pass
+        stats_dir = getattr(self, "_stats_dir", None)
+        if stats_dir is not None:
+            shutil.rmtree(stats_dir, ignore_errors=True)

@@ -1,0 +1,69 @@
+"""What the sglang backend demands and refuses, each with one line: it fails closed rather than run an engine
+configuration whose token accounting it has not been verified against."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from backends.base import BackendError, Capabilities
+
+#: hidden states and recent queries; H2O's per-step attention would need a kernel; no forced tokens, no bench
+CAPABILITIES = Capabilities(observations=frozenset({"hidden", "queries"}), protocols=frozenset({"generate"}))
+#: the release the adapter is verified against (extra ``[sglang]`` pins the same one)
+PINNED_SGLANG = "0.5.23"
+#: engine arguments the adapter needs, set by the backend and demanded of any engine the plugin serves
+REQUIRED = {
+    "disable_radix_cache": True,  # a compacted row no longer holds the tokens a prefix-tree node names
+    "disable_overlap_schedule": True,  # compaction edits the batch between steps; overlap runs one step ahead
+    "page_size": 1,  # token-major pool: compaction rewrites req_to_token, no KV is copied
+}
+_WHY = {
+    "disable_radix_cache": "--disable-radix-cache (a compacted request no longer holds the tokens its prefix names)",
+    "disable_overlap_schedule": "--disable-overlap-schedule (compaction edits the batch between two steps)",
+    "page_size": "--page-size 1 (compaction remaps single token slots)",
+}
+
+
+def installed_sglang() -> str | None:
+    try:
+        return version("sglang")
+    except PackageNotFoundError:
+        return None
+
+
+def check_version(found: str | None = None) -> None:
+    found = installed_sglang() if found is None else found
+    if found is None:
+        raise BackendError("SGLang is not installed: pip install 'dynts-bench[sglang]' (GPU) or, on CPU, run "
+                           "backends/sglang/install_cpu_env.sh")
+    if found.split("+")[0] != PINNED_SGLANG:
+        raise BackendError(f"the sglang backend is verified against SGLang {PINNED_SGLANG}, found {found}: "
+                           f"pip install 'sglang=={PINNED_SGLANG}'")
+
+
+def refusal(args: Any) -> str | None:
+    """Why the engine arguments (a dict of ``sglang.Engine`` keywords, or a ``ServerArgs``) cannot run, or None."""
+    get = args.get if isinstance(args, dict) else lambda key, default=None: getattr(args, key, default)
+    for key, value in REQUIRED.items():
+        if get(key) != value:
+            return f"the sglang backend needs {_WHY[key]}, got {key}={get(key)!r}"
+    if get("speculative_algorithm"):
+        return "speculative decoding is configured: the sglang backend does not support it (drop speculative_algorithm)"
+    for key in ("tp_size", "pp_size", "dp_size"):
+        if int(get(key) or 1) > 1:
+            return f"{key}={get(key)}: the sglang backend is verified on one rank only (set {key}=1)"
+    if get("kv_cache_dtype") not in (None, "auto"):
+        return (f"quantised KV cache ({get('kv_cache_dtype')}) is configured: the sglang backend needs "
+                "kv_cache_dtype='auto'")
+    if get("enable_mixed_chunk"):
+        return "--enable-mixed-chunk is on: the sglang backend compacts decode batches only (drop it)"
+    if get("device") == "cuda" and not get("disable_cuda_graph"):
+        return "CUDA graphs are on: the sglang backend needs --disable-cuda-graph (replayed graphs skip its hooks)"
+    return None
+
+
+def check_engine_args(args: Any) -> None:
+    reason = refusal(args)
+    if reason is not None:
+        raise BackendError(reason)

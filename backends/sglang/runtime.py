@@ -1,0 +1,352 @@
+"""The policy inside SGLang's scheduler process: observe every forward, compact due requests between steps.
+
+Called by the plugin's hooks (``backends.sglang.plugin``), in step order:
+
+1. ``after_forward_batch`` (AFTER ``ForwardBatch.init_new``): the step's layout (which request owns which input
+   rows); on decode steps ``positions`` become logical again (``seq_lens - 1`` is physical after compaction).
+2. ``on_queries`` (BEFORE ``RadixAttention.forward``): post-RoPE queries of every layer, for query-window policies.
+3. ``on_hidden`` (BEFORE ``LogitsProcessor.forward``): final hidden states -> ``Policy.observe``.
+4. ``before_decode`` (BEFORE ``ScheduleBatch.prepare_for_decode``): every request whose last forward was a
+   decode step and whose ``EvictionSchedule`` fires is scored, selected and compacted in one batch -- the same
+   ``CacheView`` / ``Policy.score / select / evict`` as the transformers backend. Compaction is zero-copy
+   (``backends.sglang.compaction``): the row of ``req_to_token`` is rewritten, dropped slots go back to the
+   token allocator, and ``seq_lens`` / ``seq_lens_cpu`` / ``orig_seq_lens`` / the request's committed and
+   allocated KV lengths shrink to the physical length.
+5. ``on_release`` (BEFORE ``mem_cache.common.release_kv_cache``): a finished, aborted or retracted request's state
+   is dropped; a retracted request re-prefills from scratch and starts over.
+
+Requests opt in through ``SamplingParams.custom_params[EXTRA_KEY]`` (a JSON string: the backend's id and the
+schedule); others run untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backends.base import BackendError
+from backends.sglang.compaction import apply_remap, plan_remap
+from backends.sglang.state import OBSERVE_CHUNK, PendingObservation, QueryStore, RequestState
+from zoo.base import CacheView, Policy, StepObservation
+from zoo.schedule import EvictionSchedule
+
+#: key of our per-request options in ``SamplingParams.custom_params`` (a JSON string value)
+EXTRA_KEY = "dynts_bench"
+
+
+def request_options(key: str, schedule: EvictionSchedule | None) -> dict[str, str]:
+    """``custom_params`` for one request (JSON-safe scalars only, as SGLang's IPC requires)."""
+    return {EXTRA_KEY: json.dumps({"id": key, "schedule": None if schedule is None else schedule.to_dict()})}
+
+
+@dataclass
+class KVStats:
+    """What one request cost in SGLang's token pool (read by the backend when it finishes)."""
+
+    key: str
+    prompt_tokens: int = 0
+    peak_physical_tokens: int = 0
+    compactions: int = 0
+    freed_slots: int = 0
+    policy_s: float = 0.0
+    min_free_slots: int = -1
+
+
+@dataclass
+class StepRow:
+    rid: str
+    start: int  # first input row of this request in the step
+    count: int  # input rows (tokens) of this request
+    logical_start: int  # logical position of its first token
+    prefill: bool
+
+
+class PoolKeys(Sequence):
+    """Per-layer keys ``[B, kv_heads, T, head_dim]`` gathered from the pool only when a policy reads them."""
+
+    def __init__(self, pool: Any, layer_ids: list[int], slots: torch.Tensor, valid: torch.Tensor) -> None:
+        self.pool, self.layer_ids, self.slots, self.valid = pool, layer_ids, slots, valid
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.layer_ids)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if index not in self._cache:
+            buffer = self.pool.get_key_buffer(self.layer_ids[index])  # [size + 1, H, D]
+            keys = buffer[self.slots.to(buffer.device)].masked_fill(~self.valid[:, :, None, None].to(buffer.device), 0)
+            self._cache[index] = keys.permute(0, 2, 1, 3)
+        return self._cache[index]
+
+
+class SchedulerRuntime:
+    """One policy bound to one scheduler's pools (see module docstring)."""
+
+    def __init__(self, policy: Policy, think_end_id: int | None, req_to_token_pool: Any, token_to_kv_pool: Any,
+                 allocator: Any, stats_dir: Path | None = None) -> None:
+        if getattr(allocator, "page_size", 1) != 1 or getattr(token_to_kv_pool, "page_size", 1) != 1:
+            raise BackendError("the sglang backend needs --page-size 1 (it remaps single token slots)")
+        self.policy = policy
+        self.think_end_id = think_end_id
+        self.req_to_token_pool = req_to_token_pool
+        self.pool = token_to_kv_pool
+        self.allocator = allocator
+        start = getattr(token_to_kv_pool, "start_layer", 0) or 0
+        self.layer_ids = list(range(start, start + token_to_kv_pool.layer_num))
+        self.capacity = int(req_to_token_pool.req_to_token.shape[1])
+        self.observes = type(policy).observe is not Policy.observe
+        self.needs_hidden = "hidden" in policy.needs
+        self.requests: dict[str, RequestState] = {}
+        self.stats_dir = stats_dir  # where a released request's KVStats go (``<key>.json``), for another process
+        self.stats: dict[str, KVStats] = {}  # by the backend's key, in-process readers (moved to stats_dir at release)
+        self._stats_of: dict[str, KVStats] = {}  # by SGLang rid, live requests
+        self.step: list[StepRow] = []
+        self._step_queries: dict[int, torch.Tensor] = {}
+        self.queries: QueryStore | None = None  # built at the first forward (query heads known then)
+
+    # ------------------------------------------------------------------ request lifecycle
+    def _register(self, req: Any) -> RequestState | None:
+        params = getattr(req.sampling_params, "custom_params", None) or {}
+        raw = params.get(EXTRA_KEY)
+        if raw is None:
+            return None
+        options = json.loads(raw) if isinstance(raw, str) else raw
+        schedule = EvictionSchedule(**options["schedule"]) if options.get("schedule") else None
+        st = RequestState(req.rid, str(options.get("id", req.rid)), schedule, len(req.origin_input_ids),
+                          self.capacity)
+        st.state = {name: torch.zeros(1, self.capacity) for name in self.policy.state_names}
+        if self.queries is not None:
+            st.query_row = self.queries.acquire()
+        self.requests[req.rid] = st
+        stats = KVStats(st.key, prompt_tokens=st.num_prompt)
+        self.stats[st.key] = self._stats_of[req.rid] = stats
+        return st
+
+    def on_release(self, req: Any) -> None:
+        st = self.requests.pop(req.rid, None)
+        stats = self._stats_of.pop(req.rid, None)
+        if st is not None and self.queries is not None:
+            self.queries.release(st.query_row)
+        if stats is not None and self.stats_dir is not None:
+            path = self.stats_dir / f"{stats.key}.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(asdict(stats)))
+            tmp.replace(path)
+            self.stats.pop(stats.key, None)
+
+    # ------------------------------------------------------------------ per forward
+    def after_forward_batch(self, forward_batch: Any, batch: Any) -> None:
+        """Record which input rows belong to which tracked request; decode positions back to logical."""
+        self.step = []
+        self._step_queries = {}
+        mode = forward_batch.forward_mode
+        if mode.is_idle():
+            return
+        decode = mode.is_decode()
+        if not decode and not mode.is_extend():
+            raise BackendError(f"the sglang backend does not support {mode.name} batches (speculative decoding, "
+                               "mixed chunks): use the engine's defaults with the flags it sets")
+        start = 0
+        shift = torch.zeros(len(batch.reqs), dtype=torch.long)
+        for i, req in enumerate(batch.reqs):
+            count = 1 if decode else int(batch.extend_lens[i])
+            st = self.requests.get(req.rid)
+            if not decode:
+                prefix = int(batch.prefix_lens[i])
+                if st is not None and prefix == 0 and st.physical > 0:  # re-prefilled from scratch
+                    self.on_release(req)
+                    st = None
+                if st is None and prefix == 0:
+                    st = self._register(req)
+            if st is not None:
+                physical = st.physical
+                if decode:
+                    shift[i] = st.dropped
+                self.step.append(StepRow(req.rid, start, count, physical + st.dropped, not decode))
+            start += count
+        if decode and bool(shift.any()):
+            forward_batch.positions += shift.to(forward_batch.positions.device, forward_batch.positions.dtype)
+
+    def on_queries(self, layer_id: int, q: torch.Tensor, num_heads: int, head_dim: int) -> None:
+        if self.policy.query_window <= 0 or "queries" not in self.policy.needs or not self.step:
+            return
+        if self.queries is None:
+            self.queries = QueryStore(len(self.layer_ids), self.policy.query_window, num_heads, head_dim,
+                                      self.pool.dtype)
+            for st in self.requests.values():
+                st.query_row = self.queries.acquire()
+        self._step_queries[layer_id] = q.detach().reshape(q.shape[0], num_heads, head_dim)
+
+    def on_hidden(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> None:
+        step, self.step = self.step, []
+        if not step:
+            return
+        for row in step:
+            st = self.requests.get(row.rid)
+            if st is None:
+                continue
+            t0 = time.perf_counter()
+            slot = st.physical
+            st.physical += row.count
+            st.peak_physical = max(st.peak_physical, st.physical)
+            if self.observes:
+                tokens = input_ids[row.start : row.start + row.count].detach().cpu().clone()
+                h = hidden[row.start : row.start + row.count].detach().clone() if self.needs_hidden else None
+                self._observe(st, slot, tokens, h, row.prefill)
+            if self.queries is not None and self._step_queries:
+                n = min(row.count, self.queries.window)
+                positions = torch.arange(row.logical_start + row.count - n, row.logical_start + row.count)
+                rows = torch.full((n,), st.query_row, dtype=torch.long)
+                for index, layer_id in enumerate(self.layer_ids):
+                    q = self._step_queries.get(layer_id)
+                    if q is not None:
+                        self.queries.write(index, rows, positions, q[row.start + row.count - n : row.start + row.count])
+            stats = self._stats_of[row.rid]
+            stats.peak_physical_tokens = max(stats.peak_physical_tokens, st.physical)
+            self._charge(st, time.perf_counter() - t0)
+        self._step_queries = {}
+
+    def _charge(self, st: RequestState, seconds: float) -> None:
+        st.policy_s += seconds
+        self._stats_of[st.request_id].policy_s += seconds
+
+    def _observe(self, st: RequestState, slot: int, tokens: torch.Tensor, hidden: torch.Tensor | None,
+                 prefill: bool) -> None:
+        if prefill:
+            self._flush(st)
+            self._call_observe(st, slot, tokens, hidden, True)
+            return
+        if st.pending is None:
+            st.pending = PendingObservation(slot)
+        st.pending.token_ids.append(tokens)
+        if hidden is not None:
+            st.pending.hidden.append(hidden)
+        if st.pending.count >= OBSERVE_CHUNK:
+            self._flush(st)
+
+    def _flush(self, st: RequestState) -> None:
+        pending, st.pending = st.pending, None
+        if pending is None or not pending.token_ids:
+            return
+        hidden = torch.cat(pending.hidden) if pending.hidden else None
+        self._call_observe(st, pending.slot_start, torch.cat(pending.token_ids), hidden, False)
+
+    def _call_observe(self, st: RequestState, slot: int, tokens: torch.Tensor, hidden: torch.Tensor | None,
+                      prefill: bool) -> None:
+        obs = StepObservation(tokens.long().unsqueeze(0), slot, None if hidden is None else hidden.unsqueeze(0),
+                              prefill)
+        self.policy.observe(obs, st.state)
+
+    # ------------------------------------------------------------------ compaction
+    def before_decode(self, batch: Any) -> None:
+        """Compact every due request of the decode batch about to be prepared (module docstring, step 4)."""
+        due = []
+        for i, req in enumerate(batch.reqs):
+            st = self.requests.get(req.rid)
+            if st is None or st.schedule is None:
+                continue
+            held = int(batch.seq_lens_cpu[i])
+            if held != st.physical:
+                raise BackendError(f"request {req.rid}: SGLang holds {held} KV slots, the policy tracked "
+                                   f"{st.physical} (hooks out of step)")
+            if st.logical > st.num_prompt and st.schedule.triggers(st.physical):
+                due.append((i, req, st))
+        if due:
+            self.compact(batch, due)
+
+    def compact(self, batch: Any, due: list[tuple[int, Any, RequestState]]) -> None:
+        t0 = time.perf_counter()
+        for _, _, st in due:
+            self._flush(st)
+        width = max(st.physical for _, _, st in due)
+        b = len(due)
+        valid = torch.zeros(b, width, dtype=torch.bool)
+        positions = torch.full((b, width), -1, dtype=torch.long)
+        token_ids = torch.zeros(b, width, dtype=torch.long)
+        is_prompt = torch.zeros(b, width, dtype=torch.bool)
+        slots = torch.zeros(b, width, dtype=torch.long)
+        state = {name: torch.zeros(b, width) for name in self.policy.state_names}
+        pads = []
+        table = self.req_to_token_pool.req_to_token
+        for row, (_, req, st) in enumerate(due):
+            pad = width - st.physical
+            pads.append(pad)
+            logical = st.logical_map()
+            tokens = torch.tensor(list(req.origin_input_ids) + list(req.output_ids), dtype=torch.long)
+            valid[row, pad:] = True
+            positions[row, pad:] = logical
+            token_ids[row, pad:] = tokens[logical]
+            is_prompt[row, pad:] = logical < st.num_prompt
+            slots[row, pad:] = table[req.kv.req_pool_idx, : st.physical].to("cpu", torch.long)
+            for name in state:
+                state[name][row, pad:] = st.state[name][0, : st.physical]
+        queries = query_valid = None
+        if self.queries is not None:
+            rows = torch.tensor([st.query_row for _, _, st in due], dtype=torch.long)
+            lengths = torch.tensor([st.logical for _, _, st in due], dtype=torch.long)
+            queries, query_valid = self.queries.read(rows, lengths)
+        view = CacheView(valid=valid, positions=positions, token_ids=token_ids, is_prompt=is_prompt,
+                         keys=PoolKeys(self.pool, self.layer_ids, slots, valid), queries=queries,
+                         query_valid=query_valid, state=state, think_end_id=self.think_end_id)
+        live = valid.sum(-1)
+        prompt_counts = (is_prompt & valid).sum(-1)
+        keep = torch.tensor([st.schedule.keep_count(int(n), int(p)) for (_, _, st), n, p in
+                             zip(due, live, prompt_counts)])
+        sched = due[0][2].schedule
+        assert sched is not None
+        scores = self.policy.score(view)
+        kept, kept_valid = self.policy.select(scores, view, keep, sched.window, sched.protect_prompt)
+        cache = _TokenPoolCache(self, batch, due, pads)
+        self.policy.evict(cache, kept, kept_valid)
+        elapsed = time.perf_counter() - t0
+        for _, _, st in due:
+            self._charge(st, elapsed)
+
+
+class _TokenPoolCache:
+    """The ``CompactableCache`` a policy's ``evict`` compacts: kept slots -> ``req_to_token`` remaps."""
+
+    def __init__(self, runtime: SchedulerRuntime, batch: Any, due: list[tuple[int, Any, RequestState]],
+                 pads: list[int]) -> None:
+        self.runtime, self.batch, self.due, self.pads = runtime, batch, due, pads
+
+    def compact(self, kept: torch.Tensor, kept_valid: torch.Tensor) -> None:
+        rt, batch = self.runtime, self.batch
+        table = rt.req_to_token_pool.req_to_token
+        for b, (i, req, st) in enumerate(self.due):
+            real = kept[b][kept_valid[b]].cpu() - self.pads[b]
+            row = req.kv.req_pool_idx
+            remap = plan_remap(req.rid, table[row, : st.physical], real)
+            apply_remap(table, row, remap)
+            rt.allocator.free(remap.freed_slots.to(torch.int64))
+            shrink_lengths(batch, i, req, remap.dropped)
+            st.apply_compaction(real)
+            st.compressions += 1
+            stats = rt._stats_of[req.rid]
+            stats.compactions += 1
+            stats.freed_slots += remap.dropped
+            free = int(rt.allocator.available_size())
+            stats.min_free_slots = free if stats.min_free_slots < 0 else min(stats.min_free_slots, free)
+        batch.seq_lens_sum = None
+
+
+def shrink_lengths(batch: Any, index: int, req: Any, dropped: int) -> None:
+    """SGLang's lengths of one request become physical: ``dropped`` fewer slots everywhere it counts them."""
+    if dropped == 0:
+        return
+    batch.seq_lens[index] -= dropped
+    batch.seq_lens_cpu[index] -= dropped
+    if getattr(batch, "orig_seq_lens", None) is not None:
+        batch.orig_seq_lens[index] -= dropped
+    req.kv.kv_committed_len -= dropped
+    req.kv.kv_allocated_len -= dropped

@@ -1,0 +1,91 @@
+"""The sglang backend end to end on the shipped tiny reasoner: SGLang's CPU engine (torch_native attention,
+page size 1) against the transformers backend's own decode loop, the reference."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("sglang", reason="SGLang is not installed here: backends/sglang/install_cpu_env.sh makes its venv")
+
+from backends.base import BackendError, GenerationRequest, SamplingParams  # noqa: E402
+from zoo import build_policy  # noqa: E402
+from zoo.schedule import EvictionSchedule  # noqa: E402
+
+BUDGET = EvictionSchedule(budget=86, window=32, interval=16)
+PAPER = EvictionSchedule(mode="paper", trigger_len=140, window=32, ratio=0.4)
+GREEDY = SamplingParams(max_new_tokens=600)
+
+
+def make_policy(name: str):
+    """A fresh policy; DynTS gets the predictor shipped for the tiny reasoner (the harness passes it the same)."""
+    if name == "dynts":
+        from harness.catalog import shipped_predictor
+
+        return build_policy(name, predictor=str(shipped_predictor("tiny-reasoner")))
+    return build_policy(name)
+
+
+def requests_for(backend, problems, n=8) -> list[GenerationRequest]:
+    return [GenerationRequest(p["id"], backend.encode_prompt(p["prompt"])) for p in problems[:n]]
+
+
+def reference(requests, policy_name, schedule):
+    from backends.hf.backend import TransformersBackend
+
+    hf = TransformersBackend("tiny-reasoner", batch_size=len(requests))
+    policy = make_policy(policy_name)
+    hf.prepare(policy)
+    return hf.generate(requests, policy, schedule, GREEDY)
+
+
+def test_no_eviction_gives_the_transformers_backends_greedy_tokens(sglang_backend, problems):
+    requests = requests_for(sglang_backend, problems)
+    ours = sglang_backend.generate(requests, build_policy("full"), None, GREEDY)
+    expected = reference(requests, "full", None)
+    assert [r.output_ids for r in ours] == [r.output_ids for r in expected]
+    assert all(r.compressions == 0 for r in ours)
+
+
+@pytest.mark.parametrize("policy_name,schedule", [("window", BUDGET), ("dynts", BUDGET), ("snapkv", BUDGET),
+                                                  ("dynts", PAPER)])
+def test_same_kept_sets_as_the_transformers_backend(sglang_backend, problems, policy_name, schedule):
+    """Same schedule semantics (budget and paper modes), same policy code: the same greedy tokens as the
+    transformers backend, and SGLang's token pool never holds more than the schedule allows."""
+    requests = requests_for(sglang_backend, problems, 4)
+    expected = reference(requests, policy_name, schedule)
+    policy = make_policy(policy_name)
+    sglang_backend.prepare(policy)
+    got = sglang_backend.generate(requests, policy, schedule, GREEDY)
+    assert [r.output_ids for r in got] == [r.output_ids for r in expected]
+    assert sum(r.compressions for r in got) > 0
+    assert max(r.kv_peak_tokens for r in got) <= schedule.steady_capacity()
+    assert all(r.extra["kv_freed_slots"] > 0 for r in got if r.compressions)
+
+
+def test_unsupported_requests_fail_closed_with_one_line(sglang_backend):
+    with pytest.raises(BackendError, match="policy h2o needs the observation 'attention'"):
+        sglang_backend.prepare(build_policy("h2o"))
+    request = GenerationRequest("r", sglang_backend.encode_prompt("a 1"), forced_ids=[3, 4])
+    with pytest.raises(BackendError, match="--protocol replay needs forced tokens"):
+        sglang_backend.generate([request], build_policy("full"), None, GREEDY)
+
+
+@pytest.mark.gpu
+def test_gpu_engine_gives_the_transformers_backends_tokens_under_eviction(problems):
+    """GPU path (SGLang's default attention backend, CUDA graphs off): unverified on CPU machines."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU with CUDA")
+    from backends.sglang.backend import SGLangBackend
+
+    gpu = SGLangBackend("tiny-reasoner", device="cuda", batch_size=4)
+    try:
+        requests = requests_for(gpu, problems, 4)
+        policy = make_policy("dynts")
+        gpu.prepare(policy)
+        got = gpu.generate(requests, policy, BUDGET, GREEDY)
+    finally:
+        gpu.close()
+    expected = reference(requests, "dynts", BUDGET)
+    assert [r.output_ids for r in got] == [r.output_ids for r in expected]
