@@ -289,12 +289,22 @@ def test_a_decode_loop_twice_as_slow_for_every_policy_fails_the_speed_gate(gate,
     assert len(found["full"]) == 2 and "FAIL" not in found["full"], found  # a uniform slowdown keeps the ratios
 
 
-def test_a_noisy_speed_measurement_is_inconclusive(gate, tmp_path, monkeypatch) -> None:
-    """The middle repeat of every cell slowed 2x (a burst of load): the repeats spread too wide to decide, and
-    the gate says so -- not a failure (the fastest repeats are unchanged), not a silent pass."""
+def test_a_noisy_speed_measurement_is_inconclusive(gate, tmp_path) -> None:
+    """One round of every cell 2x slower (a burst of load), the others as the baseline measured them: the repeats
+    spread too wide to decide, and the gate says so -- not a failure (the fastest repeats are the baseline's), not a
+    silent pass. The probe's own record is edited (the baseline sweep's timings, one round doubled, figures
+    recomputed by ``harness.speed.figures``), so the verdict does not depend on how busy this machine is."""
+    from harness.speed import figures
+
     sweep = _copy(gate, tmp_path)
-    _slow_decode(monkeypatch, lambda policy, n: n == 2)  # n 0 is the warm-up, 1-3 the three rounds
-    _reprobe(tmp_path)
+    probe = json.loads((sweep / "speed.json").read_text())
+    raws = {key: entry["raw"] for key, entry in probe["entries"].items()}
+    for raw in raws.values():
+        raw["decode_ms_per_token"][1] *= 2.0
+    full = next(raw for key, raw in raws.items() if probe["entries"][key]["policy"] == "full")
+    for key, entry in probe["entries"].items():
+        entry.update(figures(raws[key], None if entry["policy"] == "full" else full))
+    (sweep / "speed.json").write_text(json.dumps(probe))
     result = _check(sweep, gate[1])
     text = " ".join(result.output.split())
     assert result.exit_code == 0 and "speed checks inconclusive" in text, result.output
