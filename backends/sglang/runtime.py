@@ -32,8 +32,8 @@ import torch
 
 from backends.base import BackendError
 from backends.sglang.compaction import apply_remap, plan_remap
-from backends.sglang.state import OBSERVE_CHUNK, PendingObservation, QueryStore, RequestState
-from zoo.base import CacheView, Policy, StepObservation
+from backends.sglang.state import QueryStore, RequestState, flush_observations, observe_tokens
+from zoo.base import CacheView, Policy
 from zoo.schedule import EvictionSchedule
 
 #: key of our per-request options in ``SamplingParams.custom_params`` (a JSON string value)
@@ -202,7 +202,7 @@ class SchedulerRuntime:
             if self.observes:
                 tokens = input_ids[row.start : row.start + row.count].detach().cpu().clone()
                 h = hidden[row.start : row.start + row.count].detach().clone() if self.needs_hidden else None
-                self._observe(st, slot, tokens, h, row.prefill)
+                observe_tokens(self.policy, st, slot, tokens, h, row.prefill)
             if self.queries is not None and self._step_queries:
                 n = min(row.count, self.queries.window)
                 positions = torch.arange(row.logical_start + row.count - n, row.logical_start + row.count)
@@ -219,33 +219,6 @@ class SchedulerRuntime:
     def _charge(self, st: RequestState, seconds: float) -> None:
         st.policy_s += seconds
         self._stats_of[st.request_id].policy_s += seconds
-
-    def _observe(self, st: RequestState, slot: int, tokens: torch.Tensor, hidden: torch.Tensor | None,
-                 prefill: bool) -> None:
-        if prefill:
-            self._flush(st)
-            self._call_observe(st, slot, tokens, hidden, True)
-            return
-        if st.pending is None:
-            st.pending = PendingObservation(slot)
-        st.pending.token_ids.append(tokens)
-        if hidden is not None:
-            st.pending.hidden.append(hidden)
-        if st.pending.count >= OBSERVE_CHUNK:
-            self._flush(st)
-
-    def _flush(self, st: RequestState) -> None:
-        pending, st.pending = st.pending, None
-        if pending is None or not pending.token_ids:
-            return
-        hidden = torch.cat(pending.hidden) if pending.hidden else None
-        self._call_observe(st, pending.slot_start, torch.cat(pending.token_ids), hidden, False)
-
-    def _call_observe(self, st: RequestState, slot: int, tokens: torch.Tensor, hidden: torch.Tensor | None,
-                      prefill: bool) -> None:
-        obs = StepObservation(tokens.long().unsqueeze(0), slot, None if hidden is None else hidden.unsqueeze(0),
-                              prefill)
-        self.policy.observe(obs, st.state)
 
     # ------------------------------------------------------------------ compaction
     def before_decode(self, batch: Any) -> None:
@@ -267,7 +240,7 @@ class SchedulerRuntime:
     def compact(self, batch: Any, due: list[tuple[int, Any, RequestState]]) -> None:
         t0 = time.perf_counter()
         for _, _, st in due:
-            self._flush(st)
+            flush_observations(self.policy, st)
         width = max(st.physical for _, _, st in due)
         b = len(due)
         valid = torch.zeros(b, width, dtype=torch.bool)

@@ -29,8 +29,8 @@ import torch
 from backends.base import BackendError
 from backends.paged import merge_plans, plan_compaction
 from backends.vllm.layouts import LayerStore, SlabStore, layout_for, probe_layout
-from backends.vllm.state import OBSERVE_CHUNK, PendingObservation, QueryStore, RequestState
-from zoo.base import CacheView, Policy, StepObservation
+from backends.vllm.state import QueryStore, RequestState, flush_observations, observe_tokens
+from zoo.base import CacheView, Policy
 from zoo.schedule import EvictionSchedule
 
 #: key of our per-request options in ``SamplingParams.extra_args``
@@ -272,7 +272,7 @@ class WorkerRuntime:
                 t0 = time.perf_counter()
                 tokens = input_ids[start:start + q].clone()
                 h = hidden[start:start + q].clone() if self.needs_hidden else None
-                self._observe(st, physical_start, tokens, h, prefill)
+                observe_tokens(self.policy, st, physical_start, tokens, h, prefill)
                 spent = time.perf_counter() - t0
                 self.total_policy_s += spent
                 self._charge(st, spent)
@@ -300,33 +300,6 @@ class WorkerRuntime:
     def _charge(self, st: RequestState, seconds: float) -> None:
         st.policy_s += seconds
         self.spent[st.request_id] = self.spent.get(st.request_id, 0.0) + seconds
-
-    def _observe(self, st: RequestState, slot: int, tokens: torch.Tensor, hidden: torch.Tensor | None,
-                 prefill: bool) -> None:
-        if prefill:
-            self._flush(st)
-            self._call_observe(st, slot, tokens, hidden, True)
-            return
-        if st.pending is None:
-            st.pending = PendingObservation(slot)
-        st.pending.token_ids.append(tokens)
-        if hidden is not None:
-            st.pending.hidden.append(hidden)
-        if st.pending.count >= OBSERVE_CHUNK:
-            self._flush(st)
-
-    def _flush(self, st: RequestState) -> None:
-        pending, st.pending = st.pending, None
-        if pending is None or not pending.token_ids:
-            return
-        hidden = torch.cat(pending.hidden) if pending.hidden else None
-        self._call_observe(st, pending.slot_start, torch.cat(pending.token_ids), hidden, False)
-
-    def _call_observe(self, st: RequestState, slot: int, tokens: torch.Tensor, hidden: torch.Tensor | None,
-                      prefill: bool) -> None:
-        obs = StepObservation(tokens.long().unsqueeze(0), slot, None if hidden is None else hidden.unsqueeze(0),
-                              prefill)
-        self.policy.observe(obs, st.state)
 
     def after_sample(self, runner: Any) -> tuple[dict[str, Compaction], dict[str, float]]:
         """Compact the due requests; returns the compactions and the step's policy seconds per request."""
@@ -357,7 +330,7 @@ class WorkerRuntime:
     def compact(self, runner: Any, due: list[RequestState]) -> dict[str, Compaction]:
         t0 = time.perf_counter()
         for st in due:
-            self._flush(st)
+            flush_observations(self.policy, st)
         width = max(st.physical for st in due)
         b = len(due)
         valid = torch.zeros(b, width, dtype=torch.bool)

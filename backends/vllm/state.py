@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from zoo.base import Policy, StepObservation
 from zoo.schedule import EvictionSchedule
 
 #: decode tokens of one request buffered before ``Policy.observe`` runs on them (also flushed at compaction)
@@ -116,3 +117,34 @@ class QueryStore:
             q = self.store[rows[:, None], layer, ring]  # [B, w, H, D]
             per_layer.append(q.masked_fill(~valid[:, :, None, None], 0).transpose(1, 2))
         return per_layer, valid
+
+
+def observe_tokens(policy: Policy, st: RequestState, slot: int, tokens: torch.Tensor, hidden: torch.Tensor | None,
+                   prefill: bool) -> None:
+    """Hand a step's tokens of one request to ``policy.observe``: a prefill chunk at once, decode tokens buffered
+    up to ``OBSERVE_CHUNK`` (and flushed before any compaction), so the policy sees them like a prefill."""
+    if prefill:
+        flush_observations(policy, st)
+        _call_observe(policy, st, slot, tokens, hidden, True)
+        return
+    if st.pending is None:
+        st.pending = PendingObservation(slot)
+    st.pending.token_ids.append(tokens)
+    if hidden is not None:
+        st.pending.hidden.append(hidden)
+    if st.pending.count >= OBSERVE_CHUNK:
+        flush_observations(policy, st)
+
+
+def flush_observations(policy: Policy, st: RequestState) -> None:
+    pending, st.pending = st.pending, None
+    if pending is None or not pending.token_ids:
+        return
+    hidden = torch.cat(pending.hidden) if pending.hidden else None
+    _call_observe(policy, st, pending.slot_start, torch.cat(pending.token_ids), hidden, False)
+
+
+def _call_observe(policy: Policy, st: RequestState, slot: int, tokens: torch.Tensor, hidden: torch.Tensor | None,
+                  prefill: bool) -> None:
+    obs = StepObservation(tokens.long().unsqueeze(0), slot, None if hidden is None else hidden.unsqueeze(0), prefill)
+    policy.observe(obs, st.state)
