@@ -26,13 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import BackendError, GenerationRequest, OnBatch, SamplingParams, SequenceResult, check_schedules
-from backends.hf.tokenizer import TokenizerText, eos_ids_of
+from backends.hf.facts import DTYPES, ModelFacts
 from backends.sglang.checks import CAPABILITIES, check_engine_args, check_version
 from backends.sglang.runtime import request_options
-from zoo.base import ModelInfo, Policy
+from zoo.base import Policy
 from zoo.schedule import EvictionSchedule
-
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def engine_args(model: str, device: str, dtype: str, batch_size: int, max_model_len: int,
@@ -61,7 +59,7 @@ def prepare_cpu() -> None:
     activate()
 
 
-class SGLangBackend(TokenizerText):
+class SGLangBackend(ModelFacts):
     """``sglang.Engine`` with the dynts_bench plugin (module docstring)."""
 
     name = "sglang"
@@ -79,16 +77,12 @@ class SGLangBackend(TokenizerText):
             raise BackendError(f"--device {device}: the sglang backend runs on cpu or cuda")
         if device == "cpu":
             prepare_cpu()
-        from transformers import AutoConfig, AutoTokenizer
-
         from backends.hf import loading
 
         source = loading.resolve(model)  # GGUF files are converted once, as for the transformers backend
-        self.spec, self.source_kind = model, source.kind
-        self.path = str(loading.transformers_dir(source))
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.config = AutoConfig.from_pretrained(self.path)
-        limit = int(getattr(self.config, "max_position_embeddings", 0) or 4096)
+        self.source_kind = source.kind
+        super().__init__(model, str(loading.transformers_dir(source)), dtype)
+        limit = self.position_limit
         self.max_model_len = min(max_model_len or limit, limit)
         self.batch_size, self.dtype, self.device = batch_size, dtype, "cpu" if device == "cpu" else "cuda"
         args = engine_args(self.path, self.device, dtype, batch_size, self.max_model_len, kv_tokens)
@@ -100,34 +94,6 @@ class SGLangBackend(TokenizerText):
         self.engine = sglang.Engine(**args)
         self._policy: Policy | None = None
         self._ids = count()
-        heads = getattr(self.config, "num_key_value_heads", None) or self.config.num_attention_heads
-        head_dim = getattr(self.config, "head_dim", None) or self.config.hidden_size // self.config.num_attention_heads
-        itemsize = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
-        self.kv_bytes_per_token = 2 * self.config.num_hidden_layers * heads * head_dim * itemsize
-        from transformers import GenerationConfig
-
-        try:
-            generation = GenerationConfig.from_pretrained(self.path)
-        except OSError:
-            generation = None
-        self.eos_ids = eos_ids_of(generation, self.config, self.tokenizer)
-        ids = self.tokenizer.encode("</think>", add_special_tokens=False)
-        self.think_end_id = ids[0] if len(ids) == 1 else None
-
-    # ------------------------------------------------------------------ model facts
-    def model_info(self) -> ModelInfo:
-        tokenizer = self.tokenizer
-        return ModelInfo(
-            model_id=self.spec,
-            name_or_path=str(getattr(self.config, "_name_or_path", "") or self.path),
-            hidden_size=self.config.hidden_size,
-            num_layers=self.config.num_hidden_layers,
-            token_texts=lambda: [tokenizer.decode([i]) for i in range(len(tokenizer))],
-            think_end_id=self.think_end_id,
-            kv_bytes_per_token=self.kv_bytes_per_token,
-            eos_ids=self.eos_ids,
-            vocab_size=len(tokenizer),
-        )
 
     def describe(self) -> dict[str, Any]:
         import sglang
