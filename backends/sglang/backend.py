@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import BackendError, GenerationRequest, OnBatch, SamplingParams, SequenceResult, check_schedules
-from backends.hf.facts import DTYPES, ModelFacts
+from backends.hf.facts import DTYPES, ModelFacts, model_directory
 from backends.sglang.checks import CAPABILITIES, check_engine_args, check_version
 from backends.sglang.runtime import request_options
 from zoo.base import Policy
@@ -77,11 +77,8 @@ class SGLangBackend(ModelFacts):
             raise BackendError(f"--device {device}: the sglang backend runs on cpu or cuda")
         if device == "cpu":
             prepare_cpu()
-        from backends.hf import loading
-
-        source = loading.resolve(model)  # GGUF files are converted once, as for the transformers backend
-        self.source_kind = source.kind
-        super().__init__(model, str(loading.transformers_dir(source)), dtype)
+        path, self.source_kind, self.source_path = model_directory(model)  # GGUF converted once, as for transformers
+        super().__init__(model, path, dtype)
         limit = self.position_limit
         self.max_model_len = min(max_model_len or limit, limit)
         self.batch_size, self.dtype, self.device = batch_size, dtype, "cpu" if device == "cpu" else "cuda"
@@ -182,7 +179,8 @@ class SGLangBackend(ModelFacts):
         peak = kv["peak_physical_tokens"] if kv else prompt + len(ids) - 1
         extra: dict[str, Any] = {"batch_size": self.batch_size, "page_size": 1}
         if kv:
-            extra.update(kv_freed_slots=kv["freed_slots"], kv_min_free_slots=kv["min_free_slots"])
+            extra.update(kv_freed_slots=kv["freed_slots"], kv_min_free_slots=kv["min_free_slots"],
+                         kv_retractions=kv.get("retractions", 0))
         return SequenceResult(
             request_id=request.request_id, output_ids=ids, text=text, finish_reason=finish, prompt_tokens=prompt,
             generated_tokens=len(ids), ttft_s=0.0, decode_s=float(meta.get("e2e_latency") or total),

@@ -30,6 +30,9 @@ SGLANG_DEPS=(
     numpy orjson psutil pybase64 msgspec pydantic pyzmq starlette gguf einops partial_json_parser
     pillow ipython aiohttp dill uvicorn fastapi uvloop setproctitle
 )
+# What SGLang's HTTP server (dynts-bench serve --backend sglang) imports beyond the engine; installed on every run
+# (a no-op once present), outside the stamp, so that adding one does not rebuild an existing venv.
+SERVER_DEPS=("soundfile==0.13.1" jsonschema python-multipart "prometheus-client>=0.20.0")
 STAMP="$VENV/.dynts-bench-sglang"
 WANT="sglang==0.5.23 torch==2.13.0 ${SGLANG_DEPS[*]}"
 
@@ -42,6 +45,7 @@ if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]] || ! "$PY" -c "import imp
     "$PY" -m pip uninstall --quiet -y torchvision torchaudio torchcodec sgl-kernel sglang-kernel 2>/dev/null || true
     echo "$WANT" > "$STAMP"
 fi
+"$PY" -m pip install --quiet "${SERVER_DEPS[@]}" torch==2.13.0
 CONSTRAINTS=$(mktemp)
 trap 'rm -f "$CONSTRAINTS"' EXIT
 "$PY" -m pip freeze | grep -iE '^(torch|transformers|tokenizers|numpy|sglang|sentencepiece|compressed-tensors|openai|pydantic|triton)==' > "$CONSTRAINTS"

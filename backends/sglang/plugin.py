@@ -2,7 +2,8 @@
 
 SGLang calls ``register()`` early in every process it starts (engine, scheduler, detokenizer); the hooks only
 act in a scheduler whose ``dynts_configure`` was called (``Engine.collective_rpc("dynts_configure", ...)``, or
-``configure`` directly in-process), so an engine without a policy is vanilla SGLang. Hooks, all through
+``configure`` directly in-process), or that runs under ``dynts-bench serve`` (the policy from the environment,
+``backends.serving``), so an engine without a policy is vanilla SGLang. Hooks, all through
 ``HookRegistry`` (no SGLang file is patched):
 
 * BEFORE ``ScheduleBatch.prepare_for_decode``    -> compaction of due requests (``runtime.before_decode``);
@@ -21,12 +22,14 @@ import base64
 import logging
 import pickle
 import types
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from backends.base import BackendError
+from backends.serving import ServeSpec, build_served_policy, served_spec, write_stats
 from backends.sglang.checks import check_version, refusal
-from backends.sglang.runtime import SchedulerRuntime
+from backends.sglang.runtime import KVStats, SchedulerRuntime
 from zoo.base import Policy
 
 logger = logging.getLogger("dynts_bench.sglang")
@@ -50,7 +53,8 @@ def runtime() -> SchedulerRuntime | None:
 
 
 def configure(policy: Policy | None, think_end_id: int | None, req_to_token_pool: Any, token_to_kv_pool: Any,
-              allocator: Any, server_args: Any = None, stats_dir: str | None = None) -> SchedulerRuntime | None:
+              allocator: Any, server_args: Any = None, stats_dir: str | None = None,
+              served: ServeSpec | None = None) -> SchedulerRuntime | None:
     """Bind ``policy`` to one scheduler's pools (None: vanilla SGLang again). Refuses unsupported engine args."""
     global _RUNTIME
     if not _REGISTERED:
@@ -62,9 +66,28 @@ def configure(policy: Policy | None, think_end_id: int | None, req_to_token_pool
             raise BackendError(reason)
     _RUNTIME = None
     if policy is not None and policy.evicts:
-        _RUNTIME = SchedulerRuntime(policy, think_end_id, req_to_token_pool, token_to_kv_pool, allocator,
-                                    Path(stats_dir) if stats_dir else None)
+        _RUNTIME = SchedulerRuntime(
+            policy, think_end_id, req_to_token_pool, token_to_kv_pool, allocator,
+            Path(stats_dir) if stats_dir else None,
+            default_options=None if served is None else served.default_options,
+            on_finished=None if served is None else lambda stats, req: _served_stats(served, stats, req))
     return _RUNTIME
+
+
+def _served_stats(spec: ServeSpec, stats: KVStats, req: Any) -> None:
+    write_stats(spec, {"request_id": req.rid, "output_tokens": len(req.output_ids), **asdict(stats)})
+
+
+def _configure_served(scheduler: Any) -> None:
+    """Under ``dynts-bench serve`` the policy comes from the environment (``backends.serving``)."""
+    spec = served_spec()
+    if spec is None:
+        return
+    from backends.hf.facts import ModelFacts
+
+    policy, think_end_id = build_served_policy(spec, ModelFacts.of(spec.model, spec.dtype))
+    configure(policy, think_end_id, scheduler.req_to_token_pool, scheduler.token_to_kv_pool_allocator.get_kvcache(),
+              scheduler.token_to_kv_pool_allocator, scheduler.server_args, served=spec)
 
 
 def _scheduler_configure(self: Any, policy_b64: str = "", think_end_id: int | None = None,
@@ -104,6 +127,7 @@ def _before_release(req: Any, *args: Any, **kwargs: Any) -> None:
 
 def _after_scheduler_init(result: Any, scheduler: Any, *args: Any, **kwargs: Any) -> None:
     scheduler.dynts_configure = types.MethodType(_scheduler_configure, scheduler)
+    _configure_served(scheduler)
 
 
 def register() -> None:

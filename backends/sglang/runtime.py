@@ -13,17 +13,19 @@ Called by the plugin's hooks (``backends.sglang.plugin``), in step order:
    token allocator, and ``seq_lens`` / ``seq_lens_cpu`` / ``orig_seq_lens`` / the request's committed and
    allocated KV lengths shrink to the physical length.
 5. ``on_release`` (BEFORE ``mem_cache.common.release_kv_cache``): a finished, aborted or retracted request's state
-   is dropped; a retracted request re-prefills from scratch and starts over.
+   is dropped; a retracted request re-prefills its whole logical sequence (prompt and output so far) and is
+   compacted again at its next decode step; its stats (compactions, freed slots, retractions) carry over.
 
 Requests opt in through ``SamplingParams.custom_params[EXTRA_KEY]`` (a JSON string: the backend's id and the
-schedule); others run untouched.
+schedule); others run untouched, except under ``dynts-bench serve``, where they get the served schedule
+(``default_options``) and their stats go to ``on_finished`` when they finish.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,8 @@ from backends.sglang.state import QueryStore, RequestState, flush_observations, 
 from zoo.base import CacheView, Policy
 from zoo.schedule import EvictionSchedule
 
+#: SGLang's ``HEALTH_CHECK_RID_PREFIX``: ``/health`` generates one token; it is not a request to serve or count
+HEALTH_CHECK_PREFIX = "HEALTH_CHECK"
 #: key of our per-request options in ``SamplingParams.custom_params`` (a JSON string value)
 EXTRA_KEY = "dynts_bench"
 
@@ -56,6 +60,7 @@ class KVStats:
     freed_slots: int = 0
     policy_s: float = 0.0
     min_free_slots: int = -1
+    retractions: int = 0  # times SGLang retracted it under memory pressure (each: a full re-prefill, then compaction)
 
 
 @dataclass
@@ -93,7 +98,8 @@ class SchedulerRuntime:
     """One policy bound to one scheduler's pools (see module docstring)."""
 
     def __init__(self, policy: Policy, think_end_id: int | None, req_to_token_pool: Any, token_to_kv_pool: Any,
-                 allocator: Any, stats_dir: Path | None = None) -> None:
+                 allocator: Any, stats_dir: Path | None = None, default_options: dict[str, Any] | None = None,
+                 on_finished: Callable[[KVStats, Any], None] | None = None) -> None:
         if getattr(allocator, "page_size", 1) != 1 or getattr(token_to_kv_pool, "page_size", 1) != 1:
             raise BackendError("the sglang backend needs --page-size 1 (it remaps single token slots)")
         self.policy = policy
@@ -110,6 +116,9 @@ class SchedulerRuntime:
         self.stats_dir = stats_dir  # where a released request's KVStats go (``<key>.json``), for another process
         self.stats: dict[str, KVStats] = {}  # by the backend's key, in-process readers (moved to stats_dir at release)
         self._stats_of: dict[str, KVStats] = {}  # by SGLang rid, live requests
+        self._retracted: dict[str, KVStats] = {}  # by key, retracted requests waiting to be prefilled again
+        self.default_options = default_options  # options of requests without ours (serving), None: untouched
+        self.on_finished = on_finished  # gets a finished (or aborted) request's stats and the request (serving)
         self.step: list[StepRow] = []
         self._step_queries: dict[int, torch.Tensor] = {}
         self.queries: QueryStore | None = None  # built at the first forward (query heads known then)
@@ -118,9 +127,12 @@ class SchedulerRuntime:
     def _register(self, req: Any) -> RequestState | None:
         params = getattr(req.sampling_params, "custom_params", None) or {}
         raw = params.get(EXTRA_KEY)
-        if raw is None:
+        if raw is None and (self.default_options is None or str(req.rid).startswith(HEALTH_CHECK_PREFIX)):
             return None
-        options = json.loads(raw) if isinstance(raw, str) else raw
+        if raw is None:
+            options = {"id": req.rid, **self.default_options}
+        else:
+            options = json.loads(raw) if isinstance(raw, str) else raw
         schedule = EvictionSchedule(**options["schedule"]) if options.get("schedule") else None
         st = RequestState(req.rid, str(options.get("id", req.rid)), schedule, len(req.origin_input_ids),
                           self.capacity)
@@ -128,21 +140,31 @@ class SchedulerRuntime:
         if self.queries is not None:
             st.query_row = self.queries.acquire()
         self.requests[req.rid] = st
-        stats = KVStats(st.key, prompt_tokens=st.num_prompt)
+        stats = self._retracted.pop(st.key, None) or KVStats(st.key, prompt_tokens=st.num_prompt)
         self.stats[st.key] = self._stats_of[req.rid] = stats
         return st
 
     def on_release(self, req: Any) -> None:
+        """A request's KV is released: it finished, was aborted, or was retracted (SGLang re-prefills it from
+        scratch later, as a new attempt). A retracted request's stats carry over to its next attempt."""
         st = self.requests.pop(req.rid, None)
         stats = self._stats_of.pop(req.rid, None)
         if st is not None and self.queries is not None:
             self.queries.release(st.query_row)
-        if stats is not None and self.stats_dir is not None:
+        if stats is None:
+            return
+        if not req.finished() and getattr(req, "to_finish", None) is None:  # retracted: it will come back
+            stats.retractions += 1
+            self._retracted[stats.key] = stats
+            return
+        if self.stats_dir is not None:
             path = self.stats_dir / f"{stats.key}.json"
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(asdict(stats)))
             tmp.replace(path)
             self.stats.pop(stats.key, None)
+        if self.on_finished is not None:
+            self.on_finished(stats, req)
 
     # ------------------------------------------------------------------ per forward
     def after_forward_batch(self, forward_batch: Any, batch: Any) -> None:

@@ -6,19 +6,9 @@ rebuilds the same facts to prepare the served policy).
 
 from __future__ import annotations
 
-from backends.hf.facts import DTYPES, ModelFacts
+from backends.hf.facts import DTYPES, ModelFacts, model_directory
 
 __all__ = ["DTYPES", "VLLMModel", "model_directory"]
-
-
-def model_directory(spec: str) -> tuple[str, str, str]:
-    """(directory vLLM loads, source kind, path) for ``--model``; GGUF files are converted once, as for transformers."""
-    from backends.hf import loading
-
-    source = loading.resolve(spec)
-    if source.kind == "gguf" or source.spec == loading.SMOLLM2_ALIAS:
-        return str(loading.transformers_dir(source)), source.kind, source.path
-    return source.path, source.kind, source.path
 
 
 class VLLMModel(ModelFacts):

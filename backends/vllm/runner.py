@@ -23,8 +23,9 @@ from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.cpu_worker import CPUWorker
 
 from backends.base import BackendError
+from backends.serving import served_spec
 from backends.vllm.runtime import WorkerRuntime
-from backends.vllm.serve import build_served_policy, served_spec
+from backends.vllm.serve import build_vllm_served_policy
 from zoo.base import Policy
 
 
@@ -46,7 +47,7 @@ class CompactingCPUModelRunner(CPUModelRunner):
         self._served_checked = True
         spec = served_spec()
         if spec is not None and self.dynts is None:
-            policy, think_end_id = build_served_policy(spec)
+            policy, think_end_id = build_vllm_served_policy(spec)
             self.dynts_configure(policy, think_end_id, spec.default_options)
 
     def _update_states(self, scheduler_output: Any):

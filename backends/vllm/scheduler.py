@@ -18,8 +18,8 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
 
 from backends.base import BackendError
+from backends.serving import served_spec, write_stats
 from backends.vllm.runtime import EXTRA_KEY
-from backends.vllm.serve import served_spec, write_stats
 
 
 class CompactingFullAttentionManager(FullAttentionManager):

@@ -2,8 +2,8 @@
 
 vLLM's server always runs the engine core in a child process, so the policy cannot be handed over in-process
 as ``run`` does (``collective_rpc``). The command validates everything first (policy, predictor binding,
-schedule, engine flags), then starts ``vllm serve`` with the compacting scheduler and worker and a JSON
-``ServeSpec`` in the environment (``SERVE_ENV``). In the engine process the worker rebuilds and prepares the
+schedule, engine flags), then starts vLLM's API server with the compacting scheduler and worker and a JSON
+``ServeSpec`` in the environment (``backends.serving``). In the engine process the worker rebuilds and prepares the
 policy from the spec the first time it is scheduled (its KV caches exist by then), and every request that does
 not carry our per-request options (``SamplingParams.extra_args``: every OpenAI client's request) runs under the
 served schedule. With ``stats`` set, the scheduler appends one JSON line per finished request (compactions,
@@ -12,75 +12,26 @@ blocks freed, peak blocks, policy seconds) to that file.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
-from backends.base import BackendError
+from backends.serving import SERVE_ENV, ServeSpec, build_served_policy
 from backends.vllm.checks import check_engine_config
 from zoo.base import Policy
 
-SERVE_ENV = "DYNTS_BENCH_SERVE"
+__all__ = ["SCHEDULER_CLS", "SERVE_ENV", "WORKER_CLS", "ServeSpec", "build_vllm_served_policy", "server_command"]
+
 #: the compacting classes, by the dotted names vLLM's ``--scheduler-cls`` / ``--worker-cls`` take
 SCHEDULER_CLS = "backends.vllm.scheduler.CompactingScheduler"
 WORKER_CLS = "backends.vllm.runner.CompactingCPUWorker"
 
 
-@dataclass(frozen=True)
-class ServeSpec:
-    """What the engine process needs to rebuild the served policy: plain JSON, no pickled objects."""
-
-    policy: str
-    options: dict[str, Any]  # build_policy keyword arguments (the predictor directory included)
-    schedule: dict[str, Any] | None  # EvictionSchedule.to_dict(); None for a policy that never evicts
-    model: str  # --model as given
-    dtype: str
-    stats: str | None = None  # JSONL file of per-request KV stats
-
-    def to_env(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_env(cls, value: str) -> ServeSpec:
-        try:
-            return cls(**json.loads(value))
-        except (ValueError, TypeError) as exc:
-            raise BackendError(f"{SERVE_ENV} is not a serve spec written by dynts-bench serve ({exc})") from None
-
-    @property
-    def default_options(self) -> dict[str, Any]:
-        """Our ``extra_args`` entry for requests that come without one."""
-        return {"schedule": self.schedule}
-
-
-@lru_cache(maxsize=1)
-def served_spec() -> ServeSpec | None:
-    """The spec of the server this process belongs to, or ``None`` (``run``, tests, plain vLLM)."""
-    value = os.environ.get(SERVE_ENV)
-    return ServeSpec.from_env(value) if value else None
-
-
-def build_served_policy(spec: ServeSpec) -> tuple[Policy, int | None]:
-    """The served policy, prepared for the model as ``run`` prepares it; with the model's ``</think>`` id."""
+def build_vllm_served_policy(spec: ServeSpec) -> tuple[Policy, int | None]:
+    """The served policy prepared for the directory vLLM loads (``backends.serving.build_served_policy``)."""
     from backends.vllm.model import VLLMModel
-    from zoo import build_policy
 
-    model = VLLMModel(spec.model, spec.dtype)
-    policy = build_policy(spec.policy, **spec.options)
-    policy.prepare(model.model_info())
-    return policy, model.think_end_id
-
-
-def write_stats(spec: ServeSpec, row: dict[str, Any]) -> None:
-    """Append one finished request's stats (one ``write`` of one line: lines from one process never interleave)."""
-    if spec.stats is None:
-        return
-    with open(spec.stats, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
+    return build_served_policy(spec, VLLMModel(spec.model, spec.dtype))
 
 
 def server_command(

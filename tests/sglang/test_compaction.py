@@ -183,6 +183,9 @@ def test_a_request_released_mid_way_leaves_no_state(how):
 
         a.finished_reason = FINISH_ABORT("client went away")
     else:
+        from sglang.srt.managers.schedule_batch import FINISH_LENGTH
+
+        a.finished_reason = FINISH_LENGTH(length=len(a.output_ids))
         a.finished_len = len(a.output_ids)
     pools.release(a)  # SGLang's release_kv_cache: our BEFORE hook forgets the request
     assert "a" not in runtime.requests

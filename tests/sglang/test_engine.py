@@ -62,6 +62,43 @@ def test_same_kept_sets_as_the_transformers_backend(sglang_backend, problems, po
     assert all(r.extra["kv_freed_slots"] > 0 for r in got if r.compressions)
 
 
+def test_retracted_requests_restart_cleanly_and_free_every_slot(problems):
+    """SGLang's own retraction test mode (``SGLANG_TEST_RETRACT``: every 40th step its scheduler retracts a decode
+    request, as under memory pressure). A retracted request is released (our state dropped, its compacted slots
+    freed), re-prefilled from its whole logical sequence and compacted again: it still finishes, its stats carry
+    over the attempts, the others keep the transformers backend's tokens, and SGLang's strict idle leak check
+    (on by default) finds every slot back in the allocator -- the engine keeps serving afterwards."""
+    import os
+
+    from backends.sglang.backend import SGLangBackend
+
+    forced = {"SGLANG_TEST_RETRACT": "1", "SGLANG_TEST_RETRACT_INTERVAL": "40"}
+    saved = {key: os.environ.get(key) for key in forced}
+    os.environ.update(forced)  # read by the scheduler process SGLang spawns now
+    try:
+        engine = SGLangBackend("tiny-reasoner", batch_size=4)
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    try:
+        requests = requests_for(engine, problems, 4)
+        policy = make_policy("dynts")
+        engine.prepare(policy)
+        got = engine.generate(requests, policy, BUDGET, GREEDY)
+        expected = reference(requests, "dynts", BUDGET)
+        retracted = [r for r in got if r.extra["kv_retractions"] > 0]
+        assert retracted, "SGLang's retraction test mode retracted nothing"
+        for result, want in zip(got, expected):
+            assert result.finish_reason == "eos" and " answer " in result.text  # finished, not aborted
+            assert result.compressions > 0 and result.extra["kv_freed_slots"] > 0
+            if result.extra["kv_retractions"] == 0:
+                assert result.output_ids == want.output_ids, result.request_id
+        again = engine.generate(requests[:2], build_policy("full"), None, GREEDY)
+        assert [r.finish_reason for r in again] == ["eos", "eos"]
+    finally:
+        engine.close()
+
+
 def test_unsupported_requests_fail_closed_with_one_line(sglang_backend):
     with pytest.raises(BackendError, match="policy h2o needs the observation 'attention'"):
         sglang_backend.prepare(build_policy("h2o"))

@@ -5,66 +5,22 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed here: backends/vllm/install_cpu_env.sh makes its venv")
 
 from backends.base import SamplingParams  # noqa: E402
+from tests.served import post, running_server  # noqa: E402
 from tests.vllm.test_engine import BUDGET, make_policy, requests_for  # noqa: E402
-
-STARTUP_S = 480  # the engine core process loads the model and warms up: 1-3 minutes on 2 busy cores
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def post(port: int, path: str, body: dict) -> dict:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=300) as response:
-        return json.loads(response.read())
-
-
-def wait_healthy(port: int, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"the server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
-                return
-        except OSError:
-            time.sleep(3)
-    pytest.fail(f"the server did not come up in {STARTUP_S} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    port, stats, log = free_port(), root / "stats.jsonl", root / "server.log"
-    command = [sys.executable, "-m", "harness.cli", "serve", "--backend", "vllm", "-p", "dynts",
-               "--budget", str(BUDGET.budget), "--window", str(BUDGET.window), "--interval", str(BUDGET.interval),
-               "--batch-size", "4", "--port", str(port), "--stats", str(stats)]
-    with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
-    try:
-        wait_healthy(port, process, log)
+    with running_server(tmp_path_factory.mktemp("serve"), "--backend", "vllm", "-p", "dynts",
+                        "--budget", str(BUDGET.budget), "--window", str(BUDGET.window),
+                        "--interval", str(BUDGET.interval), "--batch-size", "4") as (port, stats, _):
         yield port, stats
-    finally:
-        os.killpg(process.pid, 15)
-        process.wait(timeout=60)
 
 
 def test_served_dynts_generates_what_the_in_process_backend_does(server, vllm_backend, problems):
