@@ -5,8 +5,9 @@ An in-process ``sglang.Engine`` (its scheduler runs in a process SGLang spawns) 
 compact in the scheduler. The policy reaches the scheduler once per policy through
 ``Engine.collective_rpc("dynts_configure", ...)`` (pickled: SGLang's RPC carries scalars only); per-request
 schedules travel in ``SamplingParams.custom_params``; per-request KV figures come back as one JSON file per
-request in a scratch directory. ``Engine.generate`` returns whole groups: ``decode_s`` is SGLang's per-request
-``e2e_latency`` (prefill included) and ``ttft_s`` is 0 (not measured). Tokenisation is the model's transformers
+request in a scratch directory. ``Engine.generate`` returns whole groups; per request, ``ttft_s`` is SGLang's
+``first_token_latency`` (arrival to first token, queueing included: the group is submitted at once) and
+``decode_s`` its ``e2e_latency`` minus that. Tokenisation is the model's transformers
 tokenizer (``TokenizerText``), so prompts are byte-identical to the transformers backend's.
 """
 
@@ -40,6 +41,7 @@ def engine_args(model: str, device: str, dtype: str, batch_size: int, max_model_
         model_path=model, tokenizer_path=model, device=device, dtype=dtype, page_size=1, disable_radix_cache=True,
         disable_overlap_schedule=True, disable_cuda_graph=True, max_running_requests=batch_size,
         context_length=max_model_len, random_seed=0, tp_size=1, skip_server_warmup=True, log_level="error",
+        enable_metrics=True,  # per-request first_token_latency in meta_info: TTFT, and decode time without it
     )
     if device == "cpu":
         args.update(attention_backend="torch_native", sampling_backend="pytorch")
@@ -181,9 +183,11 @@ class SGLangBackend(ModelFacts):
         if kv:
             extra.update(kv_freed_slots=kv["freed_slots"], kv_min_free_slots=kv["min_free_slots"],
                          kv_retractions=kv.get("retractions", 0))
+        e2e = float(meta.get("e2e_latency") or total)
+        ttft = float(meta.get("first_token_latency") or 0.0)
         return SequenceResult(
             request_id=request.request_id, output_ids=ids, text=text, finish_reason=finish, prompt_tokens=prompt,
-            generated_tokens=len(ids), ttft_s=0.0, decode_s=float(meta.get("e2e_latency") or total),
+            generated_tokens=len(ids), ttft_s=ttft, decode_s=e2e - ttft,
             kv_peak_tokens=peak, kv_peak_bytes=peak * self.kv_bytes_per_token,
             kv_full_bytes=(prompt + len(ids) - 1) * self.kv_bytes_per_token,
             compressions=kv["compactions"] if kv else 0, policy_s=kv["policy_s"] if kv else 0.0, extra=extra,

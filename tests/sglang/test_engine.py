@@ -44,6 +44,8 @@ def test_no_eviction_gives_the_transformers_backends_greedy_tokens(sglang_backen
     expected = reference(requests, "full", None)
     assert [r.output_ids for r in ours] == [r.output_ids for r in expected]
     assert all(r.compressions == 0 for r in ours)
+    # timings from SGLang's per-request metrics: time to first token, then the decode after it
+    assert all(0 < r.ttft_s < r.ttft_s + r.decode_s and r.decode_s > 0 for r in ours)
 
 
 @pytest.mark.parametrize("policy_name,schedule", [("window", BUDGET), ("dynts", BUDGET), ("snapkv", BUDGET),
