@@ -79,8 +79,7 @@ def run(**values: Any) -> None:
         plan = prepare(options)
     options.apply_threads()
     with console.status(f"loading {options.model} ..."):
-        engine = build_backend(options.backend, model=options.model, dtype=options.dtype, device=options.device,
-                               batch_size=options.batch_size)
+        engine = build_backend(options.backend, **options.backend_kwargs())
     try:
         with progress_for(console) as progress:
             outcomes = execute_plan(plan, engine, per_policy(progress))

@@ -99,8 +99,7 @@ class DyntsLM(LM):
             raise TaskError(f"--model_args names {len(policies)} policies: lm-eval runs one, pass policy=NAME")
         ((_, policy),) = policies.items()
         schedule = build_schedule(options)
-        backend = build_backend(options.backend, model=options.model, dtype=options.dtype, device=options.device,
-                                batch_size=options.batch_size)
+        backend = build_backend(options.backend, **options.backend_kwargs())
         backend.prepare(policy)
         kinds = {name: info["kind"] for name, info in shipped_tasks().items()}
         return cls(backend, policy, schedule if policy.evicts else None, build_sampling(options), kinds,

@@ -83,6 +83,9 @@ class RunOptions:
     dtype: str = field(default="float32", metadata=_opt("float32 | bfloat16 | float16."))
     device: str = field(default="cpu", metadata=_opt("cpu or cuda[:N]."))
     batch_size: int = field(default=32, metadata=_opt("Sequences decoded together.", min=1))
+    tensor_parallel: int = field(default=1, metadata=_opt(
+        "Tensor-parallel ranks, each holding 1/N of the KV heads (--backend vllm; on CPU one core per rank).",
+        min=1))
     chat: bool = field(default=True, metadata=_opt("Wrap prompts in the tokenizer's chat template."))
     threads: Optional[int] = field(default=None, metadata=_opt(
         "CPU threads for torch (default 1 on CPU: fastest and robust on a shared machine, see "
@@ -111,6 +114,9 @@ class RunOptions:
             raise OptionError(f"unknown --dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise OptionError(f"unknown --device {self.device!r}: use cpu or cuda[:N]")
+        if self.tensor_parallel > 1 and self.backend != "vllm":
+            raise OptionError(f"--tensor-parallel {self.tensor_parallel}: only --backend vllm runs tensor-parallel "
+                              f"here ({self.backend} runs one rank): drop it or use --backend vllm")
         if self.run_id and len(set(self.policy)) > 1:
             raise ResultsError("--run-id names one directory: use it with a single --policy")
 
@@ -145,6 +151,19 @@ class RunOptions:
 
             if not torch.cuda.is_available():
                 raise OptionError(f"--device {self.device} asked for, but no CUDA GPU is visible: use --device cpu")
+
+    def backend_kwargs(self) -> dict[str, Any]:
+        """What ``backends.build_backend`` gets: the engine these options describe."""
+        kwargs: dict[str, Any] = dict(model=self.model, dtype=self.dtype, device=self.device,
+                                      batch_size=self.batch_size)
+        if self.tensor_parallel > 1:
+            kwargs["tensor_parallel"] = self.tensor_parallel
+        return kwargs
+
+    @property
+    def engine_key(self) -> tuple[Any, ...]:
+        """Cells with the same key can share one engine (a sweep builds each engine once)."""
+        return (self.backend, self.model, self.dtype, self.device, self.batch_size, self.tensor_parallel)
 
     def apply_threads(self) -> int:
         """Set torch's intra-op threads for this run (CPU only); returns the count in force."""

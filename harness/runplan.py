@@ -35,6 +35,13 @@ class RunPlan:
     workload: Workload
     model_fingerprint: str
 
+    def _extra(self) -> dict[str, Any]:
+        """The workload's config extras, and the rank count when it is not 1 (so one-rank hashes stay as they were)."""
+        extra = dict(self.workload.config_extra())
+        if self.options.tensor_parallel > 1:
+            extra["tensor_parallel"] = self.options.tensor_parallel
+        return extra
+
     def config_for(self, name: str) -> RunConfig:
         o, policy = self.options, self.policies[name]
         artefacts = {"model": self.model_fingerprint}
@@ -45,7 +52,7 @@ class RunPlan:
             schedule=self.schedule if policy.evicts else None, sampling=self.sampling,
             prompts_name=self.workload.source_name, prompts_sha256=self.workload.source_hash, limit=o.limit,
             dtype=o.dtype, device=o.device, batch_size=o.batch_size, chat=o.chat,
-            extra=self.workload.config_extra(), artefacts=artefacts,
+            extra=self._extra(), artefacts=artefacts,
         )
 
 

@@ -201,11 +201,10 @@ def probe_sweep(cells: list[Any], keys: list[str], spec: ProbeSpec, engines: dic
         small = options.replace(limit=spec.limit, max_new_tokens=spec.max_new_tokens)
         plan = prepare(small)
         (name, policy), = plan.policies.items()
-        engine_key = (options.backend, options.model, options.dtype, options.device, options.batch_size)
+        engine_key = options.engine_key
         engine = engines.get(engine_key)
         if engine is None:
-            engine = engines[engine_key] = build_backend(options.backend, model=options.model, dtype=options.dtype,
-                                                         device=options.device, batch_size=options.batch_size)
+            engine = engines[engine_key] = build_backend(options.backend, **options.backend_kwargs())
         engine.prepare(policy)
         prompts = PromptWorkload(options.prompts, spec.limit, options.chat).prompt_ids(engine)
         requests = [GenerationRequest(sid, ids) for sid, ids in prompts.items()]

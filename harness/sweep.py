@@ -105,11 +105,10 @@ def run_cell(options: RunOptions, engines: dict | None = None) -> dict[str, Any]
 
     plan = prepare(options)
     options.apply_threads()
-    key = (options.backend, options.model, options.dtype, options.device, options.batch_size)
+    key = options.engine_key
     engine = engines.get(key) if engines is not None else None
     if engine is None:
-        engine = build_backend(options.backend, model=options.model, dtype=options.dtype, device=options.device,
-                               batch_size=options.batch_size)
+        engine = build_backend(options.backend, **options.backend_kwargs())
         if engines is not None:
             engines[key] = engine
     (name, outcome), = execute_plan(plan, engine).items()

@@ -72,6 +72,8 @@ BAD_INPUTS = [
     (["--policy", "window", "--temperature", "-1"], "--temperature must be >= 0"),
     (["--policy", "window", "--model", "./no/such/model"], "model path not found"),
     (["--policy", "window", "--budget", "40", "--window", "32"], "does not fit in --budget 40"),
+    (["--policy", "window", "--tensor-parallel", "2"], "only --backend vllm runs tensor-parallel"),
+    (["--policy", "window", "--tensor-parallel", "0"], "--tensor-parallel must be >= 1"),
 ]
 
 

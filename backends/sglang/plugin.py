@@ -10,7 +10,9 @@ act in a scheduler whose ``dynts_configure`` was called (``Engine.collective_rpc
 * AFTER  ``ForwardBatch.init_new``               -> step layout, logical decode positions;
 * BEFORE ``RadixAttention.forward``              -> post-RoPE queries (every attention backend calls through it);
 * BEFORE ``LogitsProcessor.forward``             -> final hidden states, ``Policy.observe``;
-* BEFORE ``mem_cache.common.release_kv_cache``   -> a finished / aborted / retracted request is forgotten.
+* BEFORE ``mem_cache.common.release_kv_cache``   -> a finished / aborted / retracted request is forgotten;
+* AROUND ``PrefillAdder.add_one_req`` / ``._get_running_request_total_token_offset`` -> admission reserves what a
+  compacting request can hold (its schedule's capacity), not its whole generation limit.
 
 A release other than ``checks.PINNED_SGLANG`` registers nothing and says so in one log line (SGLang logs and
 swallows plugin exceptions); the backend refuses it before starting an engine.
@@ -45,6 +47,8 @@ TARGETS = {
     "logits": "sglang.srt.layers.logits_processor.LogitsProcessor.forward",
     "release": "sglang.srt.mem_cache.common.release_kv_cache",
     "scheduler": "sglang.srt.managers.scheduler.Scheduler.__init__",
+    "admit": "sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req",
+    "reserved": "sglang.srt.managers.schedule_policy.PrefillAdder._get_running_request_total_token_offset",
 }
 
 
@@ -125,6 +129,25 @@ def _before_release(req: Any, *args: Any, **kwargs: Any) -> None:
         _RUNTIME.on_release(req)
 
 
+def _around_add_one_req(original: Any, adder: Any, req: Any, *args: Any, **kwargs: Any) -> Any:
+    """SGLang admits a request only if its prompt plus its whole ``max_new_tokens`` fit in the pool; under a
+    schedule it never holds more than the schedule's capacity, so admission reserves that (for the call only)."""
+    bound = None if _RUNTIME is None else _RUNTIME.admission_max_new_tokens(req)
+    if bound is None:
+        return original(adder, req, *args, **kwargs)
+    params = req.sampling_params
+    limit, params.max_new_tokens = params.max_new_tokens, bound
+    try:
+        return original(adder, req, *args, **kwargs)
+    finally:
+        params.max_new_tokens = limit
+
+
+def _around_running_reservation(original: Any, adder: Any, req: Any, *args: Any, **kwargs: Any) -> Any:
+    reserved = original(adder, req, *args, **kwargs)
+    return reserved if _RUNTIME is None else _RUNTIME.running_reservation(req, reserved)
+
+
 def _after_scheduler_init(result: Any, scheduler: Any, *args: Any, **kwargs: Any) -> None:
     scheduler.dynts_configure = types.MethodType(_scheduler_configure, scheduler)
     _configure_served(scheduler)
@@ -148,6 +171,8 @@ def register() -> None:
     HookRegistry.register(TARGETS["logits"], _before_logits, HookType.BEFORE)
     HookRegistry.register(TARGETS["release"], _before_release, HookType.BEFORE)
     HookRegistry.register(TARGETS["scheduler"], _after_scheduler_init, HookType.AFTER)
+    HookRegistry.register(TARGETS["admit"], _around_add_one_req, HookType.AROUND)
+    HookRegistry.register(TARGETS["reserved"], _around_running_reservation, HookType.AROUND)
     _REGISTERED = True
 
 

@@ -124,15 +124,49 @@ class SchedulerRuntime:
         self.queries: QueryStore | None = None  # built at the first forward (query heads known then)
 
     # ------------------------------------------------------------------ request lifecycle
-    def _register(self, req: Any) -> RequestState | None:
+    def _options(self, req: Any) -> dict[str, Any] | None:
+        """Our options of ``req`` (its ``custom_params``, or the served defaults), None for an untouched request."""
         params = getattr(req.sampling_params, "custom_params", None) or {}
         raw = params.get(EXTRA_KEY)
         if raw is None and (self.default_options is None or str(req.rid).startswith(HEALTH_CHECK_PREFIX)):
             return None
         if raw is None:
-            options = {"id": req.rid, **self.default_options}
-        else:
-            options = json.loads(raw) if isinstance(raw, str) else raw
+            return {"id": req.rid, **self.default_options}
+        return json.loads(raw) if isinstance(raw, str) else raw
+
+    def _schedule_of(self, req: Any) -> EvictionSchedule | None:
+        st = self.requests.get(req.rid)
+        if st is not None:
+            return st.schedule
+        options = self._options(req)
+        return EvictionSchedule(**options["schedule"]) if options and options.get("schedule") else None
+
+    # ------------------------------------------------------------------ admission (SGLang's PrefillAdder)
+    def admission_max_new_tokens(self, req: Any) -> int | None:
+        """What ``max_new_tokens`` SGLang's admission should reserve for a waiting request: the slots its schedule
+        can ever need (``EvictionSchedule.capacity``) minus what its prefill writes -- not the whole generation
+        limit, which compaction never lets it hold. None: reserve as SGLang does."""
+        schedule = self._schedule_of(req)
+        if schedule is None:
+            return None
+        limit = int(req.sampling_params.max_new_tokens)
+        prompt, out = len(req.origin_input_ids), len(req.output_ids)
+        bound = schedule.capacity(prompt, limit)
+        return min(limit, out + max(1, bound - prompt - out))
+
+    def running_reservation(self, req: Any, reserved: float) -> float:
+        """SGLang reserves ``reserved`` future slots for a running request; a compacting one can only grow to its
+        schedule's capacity."""
+        st = self.requests.get(req.rid)
+        if st is None or st.schedule is None:
+            return reserved
+        bound = st.schedule.capacity(st.num_prompt, int(req.sampling_params.max_new_tokens))
+        return min(reserved, max(0, bound - st.physical))
+
+    def _register(self, req: Any) -> RequestState | None:
+        options = self._options(req)
+        if options is None:
+            return None
         schedule = EvictionSchedule(**options["schedule"]) if options.get("schedule") else None
         st = RequestState(req.rid, str(options.get("id", req.rid)), schedule, len(req.origin_input_ids),
                           self.capacity)

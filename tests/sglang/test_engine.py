@@ -101,6 +101,31 @@ def test_retracted_requests_restart_cleanly_and_free_every_slot(problems):
         engine.close()
 
 
+def test_a_small_pool_admits_as_many_compacting_requests_as_their_schedule_allows(problems):
+    """A pool of 4 x 130 slots: SGLang's own admission (prompt + the whole max_new_tokens = 600 must fit) would run
+    these requests one at a time; each can only ever hold its schedule's capacity (budget + interval = 102 slots),
+    so with the adapter's admission all 4 run together -- without a retraction, with the transformers backend's
+    tokens. The lowest free-slot count any request saw shows how many shared the pool."""
+    from backends.sglang.backend import SGLangBackend
+
+    pool = 4 * 130
+    engine = SGLangBackend("tiny-reasoner", batch_size=4, kv_tokens=pool)
+    try:
+        requests = requests_for(engine, problems, 4)
+        policy = make_policy("dynts")
+        engine.prepare(policy)
+        got = engine.generate(requests, policy, BUDGET, GREEDY)
+    finally:
+        engine.close()
+    expected = reference(requests, "dynts", BUDGET)
+    assert [r.output_ids for r in got] == [r.output_ids for r in expected]
+    assert sum(r.extra["kv_retractions"] for r in got) == 0
+    capacity = BUDGET.steady_capacity()
+    lowest_free = min(r.extra["kv_min_free_slots"] for r in got)
+    assert lowest_free < pool - 3 * BUDGET.budget  # at least 4 requests held their budget at once
+    assert all(r.kv_peak_tokens <= capacity for r in got)
+
+
 def test_unsupported_requests_fail_closed_with_one_line(sglang_backend):
     with pytest.raises(BackendError, match="policy h2o needs the observation 'attention'"):
         sglang_backend.prepare(build_policy("h2o"))

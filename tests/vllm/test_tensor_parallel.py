@@ -49,3 +49,31 @@ def test_every_rank_keeps_the_same_tokens(tp_backend, vllm_backend, problems, na
 def test_describe_reports_the_ranks(tp_backend):
     described = tp_backend.describe()
     assert described["tensor_parallel"] == 2 and described["kv_layout"]
+
+
+def test_run_tensor_parallel_is_recorded_and_one_rank_hashes_do_not_move(tmp_path, problems):
+    """``run --backend vllm --tensor-parallel 2`` end to end through the CLI: the rank count is part of the run's
+    config (a 2-rank run is never reused as a 1-rank one), and a 1-rank run's config hash is what it was before
+    the option existed (no ``tensor_parallel`` key)."""
+    import json
+    import subprocess
+    import sys
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": p["id"], "prompt": p["prompt"], "answer": p["answer"]}) + "\n"
+                               for p in problems[:2]))
+    command = [sys.executable, "-m", "harness.cli", "run", "--backend", "vllm", "-p", "window", "--prompts",
+               str(prompts), "--max-new-tokens", "64", "--batch-size", "2", "--out", str(tmp_path / "runs")]
+    done = subprocess.run([*command, "--tensor-parallel", "2"], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    config = json.loads((run_dir / "config.json").read_text())["config"]
+    assert config["extra"]["tensor_parallel"] == 2
+
+    from harness.options import RunOptions
+    from harness.runplan import prepare
+
+    one_rank = prepare(RunOptions(backend="vllm", policy=("window",), prompts=prompts, max_new_tokens=64,
+                                  batch_size=2)).config_for("window")
+    assert "tensor_parallel" not in one_rank.extra
