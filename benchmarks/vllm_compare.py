@@ -1,16 +1,18 @@
-"""Compare two run directories sample by sample (e.g. ``--backend vllm`` vs ``--backend transformers``).
+"""Compare two run directories sample by sample (an engine backend vs ``--backend transformers``; any two).
 
-    python benchmarks/vllm_compare.py RUN_DIR_A RUN_DIR_B     # two runs
-    python benchmarks/vllm_compare.py OUT_A OUT_B             # two --out roots: every policy they share
+    python benchmarks/vllm_compare.py RUN_DIR_A RUN_DIR_B            # two runs
+    python benchmarks/vllm_compare.py OUT_A OUT_B                    # two --out roots: every policy they share
+    python benchmarks/vllm_compare.py OUT_A OUT_B --detail [--points 3]
 
 Prints accuracy of both, the share of problems with identical output tokens, and for the others where the
-first differing token is (greedy runs: fp32 reduction order is the usual cause under a full cache).
+first differing token is (greedy runs: fp32 reduction order is the usual cause under a full cache). ``--detail``
+prints one markdown row per policy: the first difference, A's largest KV a request held (tokens), A's policy time
+as a share of decode time (mean over requests), and whether A's accuracy is within ``--points`` of B's.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 
@@ -41,12 +43,35 @@ def runs(root: str) -> dict[str, str]:
     return {d.name.rsplit("-", 1)[0]: str(d) for d in sorted(Path(root).iterdir()) if (d / "samples.jsonl").is_file()}
 
 
-def main(a: str, b: str) -> None:
+def detail_row(name: str, dir_a: str, dir_b: str, points: float) -> str:
+    r, rows = compare(dir_a, dir_b), load(dir_a)
+    first = min(r["first_difference"].items(), key=lambda kv: kv[1], default=None)
+    where = "-" if first is None else f"{first[0]} at token {first[1]}"
+    peak = max(row.get("kv_peak_tokens", 0) for row in rows.values())
+    shares = [row["policy_s"] / row["decode_s"] for row in rows.values() if row.get("decode_s")]
+    share = sum(shares) / len(shares) if shares else 0.0
+    gap = 100 * (r["accuracy_a"] - r["accuracy_b"])
+    within = "yes" if abs(gap) <= points else f"NO ({gap:+.1f})"
+    return (f"| {name} | {r['n']} | {100 * r['accuracy_a']:.1f}% | {100 * r['accuracy_b']:.1f}% | "
+            f"{100 * r['identical']:.1f}% | {where} | {peak} | {100 * share:.1f}% | {within} |")
+
+
+def pairs_of(a: str, b: str) -> dict[str, tuple[str, str]]:
     if (Path(a) / "samples.jsonl").is_file():
-        pairs = {Path(a).name.rsplit("-", 1)[0]: (a, b)}
-    else:
-        ra, rb = runs(a), runs(b)
-        pairs = {name: (ra[name], rb[name]) for name in ra if name in rb}
+        return {Path(a).name.rsplit("-", 1)[0]: (a, b)}
+    ra, rb = runs(a), runs(b)
+    return {name: (ra[name], rb[name]) for name in ra if name in rb}
+
+
+def main(a: str, b: str, detail: bool = False, points: float = 3.0) -> None:
+    pairs = pairs_of(a, b)
+    if detail:
+        print("| policy | n | accuracy A | accuracy B | identical tokens | first difference | "
+              f"peak KV tokens / request (A) | policy s / decode s (A) | within {points:g} points |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name, (da, db) in pairs.items():
+            print(detail_row(name, da, db, points))
+        return
     print("| policy | n | accuracy A | accuracy B | identical tokens |")
     print("|---|---|---|---|---|")
     for name, (da, db) in pairs.items():
@@ -58,4 +83,12 @@ def main(a: str, b: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("a")
+    parser.add_argument("b")
+    parser.add_argument("--detail", action="store_true")
+    parser.add_argument("--points", type=float, default=3.0)
+    args = parser.parse_args()
+    main(args.a, args.b, args.detail, args.points)
