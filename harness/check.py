@@ -216,6 +216,21 @@ def _accuracy(key: str, base: dict[str, Any], now: dict[str, Any], alpha: float)
     return findings
 
 
+def cpu_difference(made_on: dict[str, Any], here: dict[str, Any]) -> str | None:
+    """Why speed figures of a baseline made on ``made_on`` do not transfer to ``here`` (another CPU model or
+    instruction set: the decode and the reference computation need not scale alike), or None."""
+    for key, label in (("cpu_model", "CPU"), ("cpu_isa", "instruction set")):
+        a, b = made_on.get(key), here.get(key)
+        if a is not None and b is not None and a != b:
+            return (f"baseline timed on another {label} ({_listed(a)}; here {_listed(b)}): speed figures do not "
+                    "transfer across CPUs, re-baseline on this one (check --update)")
+    return None
+
+
+def _listed(value: Any) -> str:
+    return " ".join(value) if isinstance(value, list) else str(value)
+
+
 def compare(
     baseline: dict[str, Any],
     records: list[RunRecord],
@@ -223,13 +238,17 @@ def compare(
     kv_tolerance: float = 0.02,
     speed_tolerance: float = 0.25,
     speed: dict[str, dict[str, Any]] | None = None,
+    machine: dict[str, Any] | None = None,
 ) -> list[Finding]:
-    """Every check of every baseline entry against the current runs, and every current entry against it."""
+    """Every check of every baseline entry against the current runs, and every current entry against it.
+    ``machine``: this machine's ``harness.env.hardware()``; speed checks on another CPU than the baseline's are
+    inconclusive."""
     validate_gate(alpha, kv_tolerance, speed_tolerance)
     if baseline.get("version") != BASELINE_VERSION:
         raise ResultsError(f"baseline version {baseline.get('version')} is not {BASELINE_VERSION}: recreate it with "
                            "`dynts-bench check RESULTS --baseline FILE --update`")
     current = _pool(records)
+    other_cpu = cpu_difference(baseline.get("hardware") or {}, machine) if machine is not None else None
     findings = []
     for key in sorted(set(current) - set(baseline["entries"])):
         findings.append(Finding(key, "entry", "absent", "present", "not in the baseline (new policy or budget?): "
@@ -252,7 +271,7 @@ def compare(
                                     f"largest batch's cache storage; fail above {_bytes(limit)}",
                                     got is None or got > limit))
         if base.get("speed"):
-            findings += _speed(key, base["speed"], (speed or {}).get(key), speed_tolerance)
+            findings += _speed(key, base["speed"], (speed or {}).get(key), speed_tolerance, other_cpu)
         elif (speed or {}).get(key):
             findings.append(Finding(key, "speed", "absent", "probed", "the baseline has no speed figures for this "
                                     "entry: update the baseline", True))
@@ -277,7 +296,8 @@ def speed_verdict(base_median: float, now: dict[str, float], tolerance: float) -
     return "ok", f"median within {limit:.3f} (+{tolerance:.0%}); spread {width:.0%}"
 
 
-def _speed(key: str, base: dict[str, Any], now: dict[str, Any] | None, tolerance: float) -> list[Finding]:
+def _speed(key: str, base: dict[str, Any], now: dict[str, Any] | None, tolerance: float,
+           other_cpu: str | None = None) -> list[Finding]:
     if now is None:
         return [Finding(key, "speed", "probed", "missing", "no speed probe timed this entry: rerun the sweep "
                         "(its grid's speed: section runs the probe)", True)]
@@ -294,6 +314,8 @@ def _speed(key: str, base: dict[str, Any], now: dict[str, Any] | None, tolerance
             findings.append(Finding(key, label, f"{base[figure]['median']:.3f}", "-", "not measured", True))
             continue
         verdict, rule = speed_verdict(base[figure]["median"], got, tolerance)
+        if other_cpu is not None:
+            verdict, rule = "inconclusive", other_cpu
         findings.append(Finding(key, f"{label} ({now['threads']} thr)", f"{base[figure]['median']:.3f}",
                                 f"{got['min']:.3f} / {got['median']:.3f} / {got['max']:.3f}", rule,
                                 verdict == "FAIL", verdict == "inconclusive"))

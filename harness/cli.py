@@ -194,7 +194,7 @@ def check(
         reference["entries"]
     except (OSError, ValueError, KeyError, TypeError):
         raise ResultsError(f"cannot read baseline {baseline}: create one with --update") from None
-    findings = compare(reference, records, alpha, kv_tolerance, speed_tolerance, load_speed(results_dir))
+    findings = compare(reference, records, alpha, kv_tolerance, speed_tolerance, load_speed(results_dir), hardware())
     console.print(check_table(baseline.name, findings))
     made_on, here = reference.get("hardware", {}).get("cpu_model"), hardware().get("cpu_model")
     if made_on != here:
@@ -202,8 +202,8 @@ def check(
     failed = [f for f in findings if f.failed]
     unsure = [f for f in findings if f.inconclusive]
     if unsure:
-        say(f"warning: {len(unsure)} speed checks inconclusive (repeats too spread to decide; not failed): rerun "
-            "the sweep on a quieter machine to decide them", style="yellow")
+        say(f"warning: {len(unsure)} speed checks inconclusive (not failed; the table says why: repeats too spread "
+            "-> rerun on a quieter machine; another CPU than the baseline's -> re-baseline here)", style="yellow")
     if failed:
         fail(f"regression: {len(failed)} of {len(findings)} checks failed", code=1)
     if unsure:

@@ -89,6 +89,23 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
+#: the instruction-set features that decide which CPU kernels torch (and vLLM's CPU attention) run
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+
+
+def _cpu_isa() -> list[str] | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == "flags":
+                    present = set(value.split())
+                    return [flag for flag in ISA_FLAGS if flag in present]
+    except OSError:
+        pass
+    return None
+
+
 def _total_ram_bytes() -> int | None:
     try:
         import psutil
@@ -151,6 +168,7 @@ def hardware() -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_model": _cpu_model(),
+        "cpu_isa": _cpu_isa(),
         "cpu_count_logical": os.cpu_count(),
         "ram_total_bytes": _total_ram_bytes(),
     }

@@ -312,6 +312,40 @@ def test_a_noisy_speed_measurement_is_inconclusive(gate, tmp_path) -> None:
     assert found["reference"] == ["inconclusive"] * 3, found
 
 
+def test_speed_timed_on_another_cpu_is_inconclusive_not_compared(gate, tmp_path) -> None:
+    """A baseline timed on another CPU model: the decode and the reference computation need not scale alike there,
+    so even a 2x slower probe (every round doubled in the probe record; on this CPU it fails, see above) is
+    reported inconclusive with the reason, never failed or passed on figures that do not transfer."""
+    from harness.env import hardware
+    from harness.speed import figures
+
+    sweep = _copy(gate, tmp_path)
+    probe = json.loads((sweep / "speed.json").read_text())
+    raws = {key: entry["raw"] for key, entry in probe["entries"].items()}
+    for raw in raws.values():
+        raw["decode_ms_per_token"] = [2.0 * v for v in raw["decode_ms_per_token"]]
+    full = next(raw for key, raw in raws.items() if probe["entries"][key]["policy"] == "full")
+    for key, entry in probe["entries"].items():
+        entry.update(figures(raws[key], None if entry["policy"] == "full" else full))
+    (sweep / "speed.json").write_text(json.dumps(probe))
+    assert "FAIL" in _speed_findings(sweep, gate[1])["reference"]  # on the baseline's own CPU: a regression
+    moved = json.loads(gate[1].read_text())
+    moved["hardware"] = {**moved["hardware"], "cpu_model": "Other CPU 9000"}
+    other = tmp_path / "other-cpu.json"
+    other.write_text(json.dumps(moved))
+    result = _check(sweep, other)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and "speed checks inconclusive" in text, result.output
+    assert "another CPU" in text and "Other CPU 9000" in text and str(hardware()["cpu_model"]) in text
+
+    from harness.check import compare, load_speed
+    from harness.leaderboard import load_runs
+
+    verdicts = [f for f in compare(moved, load_runs(sweep), speed=load_speed(sweep), machine=hardware())
+                if f.metric.startswith("decode time vs")]
+    assert verdicts and all(f.inconclusive and not f.failed for f in verdicts)
+
+
 def test_a_missing_speed_probe_other_threads_and_a_truncated_probe(gate, tmp_path) -> None:
     sweep = _copy(gate, tmp_path)
     probe = json.loads((sweep / "speed.json").read_text())

@@ -5,9 +5,11 @@ An in-process ``sglang.Engine`` (its scheduler runs in a process SGLang spawns) 
 compact in the scheduler. The policy reaches the scheduler once per policy through
 ``Engine.collective_rpc("dynts_configure", ...)`` (pickled: SGLang's RPC carries scalars only); per-request
 schedules travel in ``SamplingParams.custom_params``; per-request KV figures come back as one JSON file per
-request in a scratch directory. ``Engine.generate`` returns whole groups; per request, ``ttft_s`` is SGLang's
-``first_token_latency`` (arrival to first token, queueing included: the group is submitted at once) and
-``decode_s`` its ``e2e_latency`` minus that. Tokenisation is the model's transformers
+request in a scratch directory. ``Engine.generate`` returns whole groups; per request, the scheduler stamps the
+wall-clock time its prefill produced the first token and the time it finished: ``ttft_s`` is submission to first
+token (queueing included: a group is submitted at once), ``decode_s`` first token to finish. (SGLang's own
+``first_token_latency`` needs ``enable_metrics``, whose process-global Prometheus registry refuses a second engine
+in one process.) Tokenisation is the model's transformers
 tokenizer (``TokenizerText``), so prompts are byte-identical to the transformers backend's.
 """
 
@@ -41,7 +43,6 @@ def engine_args(model: str, device: str, dtype: str, batch_size: int, max_model_
         model_path=model, tokenizer_path=model, device=device, dtype=dtype, page_size=1, disable_radix_cache=True,
         disable_overlap_schedule=True, disable_cuda_graph=True, max_running_requests=batch_size,
         context_length=max_model_len, random_seed=0, tp_size=1, skip_server_warmup=True, log_level="error",
-        enable_metrics=True,  # per-request first_token_latency in meta_info: TTFT, and decode time without it
     )
     if device == "cpu":
         args.update(attention_backend="torch_native", sampling_backend="pytorch")
@@ -49,6 +50,41 @@ def engine_args(model: str, device: str, dtype: str, batch_size: int, max_model_
     # running request is what any schedule can need, and keeps the engine from taking the machine
     args["max_total_tokens"] = kv_tokens if kv_tokens is not None else batch_size * max_model_len
     return args
+
+
+def _child_pids() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children() if "resource_tracker" not in " ".join(_cmdline(p))}
+
+
+def _cmdline(process: Any) -> list[str]:
+    try:
+        return process.cmdline()
+    except Exception:  # noqa: BLE001 - gone or inaccessible: not ours to spare
+        return []
+
+
+def _shutdown_own(engine: Any, own_pids: list[int]) -> None:
+    """``Engine.shutdown`` kills every child process of this process (``kill_process_tree(os.getpid())``), so
+    closing one engine would take down another engine's scheduler -- whose watchdog then SIGQUITs this process.
+    For the call, that blanket kill is narrowed to this engine's own children."""
+    import sglang.srt.entrypoints.engine as engine_module
+
+    blanket = engine_module.kill_process_tree
+
+    def kill_own(parent_pid: int | None = None, include_parent: bool = True, skip_pid: int | None = None,
+                 wait_timeout: float | None = 60) -> None:
+        if parent_pid not in (None, os.getpid()):
+            return blanket(parent_pid, include_parent, skip_pid, wait_timeout)
+        for pid in own_pids:
+            blanket(pid, True, skip_pid, wait_timeout)
+
+    engine_module.kill_process_tree = kill_own
+    try:
+        engine.shutdown()
+    finally:
+        engine_module.kill_process_tree = blanket
 
 
 def prepare_cpu() -> None:
@@ -90,7 +126,9 @@ class SGLangBackend(ModelFacts):
         import sglang
 
         self._stats_dir = Path(tempfile.mkdtemp(prefix="dynts-sglang-"))
+        before = _child_pids()
         self.engine = sglang.Engine(**args)
+        self._own_pids = sorted(_child_pids() - before)  # this engine's scheduler and detokenizer
         self._policy: Policy | None = None
         self._ids = count()
 
@@ -115,7 +153,8 @@ class SGLangBackend(ModelFacts):
     def _configure(self, policy: Policy) -> None:
         if policy is self._policy:
             return
-        blob = base64.b64encode(pickle.dumps(policy if policy.evicts else None)).decode()
+        # a policy that never evicts is configured too: the scheduler then tracks pool use and timing the same way
+        blob = base64.b64encode(pickle.dumps(policy)).decode()
         try:
             self.engine.collective_rpc("dynts_configure", policy_b64=blob, think_end_id=self.think_end_id,
                                        stats_dir=str(self._stats_dir))
@@ -160,13 +199,13 @@ class SGLangBackend(ModelFacts):
         keys = [f"{r.request_id}#{next(self._ids)}" for r in group]
         params = [self._params(sampling, r, k, (r.schedule or schedule) if policy.evicts else None)
                   for r, k in zip(group, keys)]
-        t0 = time.perf_counter()
+        submitted, t0 = time.time(), time.perf_counter()
         outs = self.engine.generate(input_ids=[list(r.prompt_ids) for r in group], sampling_params=params)
         total = time.perf_counter() - t0
-        return [self._result(k, r, o, total, sampling) for k, r, o in zip(keys, group, outs)]
+        return [self._result(k, r, o, total, sampling, submitted) for k, r, o in zip(keys, group, outs)]
 
     def _result(self, key: str, request: GenerationRequest, out: dict[str, Any], total: float,
-                sampling: SamplingParams) -> SequenceResult:
+                sampling: SamplingParams, submitted: float) -> SequenceResult:
         ids = [int(i) for i in out["output_ids"]]
         meta = out.get("meta_info", {})
         text = self.decode(ids)
@@ -183,11 +222,13 @@ class SGLangBackend(ModelFacts):
         if kv:
             extra.update(kv_freed_slots=kv["freed_slots"], kv_min_free_slots=kv["min_free_slots"],
                          kv_retractions=kv.get("retractions", 0))
-        e2e = float(meta.get("e2e_latency") or total)
-        ttft = float(meta.get("first_token_latency") or 0.0)
+        if kv and kv.get("first_token_ts"):  # wall-clock stamps from the scheduler process, same clock
+            ttft, decode = kv["first_token_ts"] - submitted, kv["finished_ts"] - kv["first_token_ts"]
+        else:
+            ttft, decode = 0.0, float(meta.get("e2e_latency") or total)
         return SequenceResult(
             request_id=request.request_id, output_ids=ids, text=text, finish_reason=finish, prompt_tokens=prompt,
-            generated_tokens=len(ids), ttft_s=ttft, decode_s=e2e - ttft,
+            generated_tokens=len(ids), ttft_s=ttft, decode_s=decode,
             kv_peak_tokens=peak, kv_peak_bytes=peak * self.kv_bytes_per_token,
             kv_full_bytes=(prompt + len(ids) - 1) * self.kv_bytes_per_token,
             compressions=kv["compactions"] if kv else 0, policy_s=kv["policy_s"] if kv else 0.0, extra=extra,
@@ -197,7 +238,7 @@ class SGLangBackend(ModelFacts):
         engine, self.engine = getattr(self, "engine", None), None
         if engine is not None:
             try:
-                engine.shutdown()
+                _shutdown_own(engine, getattr(self, "_own_pids", []))
             except Exception:  # noqa: BLE001 - best effort: the engine may already be down
                 pass
         stats_dir = getattr(self, "_stats_dir", None)

@@ -69,7 +69,7 @@ def configure(policy: Policy | None, think_end_id: int | None, req_to_token_pool
         if reason is not None:
             raise BackendError(reason)
     _RUNTIME = None
-    if policy is not None and policy.evicts:
+    if policy is not None:  # one that never evicts is tracked too (pool use, timing); it compacts nothing
         _RUNTIME = SchedulerRuntime(
             policy, think_end_id, req_to_token_pool, token_to_kv_pool, allocator,
             Path(stats_dir) if stats_dir else None,

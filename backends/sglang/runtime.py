@@ -61,6 +61,9 @@ class KVStats:
     policy_s: float = 0.0
     min_free_slots: int = -1
     retractions: int = 0  # times SGLang retracted it under memory pressure (each: a full re-prefill, then compaction)
+    first_token_ts: float = 0.0  # time.time() when its (first) prefill produced the first token's hidden state
+    finished_ts: float = 0.0  # time.time() when it was released finished
+    decoding: bool = False  # a decode step has run (a retraction's re-prefill does not move first_token_ts)
 
 
 @dataclass
@@ -191,6 +194,7 @@ class SchedulerRuntime:
             stats.retractions += 1
             self._retracted[stats.key] = stats
             return
+        stats.finished_ts = time.time()
         if self.stats_dir is not None:
             path = self.stats_dir / f"{stats.key}.json"
             tmp = path.with_suffix(".tmp")
@@ -269,7 +273,11 @@ class SchedulerRuntime:
                         self.queries.write(index, rows, positions, q[row.start + row.count - n : row.start + row.count])
             stats = self._stats_of[row.rid]
             stats.peak_physical_tokens = max(stats.peak_physical_tokens, st.physical)
-            self._charge(st, time.perf_counter() - t0)
+            if row.prefill and not stats.decoding:  # the last prefill chunk produces the first token
+                stats.first_token_ts = time.time()
+            stats.decoding |= not row.prefill
+            if self.observes or self.queries is not None:  # the policy's own work, not the adapter's bookkeeping
+                self._charge(st, time.perf_counter() - t0)
         self._step_queries = {}
 
     def _charge(self, st: RequestState, seconds: float) -> None:

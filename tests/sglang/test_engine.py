@@ -126,6 +126,17 @@ def test_a_small_pool_admits_as_many_compacting_requests_as_their_schedule_allow
     assert all(r.kv_peak_tokens <= capacity for r in got)
 
 
+def test_closing_one_engine_leaves_another_running(sglang_backend, problems):
+    """SGLang's ``Engine.shutdown`` kills every child of the process; the backend narrows that to its own engine's
+    processes, so a sweep holding engines of several batch sizes can close one and keep using the others."""
+    from backends.sglang.backend import SGLangBackend
+
+    other = SGLangBackend("tiny-reasoner", batch_size=1)
+    other.close()
+    got = sglang_backend.generate(requests_for(sglang_backend, problems, 1), build_policy("full"), None, GREEDY)
+    assert got[0].finish_reason == "eos"
+
+
 def test_unsupported_requests_fail_closed_with_one_line(sglang_backend):
     with pytest.raises(BackendError, match="policy h2o needs the observation 'attention'"):
         sglang_backend.prepare(build_policy("h2o"))
