@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Sequence
 from itertools import count
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backends.base import BackendError, GenerationRequest, OnBatch, SamplingParams, SequenceResult, check_schedules
 from backends.hf.facts import DTYPES, ModelFacts, model_directory
@@ -34,6 +34,9 @@ from backends.sglang.checks import CAPABILITIES, check_engine_args, check_versio
 from backends.sglang.runtime import request_options
 from zoo.base import Policy
 from zoo.schedule import EvictionSchedule
+
+if TYPE_CHECKING:
+    import sglang
 
 
 def engine_args(model: str, device: str, dtype: str, batch_size: int, max_model_len: int,
@@ -65,7 +68,7 @@ def _cmdline(process: Any) -> list[str]:
         return []
 
 
-def _shutdown_own(engine: Any, own_pids: list[int]) -> None:
+def _shutdown_own(engine: sglang.Engine, own_pids: list[int]) -> None:
     """``Engine.shutdown`` kills every child process of this process (``kill_process_tree(os.getpid())``), so
     closing one engine would take down another engine's scheduler -- whose watchdog then SIGQUITs this process.
     For the call, that blanket kill is narrowed to this engine's own children."""
