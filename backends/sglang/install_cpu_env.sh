@@ -65,5 +65,5 @@ print(f"sglang env ok: torch {torch.__version__}, sglang {m.version('sglang')}, 
 PYEOF
 if [[ $RUN_TESTS == 1 ]]; then
     cd "$ROOT"
-    OMP_NUM_THREADS=1 "$PY" -m pytest -q -p no:cacheprovider tests/sglang tests/test_sglang_backend.py
+    OMP_NUM_THREADS=1 "$PY" -m pytest -q -p no:cacheprovider --basetemp="$(mktemp -d)/pytest" tests/sglang tests/test_sglang_backend.py
 fi

