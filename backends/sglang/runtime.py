@@ -150,7 +150,7 @@ class SchedulerRuntime:
         can ever need (``EvictionSchedule.capacity``) minus what its prefill writes -- not the whole generation
         limit, which compaction never lets it hold. None: reserve as SGLang does."""
         schedule = self._schedule_of(req)
-        if schedule is None:
+        if schedule is None or req.sampling_params.max_new_tokens is None:
             return None
         limit = int(req.sampling_params.max_new_tokens)
         prompt, out = len(req.origin_input_ids), len(req.output_ids)
@@ -161,7 +161,7 @@ class SchedulerRuntime:
         """SGLang reserves ``reserved`` future slots for a running request; a compacting one can only grow to its
         schedule's capacity."""
         st = self.requests.get(req.rid)
-        if st is None or st.schedule is None:
+        if st is None or st.schedule is None or req.sampling_params.max_new_tokens is None:
             return reserved
         bound = st.schedule.capacity(st.num_prompt, int(req.sampling_params.max_new_tokens))
         return min(reserved, max(0, bound - st.physical))
