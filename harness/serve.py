@@ -90,22 +90,32 @@ def _param(name: str, hint: Any, default: Any, help: str, *flags: str) -> inspec
                              default=typer.Option(default, *flags, help=help))
 
 
+def _served(o: RunOptions, name: str, options: dict[str, Any], schedule: dict[str, Any] | None,
+            max_model_len: int | None, stats: Path | None) -> tuple[Any, Any, int]:
+    """(spec, model facts, context length) of a server: the policy rebuilt once as the engine process will rebuild
+    it, so a bad predictor fails here, in one line; ``--max-model-len`` checked against the model."""
+    from backends.hf.facts import ModelFacts
+    from backends.serving import ServeSpec, build_served_policy
+
+    spec = ServeSpec(policy=name, options=options, schedule=schedule, model=o.model, dtype=o.dtype,
+                     stats=None if stats is None else str(stats.resolve()))
+    facts = ModelFacts(o.model, o.dtype)  # the directory the engine loads (GGUF / alias converted once)
+    build_served_policy(spec, facts)
+    limit = facts.position_limit
+    if max_model_len is not None and max_model_len > limit:
+        raise OptionError(f"--max-model-len {max_model_len} exceeds {o.model}'s {limit} positions")
+    return spec, facts, max_model_len or limit
+
+
 def _vllm_server(o: RunOptions, name: str, options: dict[str, Any], schedule: dict[str, Any] | None,
                  host: str, port: int, max_model_len: int | None, stats: Path | None,
                  dry_run: bool) -> tuple[list[str], dict[str, str], str]:
     """(argv, environment, the environment variable that carries the policy) of vLLM's server."""
-    from backends.serving import SERVE_ENV, ServeSpec
-    from backends.vllm.model import VLLMModel
-    from backends.vllm.serve import build_vllm_served_policy, server_command
+    from backends.serving import SERVE_ENV
+    from backends.vllm.serve import server_command
 
-    spec = ServeSpec(policy=name, options=options, schedule=schedule, model=o.model, dtype=o.dtype,
-                     stats=None if stats is None else str(stats.resolve()))
-    build_vllm_served_policy(spec)  # what the engine process will do: a bad predictor fails here, in one line
-    model = VLLMModel(o.model, o.dtype)
-    limit = model.position_limit
-    if max_model_len is not None and max_model_len > limit:
-        raise OptionError(f"--max-model-len {max_model_len} exceeds {o.model}'s {limit} positions")
-    command, env = server_command(spec, model.path, host, port, o.batch_size, max_model_len or limit)
+    spec, facts, context = _served(o, name, options, schedule, max_model_len, stats)
+    command, env = server_command(spec, facts.path, host, port, o.batch_size, context)
     env["OMP_NUM_THREADS"] = str(o.threads or 1)
     return command, env, SERVE_ENV
 
@@ -114,18 +124,11 @@ def _sglang_server(o: RunOptions, name: str, options: dict[str, Any], schedule: 
                    host: str, port: int, max_model_len: int | None, stats: Path | None,
                    dry_run: bool) -> tuple[list[str], dict[str, str], str]:
     """(argv, environment, the environment variable that carries the policy) of SGLang's server."""
-    from backends.hf.facts import ModelFacts
-    from backends.serving import SERVE_ENV, ServeSpec, build_served_policy
+    from backends.serving import SERVE_ENV
     from backends.sglang.serve import server_command
 
-    spec = ServeSpec(policy=name, options=options, schedule=schedule, model=o.model, dtype=o.dtype,
-                     stats=None if stats is None else str(stats.resolve()))
-    facts = ModelFacts.of(o.model, o.dtype)
-    build_served_policy(spec, facts)  # what the scheduler process will do: a bad predictor fails here, in one line
-    limit = facts.position_limit
-    if max_model_len is not None and max_model_len > limit:
-        raise OptionError(f"--max-model-len {max_model_len} exceeds {o.model}'s {limit} positions")
-    command, env = server_command(spec, facts.path, host, port, o.batch_size, max_model_len or limit, o.device)
+    spec, facts, context = _served(o, name, options, schedule, max_model_len, stats)
+    command, env = server_command(spec, facts.path, host, port, o.batch_size, context, o.device)
     env["OMP_NUM_THREADS"] = str(o.threads or 1)
     return command, env, SERVE_ENV
 

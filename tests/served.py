@@ -32,6 +32,14 @@ def post(port: int, path: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
+def chat_answer(port: int, problem: dict) -> str:
+    """An OpenAI chat completion of ``problem``'s prompt, greedy, as any client sends it: the reply's text."""
+    reply = post(port, "/v1/chat/completions", {
+        "model": "tiny-reasoner", "messages": [{"role": "user", "content": problem["prompt"]}],
+        "max_tokens": 600, "temperature": 0})
+    return reply["choices"][0]["message"]["content"]
+
+
 def wait_healthy(port: int, server: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:

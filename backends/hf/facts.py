@@ -22,17 +22,17 @@ def model_directory(spec: str) -> tuple[str, str, str]:
 
 
 class ModelFacts(TokenizerText):
-    """Tokenizer, config and the facts policies are prepared with, for the transformers directory ``path`` an
-    engine loads (``model``: the ``--model`` spec, as recorded)."""
+    """Tokenizer, config and the facts policies are prepared with, for the transformers directory an engine loads
+    for ``model`` (the ``--model`` spec, as recorded; ``model_directory``)."""
 
-    def __init__(self, model: str, path: str, dtype: str = "float32") -> None:
+    def __init__(self, model: str, dtype: str = "float32") -> None:
         if dtype not in DTYPES:
             raise BackendError(f"unknown --dtype {dtype!r}: use one of {', '.join(DTYPES)}")
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
         self.spec = model
         self.dtype = dtype
-        self.path = path
+        self.path, self.source_kind, self.source_path = model_directory(model)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.config = AutoConfig.from_pretrained(self.path)
         config = self.config
@@ -46,14 +46,6 @@ class ModelFacts(TokenizerText):
         self.eos_ids = eos_ids_of(generation, config, self.tokenizer)
         ids = self.tokenizer.encode("</think>", add_special_tokens=False)
         self.think_end_id = ids[0] if len(ids) == 1 else None
-
-    @classmethod
-    def of(cls, model: str, dtype: str = "float32") -> ModelFacts:
-        """The facts of the directory an engine loads for ``--model`` (``model_directory``)."""
-        path, kind, source_path = model_directory(model)
-        facts = cls(model, path, dtype)
-        facts.source_kind, facts.source_path = kind, source_path
-        return facts
 
     @property
     def position_limit(self) -> int:

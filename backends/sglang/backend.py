@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backends.base import BackendError, GenerationRequest, OnBatch, SamplingParams, SequenceResult, check_schedules
-from backends.hf.facts import DTYPES, ModelFacts, model_directory
+from backends.hf.facts import DTYPES, ModelFacts
 from backends.sglang.checks import CAPABILITIES, check_engine_args, check_version
 from backends.sglang.runtime import request_options
 from zoo.base import Policy
@@ -118,8 +118,7 @@ class SGLangBackend(ModelFacts):
             raise BackendError(f"--device {device}: the sglang backend runs on cpu or cuda")
         if device == "cpu":
             prepare_cpu()
-        path, self.source_kind, self.source_path = model_directory(model)  # GGUF converted once, as for transformers
-        super().__init__(model, path, dtype)
+        super().__init__(model, dtype)  # the directory it loads: GGUF converted once, as for transformers
         limit = self.position_limit
         self.max_model_len = min(max_model_len or limit, limit)
         self.batch_size, self.dtype, self.device = batch_size, dtype, "cpu" if device == "cpu" else "cuda"

@@ -89,7 +89,7 @@ def _configure_served(scheduler: Any) -> None:
         return
     from backends.hf.facts import ModelFacts
 
-    policy, think_end_id = build_served_policy(spec, ModelFacts.of(spec.model, spec.dtype))
+    policy, think_end_id = build_served_policy(spec, ModelFacts(spec.model, spec.dtype))
     configure(policy, think_end_id, scheduler.req_to_token_pool, scheduler.token_to_kv_pool_allocator.get_kvcache(),
               scheduler.token_to_kv_pool_allocator, scheduler.server_args, served=spec)
 

@@ -13,7 +13,3 @@ __all__ = ["DTYPES", "VLLMModel", "model_directory"]
 
 class VLLMModel(ModelFacts):
     """``ModelFacts`` of the directory vLLM loads (GGUF files and the SmolLM2 alias converted once)."""
-
-    def __init__(self, model: str, dtype: str = "float32") -> None:
-        path, self.source_kind, self.source_path = model_directory(model)
-        super().__init__(model, path, dtype)

@@ -38,6 +38,20 @@ def reference(requests, policy_name, schedule):
     return hf.generate(requests, policy, schedule, GREEDY)
 
 
+def dynts_on_a_new_engine(problems, n: int = 4, **backend_kwargs):
+    """(requests, results) of DynTS at ``BUDGET`` on an engine of its own (closed afterwards)."""
+    from backends.sglang.backend import SGLangBackend
+
+    engine = SGLangBackend("tiny-reasoner", **backend_kwargs)
+    try:
+        requests = requests_for(engine, problems, n)
+        policy = make_policy("dynts")
+        engine.prepare(policy)
+        return requests, engine.generate(requests, policy, BUDGET, GREEDY)
+    finally:
+        engine.close()
+
+
 def test_no_eviction_gives_the_transformers_backends_greedy_tokens(sglang_backend, problems):
     requests = requests_for(sglang_backend, problems)
     ours = sglang_backend.generate(requests, build_policy("full"), None, GREEDY)
@@ -106,17 +120,8 @@ def test_a_small_pool_admits_as_many_compacting_requests_as_their_schedule_allow
     these requests one at a time; each can only ever hold its schedule's capacity (budget + interval = 102 slots),
     so with the adapter's admission all 4 run together -- without a retraction, with the transformers backend's
     tokens. The lowest free-slot count any request saw shows how many shared the pool."""
-    from backends.sglang.backend import SGLangBackend
-
     pool = 4 * 130
-    engine = SGLangBackend("tiny-reasoner", batch_size=4, kv_tokens=pool)
-    try:
-        requests = requests_for(engine, problems, 4)
-        policy = make_policy("dynts")
-        engine.prepare(policy)
-        got = engine.generate(requests, policy, BUDGET, GREEDY)
-    finally:
-        engine.close()
+    requests, got = dynts_on_a_new_engine(problems, batch_size=4, kv_tokens=pool)
     expected = reference(requests, "dynts", BUDGET)
     assert [r.output_ids for r in got] == [r.output_ids for r in expected]
     assert sum(r.extra["kv_retractions"] for r in got) == 0
@@ -152,15 +157,6 @@ def test_gpu_engine_gives_the_transformers_backends_tokens_under_eviction(proble
 
     if not torch.cuda.is_available():
         pytest.skip("needs an NVIDIA GPU with CUDA")
-    from backends.sglang.backend import SGLangBackend
-
-    gpu = SGLangBackend("tiny-reasoner", device="cuda", batch_size=4)
-    try:
-        requests = requests_for(gpu, problems, 4)
-        policy = make_policy("dynts")
-        gpu.prepare(policy)
-        got = gpu.generate(requests, policy, BUDGET, GREEDY)
-    finally:
-        gpu.close()
+    requests, got = dynts_on_a_new_engine(problems, device="cuda", batch_size=4)
     expected = reference(requests, "dynts", BUDGET)
     assert [r.output_ids for r in got] == [r.output_ids for r in expected]

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("sglang", reason="SGLang is not installed here: backends/sglang/install_cpu_env.sh makes its venv")
 
 from backends.sglang.serve import server_command  # noqa: E402
-from tests.served import post, running_server  # noqa: E402
+from tests.served import chat_answer, post, running_server  # noqa: E402
 from tests.sglang.test_engine import BUDGET, GREEDY, make_policy, requests_for  # noqa: E402
 
 
@@ -54,10 +54,7 @@ def test_openai_chat_requests_get_the_served_policy(server, problems):
     port, stats, log = server
     before = len(stats_rows(stats))
     problem = problems[0]
-    reply = post(port, "/v1/chat/completions", {
-        "model": "tiny-reasoner", "messages": [{"role": "user", "content": problem["prompt"]}],
-        "max_tokens": 600, "temperature": 0})
-    text = reply["choices"][0]["message"]["content"]
+    text = chat_answer(port, problem)
     assert text.rstrip().endswith(f"answer {problem['answer']}")
     rows = stats_rows(stats)[before:]
     assert len(rows) == 1 and rows[0]["compactions"] > 0

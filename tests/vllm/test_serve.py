@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed here: backends/vllm/install_cpu_env.sh makes its venv")
 
 from backends.base import SamplingParams  # noqa: E402
-from tests.served import post, running_server  # noqa: E402
+from tests.served import chat_answer, post, running_server  # noqa: E402
 from tests.vllm.test_engine import BUDGET, make_policy, requests_for  # noqa: E402
 
 
@@ -51,10 +51,7 @@ def test_chat_requests_get_the_served_policy(server, problems):
     port, stats = server
     before = len(stats.read_text().splitlines())
     problem = problems[0]
-    reply = post(port, "/v1/chat/completions", {
-        "model": "tiny-reasoner", "messages": [{"role": "user", "content": problem["prompt"]}],
-        "max_tokens": 600, "temperature": 0})
-    text = reply["choices"][0]["message"]["content"]
+    text = chat_answer(port, problem)
     assert text.rstrip().endswith(f"answer {problem['answer']}")
     rows = stats.read_text().splitlines()[before:]
     assert len(rows) == 1 and json.loads(rows[0])["compactions"] > 0
