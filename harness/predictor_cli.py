@@ -49,9 +49,10 @@ def register(app: typer.Typer, console: Console) -> None:
         chat: bool = typer.Option(True),
         forced: bool = typer.Option(False, help="Force the prompts' reference traces (tiny-reasoner task files) "
                                     "and let the model only answer: for models that do not think (SmolLM2)."),
-        on_policy_budget: Optional[int] = typer.Option(None, help="On-policy traces: generate under dynts (with "
-                                                       "--predictor) at this KV budget and store the hidden states it "
-                                                       "saw; default: the full cache."),
+        on_policy_budget: Optional[list[int]] = typer.Option(
+            None, help="On-policy traces: generate under dynts (with --predictor) at this KV budget and store the "
+            "hidden states it saw; repeat it to spread the prompts over several budgets (prompt i gets budget i mod "
+            "n); default: the full cache."),
         predictor: Optional[Path] = typer.Option(None, help="On-policy: the predictor dynts runs with (default: "
                                                  "the model's shipped one)."),
         window: int = typer.Option(32, help="On-policy: recent window."),
@@ -75,13 +76,17 @@ def register(app: typer.Typer, console: Console) -> None:
                 "source_sha256": file_sha256(path), "max_new_tokens": max_new_tokens, "chat": chat,
                 "forced": forced}
         policy = schedule = None
-        if on_policy_budget is not None:
+        if on_policy_budget:
             if forced:
                 raise TraceStoreError("--on-policy-budget generates the model's own traces: drop --forced")
-            schedule = EvictionSchedule(mode="budget", budget=on_policy_budget, interval=interval, window=window)
+            schedules = [EvictionSchedule(mode="budget", budget=b, interval=interval, window=window)
+                         for b in on_policy_budget]
             location = _load_predictor_path(predictor, engine)
             policy = DynTS(predictor=str(location))
-            meta["on_policy"] = {"policy": "dynts", "predictor": str(location), **schedule.to_dict()}
+            schedule = schedules[0] if len(schedules) == 1 else schedules
+            spread = (schedules[0].to_dict() if len(schedules) == 1
+                      else {"schedules": [s.to_dict() for s in schedules], "assignment": "prompt i: i mod n"})
+            meta["on_policy"] = {"policy": "dynts", "predictor": str(location), **spread}
         store.open_for(meta)
         with _progress(console, "traces") as progress:
             bar = progress.add_task("traces", total=len(items), completed=len(store.records()))

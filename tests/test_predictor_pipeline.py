@@ -111,6 +111,34 @@ def test_on_policy_collection_stores_the_hidden_states_dynts_saw(random_reasoner
         assert not torch.allclose(trace.hidden[first + 8 :].float(), full[first + 8 :].half().float(), atol=2e-3)
 
 
+def test_on_policy_collection_over_several_budgets_runs_each_prompt_at_its_own(random_reasoner, tmp_path) -> None:
+    from harness.prompts import PromptItem
+    from zoo.dynts import DynTS
+    from zoo.predictor import PredictorConfig
+    from zoo.schedule import EvictionSchedule
+
+    engine = TransformersBackend(str(random_reasoner), batch_size=2)
+    ImportancePredictor(PredictorConfig(str(random_reasoner), 32, [8])).save(tmp_path / "pred")
+    items = [PromptItem(p.id, p.prompt, p.answer) for p in (generate(i) for i in range(4))]
+    tight, roomy = EvictionSchedule(budget=48, interval=8, window=16), EvictionSchedule(budget=72, interval=8,
+                                                                                         window=16)
+
+    def hidden_by_id(name: str, chosen: list[PromptItem], schedule) -> dict[str, torch.Tensor]:
+        store = TraceStore(tmp_path / name)
+        store.open_for({"model": str(random_reasoner), "hidden_size": 32})
+        collect(engine, chosen, store, SamplingParams(80), policy=DynTS(predictor=str(tmp_path / "pred")),
+                schedule=schedule)
+        return {t.record.id: t.hidden for t in store.load(store.records())}
+
+    spread = hidden_by_id("spread", items, [tight, roomy])
+    alone = {**hidden_by_id("tight", items[0::2], tight), **hidden_by_id("roomy", items[1::2], roomy)}
+    assert spread.keys() == alone.keys() == {i.id for i in items}
+    for trace_id, hidden in spread.items():  # prompts 0, 2 at budget 48, prompts 1, 3 at budget 72
+        torch.testing.assert_close(hidden, alone[trace_id], atol=0, rtol=0)
+    tight_for_all = hidden_by_id("tight-all", items[1:2], tight)[items[1].id]
+    assert tight_for_all.shape != spread[items[1].id].shape or not torch.equal(tight_for_all, spread[items[1].id])
+
+
 def test_store_holds_thinking_hidden_states_and_labels(store) -> None:
     labels = load_labels(store, "attention")
     for trace in store.load(store.records()):
@@ -187,6 +215,17 @@ def test_cli_pipeline_and_its_errors(random_reasoner, tmp_path) -> None:
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
     assert "dynts" in json.loads((tmp_path / "eval.json").read_text())["rankers"]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": p.id, "prompt": p.prompt, "answer": p.answer}) + "\n"
+                               for p in (generate(i) for i in range(2))))
+    spread = runner.invoke(app, ["collect-traces", "--model", str(random_reasoner), "--prompts", str(prompts),
+                                 "--out", str(tmp_path / "spread"), "--on-policy-budget", "56",
+                                 "--on-policy-budget", "72", "--predictor", str(tmp_path / "pred"), "--window", "16",
+                                 "--interval", "8", "--max-new-tokens", "64"])
+    assert spread.exit_code == 0, spread.output
+    spread_store = TraceStore(tmp_path / "spread")
+    assert [s["budget"] for s in spread_store.meta["on_policy"]["schedules"]] == [56, 72]
+    assert len(spread_store.records()) == 2
     bad = runner.invoke(app, ["label", str(tmp_path / "nothing")])
     assert bad.exit_code == 2 and "is not a trace store" in " ".join(bad.output.split())
     bad = runner.invoke(app, ["train-predictor", str(store_dir), "--out", str(tmp_path / "p"), "--transform", "x"])

@@ -186,69 +186,90 @@ def collect(
     chat: bool = True,
     on_trace: Callable[[], None] | None = None,
     policy: Policy | None = None,
-    schedule: EvictionSchedule | None = None,
+    schedule: EvictionSchedule | Sequence[EvictionSchedule] | None = None,
 ) -> dict[str, int]:
     """Generate every item with the full cache (skipping those already stored) and store the traces.
 
     With ``policy`` and ``schedule`` (on-policy traces): generated under that policy's evictions instead, and the
-    stored hidden states are the ones the policy saw while generating, not a full-cache forward's.
+    stored hidden states are the ones the policy saw while generating, not a full-cache forward's. Several
+    schedules: item ``i`` of ``items`` runs under schedule ``i % len(schedules)`` -- by its place in ``items``, so
+    a resumed collection gives each item the schedule it would have had.
 
     ``PromptItem``s: the model writes its own trace (it must close it with a single ``</think>`` token).
     ``TraceRow``s (a tiny-reasoner task file): the reference trace is forced, as in replay, and the model only
     answers -- how models that do not think (SmolLM2) get traces to label.
     """
     done = {r.id for r in store.records()}
-    todo = [i for i in items if i.id not in done]
-    forced = bool(todo) and isinstance(todo[0], TraceRow)
+    schedules = [schedule] if schedule is None or isinstance(schedule, EvictionSchedule) else list(schedule)
+    forced = bool(items) and isinstance(items[0], TraceRow)
     if not forced and engine.parts.think_end_id is None:
         raise TraceStoreError(f"{engine.source.spec} has no single </think> token to end its own traces: collect "
                               "forced traces instead (--prompts with a tiny-reasoner task file, --forced)")
-    for start in range(0, len(todo), engine.batch_size):
-        batch = todo[start : start + engine.batch_size]
-        if forced:
-            replay = build_items(engine, batch, chat)  # type: ignore[arg-type]
-            requests = [GenerationRequest(r.id, r.prompt_ids, forced_ids=r.forced_ids) for r in replay]
-            longest = max(len(r.forced_ids) for r in replay)
-            results = engine.generate(requests, FullCache(), None,
-                                      replace(sampling, max_new_tokens=longest + ANSWER_TOKENS))
-        else:
-            requests = [GenerationRequest(i.id, engine.encode_prompt(i.prompt, chat=chat)) for i in batch]
-            if policy is not None:
-                tapped, captured = tap_hidden(policy)
-                engine.prepare(tapped)
-                results = engine.generate(requests, tapped, schedule, sampling)
-            else:
-                results = engine.generate(requests, FullCache(), None, sampling)
-        traces = []
-        for index, (item, request, result) in enumerate(zip(batch, requests, results)):
-            ids = request.prompt_ids + result.output_ids
-            prompt_len = len(request.prompt_ids)
-            if forced:
-                ri = replay[index]
-                think_end, answer_start = prompt_len + ri.think_end, prompt_len + ri.answer_start
-                extracted = answer_after(engine, ri, result.output_ids)
-                correct = extracted == item.answer
-            else:
-                think_end = next((p for p in range(prompt_len, len(ids)) if ids[p] == engine.parts.think_end_id),
-                                 None)
-                answer_start = None if think_end is None else think_end + 1
-                extracted = final_answer(result.text, thinking=True)
-                correct = item.answer is not None and is_correct(item.answer, result.text, thinking=True)
-            if policy is not None and not forced:
-                # hidden states of output tokens 0, 1, ... as the policy saw them; the last sampled token is never
-                # fed back, so an unclosed trace's last one comes from a full forward
-                needed = (think_end or len(ids)) - prompt_len
-                seen = captured.get(index, [])[:needed]
-                if len(seen) < needed:
-                    seen += list(final_hidden(engine, ids)[prompt_len + len(seen) : prompt_len + needed])
-                hidden = torch.stack(seen)
-            else:
-                hidden = final_hidden(engine, ids)[prompt_len : think_end or len(ids)]
-            record = TraceRecord(item.id, "", correct, prompt_len, think_end, answer_start, len(ids), item.answer,
-                                 extracted)
-            traces.append(Trace(record, torch.tensor(ids), hidden.half()))
-            if on_trace is not None:
-                on_trace()
-        store.add(traces)
+    todo = []
+    for position, kept in enumerate(schedules):
+        group = [i for i in items[position :: len(schedules)] if i.id not in done]
+        todo += group
+        for start in range(0, len(group), engine.batch_size):
+            _collect_batch(engine, group[start : start + engine.batch_size], store, sampling, chat, on_trace,
+                           policy, kept, forced)
     records = store.records()
     return {"traces": len(records), "correct": sum(r.correct for r in records), "new": len(todo)}
+
+
+def _collect_batch(
+    engine: TransformersBackend,
+    batch: Sequence[PromptItem] | Sequence[TraceRow],
+    store: TraceStore,
+    sampling: SamplingParams,
+    chat: bool,
+    on_trace: Callable[[], None] | None,
+    policy: Policy | None,
+    schedule: EvictionSchedule | None,
+    forced: bool,
+) -> None:
+    """Generate one batch (under ``policy`` and ``schedule`` when given) and add its traces to ``store``."""
+    if forced:
+        replay = build_items(engine, batch, chat)  # type: ignore[arg-type]
+        requests = [GenerationRequest(r.id, r.prompt_ids, forced_ids=r.forced_ids) for r in replay]
+        longest = max(len(r.forced_ids) for r in replay)
+        results = engine.generate(requests, FullCache(), None,
+                                  replace(sampling, max_new_tokens=longest + ANSWER_TOKENS))
+    else:
+        requests = [GenerationRequest(i.id, engine.encode_prompt(i.prompt, chat=chat)) for i in batch]
+        if policy is not None:
+            tapped, captured = tap_hidden(policy)
+            engine.prepare(tapped)
+            results = engine.generate(requests, tapped, schedule, sampling)
+        else:
+            results = engine.generate(requests, FullCache(), None, sampling)
+    traces = []
+    for index, (item, request, result) in enumerate(zip(batch, requests, results)):
+        ids = request.prompt_ids + result.output_ids
+        prompt_len = len(request.prompt_ids)
+        if forced:
+            ri = replay[index]
+            think_end, answer_start = prompt_len + ri.think_end, prompt_len + ri.answer_start
+            extracted = answer_after(engine, ri, result.output_ids)
+            correct = extracted == item.answer
+        else:
+            think_end = next((p for p in range(prompt_len, len(ids)) if ids[p] == engine.parts.think_end_id),
+                             None)
+            answer_start = None if think_end is None else think_end + 1
+            extracted = final_answer(result.text, thinking=True)
+            correct = item.answer is not None and is_correct(item.answer, result.text, thinking=True)
+        if policy is not None and not forced:
+            # hidden states of output tokens 0, 1, ... as the policy saw them; the last sampled token is never
+            # fed back, so an unclosed trace's last one comes from a full forward
+            needed = (think_end or len(ids)) - prompt_len
+            seen = captured.get(index, [])[:needed]
+            if len(seen) < needed:
+                seen += list(final_hidden(engine, ids)[prompt_len + len(seen) : prompt_len + needed])
+            hidden = torch.stack(seen)
+        else:
+            hidden = final_hidden(engine, ids)[prompt_len : think_end or len(ids)]
+        record = TraceRecord(item.id, "", correct, prompt_len, think_end, answer_start, len(ids), item.answer,
+                             extracted)
+        traces.append(Trace(record, torch.tensor(ids), hidden.half()))
+        if on_trace is not None:
+            on_trace()
+    store.add(traces)
