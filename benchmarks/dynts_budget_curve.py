@@ -50,7 +50,8 @@ def monotone_within_ci(cells: list[dict[str, Any]]) -> bool:
 
 def markdown(report: dict[str, Any]) -> str:
     budgets = sorted({c["budget"] for cells in report["curves"].values() for c in cells})
-    lines = [f"DynTS accuracy vs budget on {report['problems']} problems of {report['prompts']} (window "
+    lines = [f"DynTS accuracy vs budget, {report.get('model', 'tiny-reasoner')}, on {report['problems']} problems of "
+             f"{report['prompts']} (window "
              f"{report['window']}, interval {report['interval']}; Wilson 95% CI):", "",
              "| predictor | " + " | ".join(str(b) for b in budgets) + " | monotone within CI |",
              "|---|" + "---|" * (len(budgets) + 1)]
@@ -64,6 +65,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny-reasoner", help="model alias or directory (default: tiny-reasoner)")
     parser.add_argument("--prompts", type=Path, default=None, help="JSONL of problems (default: held-out)")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--predictor", action="append", required=True, help="NAME=DIR; repeatable")
@@ -83,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     budgets = args.budget or list(DEFAULT_BUDGETS)
     prompts = args.prompts or default_prompts_path()
     items = load_prompts(prompts, args.limit)
-    engine = TransformersBackend("tiny-reasoner", batch_size=args.batch_size)
-    report: dict[str, Any] = {"prompts": str(prompts), "problems": len(items), "window": args.window,
-                              "interval": args.interval, "predictors": predictors, "curves": {}}
+    engine = TransformersBackend(args.model, batch_size=args.batch_size)
+    report: dict[str, Any] = {"model": args.model, "prompts": str(prompts), "problems": len(items),
+                              "window": args.window, "interval": args.interval, "predictors": predictors, "curves": {}}
     for name, path in predictors.items():
         cells = []
         for budget in budgets:

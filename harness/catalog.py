@@ -19,7 +19,8 @@ TASK_VOCABULARY = "tiny-reasoner task vocabulary"
 
 #: shipped predictors by model alias, as package resources of ``harness``
 SHIPPED_PREDICTORS = {"tiny-reasoner": "tinyreasoner/predictor",
-                      "tiny-reasoner-control": "tinyreasoner/control-predictor"}
+                      "tiny-reasoner-control": "tinyreasoner/control-predictor",
+                      "smollm2-135m": "predictors/smollm2-135m"}
 #: models whose tokenizer has the tiny-reasoner task's words as single tokens (what the oracle reads)
 TASK_VOCABULARY_MODELS = frozenset({"tiny-reasoner", "tiny-reasoner-control"})
 

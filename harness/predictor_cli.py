@@ -8,16 +8,17 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from backends.hf.backend import TransformersBackend
 from harness.importance.traces import TraceStore
 
 
-def _progress(console: Console, label: str) -> Progress:
-    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console)
+def _progress(console: Console, label: str):
+    """A rich bar on a terminal, plain progress lines in a log."""
+    from harness.progress import progress_for
+
+    return progress_for(console, label)
 
 
 def _engine(model: str, batch_size: int = 8, device: str = "cpu"):
@@ -117,7 +118,8 @@ def register(app: typer.Typer, console: Console) -> None:
 
     @app.command("train-predictor")
     def train_predictor(
-        store_dir: Path = typer.Argument(..., help="Labelled trace store."),
+        store_dir: list[Path] = typer.Argument(..., help="Labelled trace store(s); several (e.g. on-policy "
+                                               "rounds) are trained on together."),
         out: Path = typer.Option(..., help="Predictor directory to write."),
         label_method: str = typer.Option("attention", help="attention (the paper's answer attention), later, "
                                          "lookback or gradient: labels made by `dynts-bench label`."),
@@ -162,7 +164,7 @@ def register(app: typer.Typer, console: Console) -> None:
                 progress.console.log(f"epoch {epoch}: loss {row['train_loss']:.4f}, held-out tau "
                                      f"{row['kendall_tau']:.3f}, top-20% recall@20 {row['top20_recall@20']:.3f}")
 
-            report = fit(TraceStore(store_dir), out, cfg, on_epoch)
+            report = fit([TraceStore(d) for d in store_dir], out, cfg, on_epoch)
         console.print(f"predictor -> {out} (best epoch {report['best_epoch']}, held-out tau "
                       f"{report['validation']['kendall_tau']:.3f})")
 

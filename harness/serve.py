@@ -22,7 +22,8 @@ from harness.options import OptionError, RunOptions, cli_parameters
 
 #: the ``run`` options that mean something to a server
 SERVED_OPTIONS = ("policy", "backend", "model", "mode", "budget", "interval", "window", "trigger_len", "ratio",
-                  "evict_prompt", "predictor", "policy_arg", "dtype", "device", "batch_size", "threads")
+                  "evict_prompt", "predictor", "policy_arg", "dtype", "device", "batch_size", "threads",
+                  "tensor_parallel")
 
 
 def served_policy(o: RunOptions) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
@@ -115,7 +116,8 @@ def _vllm_server(o: RunOptions, name: str, options: dict[str, Any], schedule: di
     from backends.vllm.serve import server_command
 
     spec, facts, context = _served(o, name, options, schedule, max_model_len, stats)
-    command, env = server_command(spec, facts.path, host, port, o.batch_size, context)
+    command, env = server_command(spec, facts.path, host, port, o.batch_size, context,
+                                  tensor_parallel=o.tensor_parallel)
     env["OMP_NUM_THREADS"] = str(o.threads or 1)
     return command, env, SERVE_ENV
 

@@ -55,7 +55,8 @@ def prompts(tmp_path: Path) -> Path:
 BAD_INPUTS = [
     (["--policy", "nope"], "unknown policy 'nope'"),
     (["--budget", "16", "--window", "32", "--policy", "window"], "--budget 16 must be larger than --window 32"),
-    (["--policy", "dynts", "--model", "smollm2-135m"], "dynts needs an importance predictor trained for smollm2-135m"),
+    (["--policy", "dynts", "--model", "HuggingFaceTB/SmolLM2-360M-Instruct"],
+     "dynts needs an importance predictor trained for HuggingFaceTB/SmolLM2-360M-Instruct"),
     (["--policy", "dynts", "--predictor", "/nonexistent/pred"], "no DynTS predictor at /nonexistent/pred"),
     (["--policy", "snapkv", "--policy-arg", "kernel_size=4"], "kernel_size must be an odd number"),
     (["--policy", "snapkv", "--policy-arg", "obs_window=abc"], "obs_window must be int"),

@@ -198,6 +198,26 @@ def test_fit_options_pool_and_loss_weights_are_recorded(store, tmp_path) -> None
     assert saved.label_method == "later" and report["fit"]["pool"] == "prev" and report["fit"]["mse_weight"] == 0.0
 
 
+def test_training_on_two_stores_trains_on_both_and_keeps_a_problem_on_one_side(store, tmp_path) -> None:
+    import hashlib
+    import shutil
+
+    from harness.importance.labels import labels_path
+
+    twin = TraceStore(tmp_path / "twin")
+    shutil.copytree(store.path, twin.path)  # a second round of the same problems
+    cfg = FitConfig(epochs=1, layer_sizes=[8], val_fraction=0.3, correct_only=False, seed=1)
+    one = fit(store, tmp_path / "one", cfg)
+    both = fit([store, twin], tmp_path / "both", cfg)
+    assert both["traces"] == {"train": 2 * one["traces"]["train"], "validation": 2 * one["traces"]["validation"]}
+    expected = hashlib.sha256((store.path / "index.jsonl").read_bytes() + labels_path(store, "attention").read_bytes())
+    assert one["training_data_sha256"] == expected.hexdigest() != both["training_data_sha256"]
+    meta = json.loads((twin.path / "meta.json").read_text())
+    (twin.path / "meta.json").write_text(json.dumps({**meta, "model": "another-model"}))
+    with pytest.raises(TraceStoreError, match="train on stores of one model"):
+        fit([store, twin], tmp_path / "mixed", cfg)
+
+
 def test_cli_pipeline_and_its_errors(random_reasoner, tmp_path) -> None:
     problems = tmp_path / "problems.jsonl"
     problems.write_text("".join(json.dumps(generate(i).to_json()) + "\n" for i in range(6)))

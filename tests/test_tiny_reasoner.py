@@ -70,7 +70,7 @@ def test_dynts_finds_its_shipped_predictor(reasoner) -> None:
     from harness.options import RunOptions
     from harness.runplan import build_policies
 
-    assert shipped_predictor("tiny-reasoner") is not None and shipped_predictor("smollm2-135m") is None
+    assert shipped_predictor("tiny-reasoner") is not None and shipped_predictor("HuggingFaceTB/SmolLM2-360M") is None
     policy = build_policies(RunOptions(policy=("dynts",)))["dynts"]
     assert policy.predictor is None and policy.artefact() == str(shipped_predictor("tiny-reasoner"))
     reasoner.prepare(policy)  # binds the packaged predictor, checked against the model

