@@ -12,13 +12,7 @@ from rich.table import Table
 
 from backends.hf.backend import TransformersBackend
 from harness.importance.traces import TraceStore
-
-
-def _progress(console: Console, label: str):
-    """A rich bar on a terminal, plain progress lines in a log."""
-    from harness.progress import progress_for
-
-    return progress_for(console, label)
+from harness.progress import progress_for
 
 
 def _engine(model: str, batch_size: int = 8, device: str = "cpu"):
@@ -76,7 +70,7 @@ def register(app: typer.Typer, console: Console) -> None:
         meta = {"model": model, "hidden_size": engine.model.config.hidden_size, "source": path.name,
                 "source_sha256": file_sha256(path), "max_new_tokens": max_new_tokens, "chat": chat,
                 "forced": forced}
-        policy = schedule = None
+        policy = schedules = None
         if on_policy_budget:
             if forced:
                 raise TraceStoreError("--on-policy-budget generates the model's own traces: drop --forced")
@@ -84,15 +78,14 @@ def register(app: typer.Typer, console: Console) -> None:
                          for b in on_policy_budget]
             location = _load_predictor_path(predictor, engine)
             policy = DynTS(predictor=str(location))
-            schedule = schedules[0] if len(schedules) == 1 else schedules
-            spread = (schedules[0].to_dict() if len(schedules) == 1
+            spread = (schedules[0].to_dict() if len(schedules) == 1  # one budget: the meta stores always had
                       else {"schedules": [s.to_dict() for s in schedules], "assignment": "prompt i: i mod n"})
             meta["on_policy"] = {"policy": "dynts", "predictor": str(location), **spread}
         store.open_for(meta)
-        with _progress(console, "traces") as progress:
+        with progress_for(console, "traces") as progress:
             bar = progress.add_task("traces", total=len(items), completed=len(store.records()))
             report = collect(engine, items, store, SamplingParams(max_new_tokens), chat,
-                             on_trace=lambda: progress.advance(bar), policy=policy, schedule=schedule)
+                             on_trace=lambda: progress.advance(bar), policy=policy, schedule=schedules)
         console.print(f"{report['traces']} traces in {out} ({report['correct']} correct, {report['new']} new)")
 
     @app.command()
@@ -108,7 +101,7 @@ def register(app: typer.Typer, console: Console) -> None:
 
         store = TraceStore(store_dir)
         engine = _engine(store.meta["model"], device=device)
-        with _progress(console, "labels") as progress:
+        with progress_for(console, "labels") as progress:
             bar = progress.add_task("labels", total=len(store.records()))
             report = label_store(engine, store, method, on_trace=lambda: progress.advance(bar))
         agree = "; ".join(f"Spearman {pair} {rho:.3f}" for pair, rho in report["spearman_between_methods"].items()
@@ -156,7 +149,7 @@ def register(app: typer.Typer, console: Console) -> None:
                         epochs=epochs, lr=lr, rank_weight=rank_weight, mse_weight=mse_weight,
                         val_fraction=val_fraction, seed=seed,
                         correct_only=not include_incorrect)
-        with _progress(console, "epochs") as progress:
+        with progress_for(console, "epochs") as progress:
             bar = progress.add_task("epochs", total=epochs)
 
             def on_epoch(epoch: int, row: dict[str, float]) -> None:
@@ -184,7 +177,7 @@ def register(app: typer.Typer, console: Console) -> None:
         store = TraceStore(store_dir)
         engine = _engine(store.meta["model"])
         model = _load_predictor(predictor, engine)
-        with _progress(console, "traces") as progress:
+        with progress_for(console, "traces") as progress:
             bar = progress.add_task("traces", total=None)
             result = evaluate(engine, store, model, label_method, limit, lambda: progress.advance(bar),
                               correct_only=not include_incorrect)
@@ -240,7 +233,7 @@ def register(app: typer.Typer, console: Console) -> None:
         store = TraceStore(store_dir)
         engine = _engine(store.meta["model"])
         model = _load_predictor(predictor, engine) if predictor else None
-        with _progress(console, "traces") as progress:
+        with progress_for(console, "traces") as progress:
             bar = progress.add_task("traces", total=None)
             report = run_analysis(engine, store, label_method, fraction, model, limit,
                                   lambda: progress.advance(bar))

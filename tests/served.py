@@ -32,6 +32,14 @@ def post(port: int, path: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
+def completion(port: int, prompt_ids: list[int], stop_ids: set[int] | frozenset[int]) -> dict:
+    """A greedy vLLM completion of ``prompt_ids`` (600 new tokens at most, stopping at ``stop_ids``) with its
+    token ids: the reply's first choice."""
+    return post(port, "/v1/completions", {
+        "model": "tiny-reasoner", "prompt": prompt_ids, "max_tokens": 600, "temperature": 0,
+        "return_token_ids": True, "stop_token_ids": sorted(stop_ids)})["choices"][0]
+
+
 def chat_answer(port: int, problem: dict) -> str:
     """An OpenAI chat completion of ``problem``'s prompt, greedy, as any client sends it: the reply's text."""
     reply = post(port, "/v1/chat/completions", {

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed here: backends/vllm/install_cpu_env.sh makes its venv")
 
 from backends.base import SamplingParams  # noqa: E402
-from tests.served import chat_answer, post, running_server  # noqa: E402
+from tests.served import chat_answer, completion, running_server  # noqa: E402
 from tests.vllm.test_engine import BUDGET, make_policy, requests_for  # noqa: E402
 
 
@@ -30,10 +30,7 @@ def test_served_dynts_generates_what_the_in_process_backend_does(server, vllm_ba
     policy = make_policy("dynts")
     vllm_backend.prepare(policy)
     expected = vllm_backend.generate(requests, policy, BUDGET, sampling)
-    served = [post(port, "/v1/completions", {
-        "model": "tiny-reasoner", "prompt": r.prompt_ids, "max_tokens": 600, "temperature": 0,
-        "return_token_ids": True, "stop_token_ids": sorted(vllm_backend.eos_ids)})["choices"][0]
-        for r in requests]
+    served = [completion(port, r.prompt_ids, vllm_backend.eos_ids) for r in requests]
     for want, got in zip(expected, served):
         assert got["token_ids"] == want.output_ids, want.request_id
     rows = [json.loads(line) for line in stats.read_text().splitlines()]

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed here: backends/vllm/install_cpu_env.sh makes its venv")
 
 from backends.base import SamplingParams  # noqa: E402
-from tests.served import post, running_server  # noqa: E402
+from tests.served import completion, running_server  # noqa: E402
 from tests.vllm.test_engine import BUDGET, make_policy, requests_for  # noqa: E402
 
 if len(os.sched_getaffinity(0)) < 2:
@@ -29,10 +29,7 @@ def test_served_with_two_ranks_compacts_and_answers(tmp_path, vllm_backend, prob
     with running_server(tmp_path, "--backend", "vllm", "-p", "dynts", "--budget", str(BUDGET.budget), "--window",
                         str(BUDGET.window), "--interval", str(BUDGET.interval), "--batch-size", "4",
                         "--tensor-parallel", "2") as (port, stats, log):
-        served = [post(port, "/v1/completions", {
-            "model": "tiny-reasoner", "prompt": r.prompt_ids, "max_tokens": 600, "temperature": 0,
-            "return_token_ids": True, "stop_token_ids": sorted(vllm_backend.eos_ids)})["choices"][0]
-            for r in requests]
+        served = [completion(port, r.prompt_ids, vllm_backend.eos_ids) for r in requests]
         rows = [json.loads(line) for line in stats.read_text().splitlines()]
         assert "tensor_parallel_size': 2" in log.read_text()
     correct = sum(s["text"].strip().endswith(f"answer {p['answer']}") for s, p in zip(served, problems))
