@@ -12,8 +12,9 @@ The policies run in interleaved rounds (round r runs every policy once, in an or
 ratio is taken within a round, so a machine whose load drifts moves numerator and denominator together. Both
 wall-clock tokens/s and tokens per CPU-second of this process are reported: with one intra-op thread the CPU
 figure is what the work costs, whatever else runs on the machine. Also: preemptions, the most requests running
-at once, peak blocks per request, and the policy's share of the run's wall time (every second the worker spent in
-observe, query capture and score + select + evict, counted once, over the run's wall time).
+at once, peak blocks per request, and the policy's share of step time (every second the worker spent in observe,
+query capture and score + select + evict, counted once, over wall time): over the whole run, and "once evicting",
+from the first compaction to the end (the steady state; before it no policy evicts).
 """
 
 from __future__ import annotations
@@ -35,6 +36,17 @@ if TYPE_CHECKING:
     from zoo.schedule import EvictionSchedule
 
 PROMPT = "Count from one to ten thousand, one number per line."
+
+
+def default_prompt(model: str) -> str:
+    """A prompt the model's tokenizer can encode: the tiny reasoners know only their task's words."""
+    from harness.catalog import TASK_VOCABULARY_MODELS
+
+    if model in TASK_VOCABULARY_MODELS:
+        from harness.tinyreasoner.task import problems
+
+        return " ".join(next(iter(problems(1, 0, "heldout"))).prompt)
+    return PROMPT
 
 
 def untrained_predictor(hidden_size: int, model_id: str) -> str:
@@ -67,14 +79,22 @@ def one_run(backend: VLLMBackend, policy: Policy, requests: list[GenerationReque
     backend.scheduler.peak_running = 0
     runtime = backend.model_runner.dynts
     policy0 = runtime.total_policy_s if runtime is not None else 0.0
+    if runtime is not None:
+        runtime.first_compaction = None
     wall0, cpu0 = time.perf_counter(), time.process_time()
     results = backend._run_group(requests, policy, schedule if policy.evicts else None, sampling, ignore_eos=True)
-    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    end, cpu = time.perf_counter(), time.process_time() - cpu0
+    wall = end - wall0
     tokens = sum(r.generated_tokens for r in results)
+    steady = 0.0
+    if runtime is not None and runtime.first_compaction is not None:
+        began, policy_then = runtime.first_compaction
+        steady = (runtime.total_policy_s - policy_then) / (end - began)
     return {
         "tokens": tokens, "wall_s": wall, "cpu_s": cpu,
         "tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / cpu,
         "policy_share": ((runtime.total_policy_s - policy0) / wall) if runtime is not None else 0.0,
+        "steady_policy_share": steady,
         "preemptions": sum(r.extra.get("preemptions", 0) for r in results),
         "peak_running": backend.scheduler.peak_running,
         "peak_blocks_per_request": max(r.extra.get("kv_peak_blocks", 0) for r in results),
@@ -91,7 +111,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
     out: dict[str, dict[str, Any]] = {}
     for name, rows in runs.items():
         entry: dict[str, Any] = {k: spread([r[k] for r in rows]) for k in ("tokens_per_s", "tokens_per_cpu_s",
-                                                                          "policy_share")}
+                                                                          "policy_share", "steady_policy_share")}
         entry.update(preemptions=max(r["preemptions"] for r in rows), peak_running=max(r["peak_running"] for r in rows),
                      peak_blocks_per_request=max(r["peak_blocks_per_request"] for r in rows))
         if "full" in runs:
@@ -110,7 +130,7 @@ def print_table(title: str, summary: dict[str, dict[str, Any]]) -> None:
 
     table = Table(title=title)
     for column in ("policy", "tok/s (wall)", "vs full", "tok/CPU-s", "vs full", "preempt", "max running",
-                   "peak blocks/req", "policy share"):
+                   "peak blocks/req", "policy share", "once evicting"):
         table.add_column(column)
     for name, e in summary.items():
         ratio = e.get("tokens_per_s_vs_full")
@@ -118,7 +138,8 @@ def print_table(title: str, summary: dict[str, dict[str, Any]]) -> None:
         table.add_row(name, fmt(e["tokens_per_s"], 0), fmt(ratio) if ratio else "-", fmt(e["tokens_per_cpu_s"], 0),
                       fmt(cpu_ratio) if cpu_ratio else "-", str(e["preemptions"]), str(e["peak_running"]),
                       str(e["peak_blocks_per_request"]),
-                      fmt({k: 100 * v for k, v in e["policy_share"].items()}, 1, "%"))
+                      fmt({k: 100 * v for k, v in e["policy_share"].items()}, 1, "%"),
+                      fmt({k: 100 * v for k, v in e["steady_policy_share"].items()}, 1, "%"))
     Console(width=200).print(table)
 
 
@@ -133,6 +154,8 @@ def main() -> None:
     parser.add_argument("--kv-mib", type=int, default=1024, help="KV pool size in MiB (fixed for every policy)")
     parser.add_argument("--policies", default="full,window,dynts")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (each runs every policy once)")
+    parser.add_argument("--prompt", help="prompt of every request (default: a counting instruction; for the tiny "
+                        "reasoners, held-out problem 0)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -147,7 +170,7 @@ def main() -> None:
     names = args.policies.split(",")
     backend = VLLMBackend(args.model, batch_size=args.requests, max_model_len=max(lengths) + 64,
                           engine_args={"kv_cache_memory_bytes": args.kv_mib * 2**20})
-    prompt = backend.encode_prompt(PROMPT)
+    prompt = backend.encode_prompt(args.prompt or default_prompt(args.model))
     schedule = EvictionSchedule(budget=args.budget, window=args.window, interval=args.interval)
     policies = {name: build(name, backend, args.model) for name in names}
     record: dict[str, Any] = {

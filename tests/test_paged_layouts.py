@@ -13,7 +13,7 @@ import torch
 
 from backends.base import BackendError
 from backends.paged import apply_moves, gather_tokens, merge_plans, plan_compaction
-from backends.vllm.layouts import layout_for
+from backends.vllm.layouts import SlabStore, VecStore, layout_for, store_for
 
 
 def write_vec(slab: torch.Tensor, block: int, offset: int, key: torch.Tensor, value: torch.Tensor, bs: int) -> None:
@@ -105,3 +105,37 @@ def test_unknown_isa_is_refused_with_one_line():
 def test_amx_needs_bf16():
     with pytest.raises(BackendError, match="bf16"):
         layout_for("amx", 32, 64, torch.float32)
+
+
+@pytest.mark.parametrize("isa,bs,d,dtype", CASES)
+def test_each_layouts_store_compacts_several_requests_as_the_kernel_would_have_written_them(isa, bs, d, dtype):
+    """The store the runtime uses for each ISA (strided pieces for vec / vec16, element maps for amx): two
+    requests on interleaved blocks, overlapping moves, compacted in one batch; every survivor reads back, keys
+    included, as the kernel loop writes it in its new slot, and a third request not in the batch is untouched."""
+    heads = 2
+    layout = layout_for(isa, bs, d, dtype)
+    cache = torch.zeros(7, heads, bs, 2 * d, dtype=dtype)
+    store = store_for(cache, layout)
+    assert type(store) is (VecStore if isa in ("vec", "vec16") else SlabStore)
+    slab = cache.view(7, heads, -1)
+    tables = {"a": [5, 0, 3], "b": [2, 6], "idle": [4]}
+    lengths = {"a": 3 * bs - 3, "b": 2 * bs, "idle": bs - 2}
+    for r, table in tables.items():
+        for t in range(lengths[r]):
+            WRITERS[isa](slab, table[t // bs], t % bs, *token(t + 1000 * len(r), heads, d, dtype), bs)
+    idle_before = slab[4].clone()
+    kept = {"a": torch.tensor([1, 2, bs - 1, bs, bs + 3, 2 * bs + 1, lengths["a"] - 1]),
+            "b": torch.tensor([0, bs // 2, bs - 1, bs, 2 * bs - 1])}
+    plans = [plan_compaction(r, tables[r], lengths[r], kept[r], bs) for r in kept]
+    store.move(merge_plans(plans))
+    for r, survivors in kept.items():
+        table = tables[r]
+        for i, t in enumerate(survivors.tolist()):
+            expected = torch.zeros(1, heads, 2 * bs * d, dtype=dtype)
+            k, v = token(t + 1000 * len(r), heads, d, dtype)
+            WRITERS[isa](expected, 0, i % bs, k, v, bs)
+            block, offset = torch.tensor([table[i // bs]]), torch.tensor([i % bs])
+            got = gather_tokens(slab, block, offset, layout.offsets)[0]
+            assert torch.equal(got, gather_tokens(expected, torch.tensor([0]), offset, layout.offsets)[0])
+            assert torch.equal(store.keys(block[None], offset[None])[0, 0], k)
+    assert torch.equal(slab[4], idle_before)

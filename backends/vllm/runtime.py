@@ -28,7 +28,7 @@ import torch
 
 from backends.base import BackendError
 from backends.paged import merge_plans, plan_compaction
-from backends.vllm.layouts import LayerStore, SlabStore, layout_for, probe_layout
+from backends.vllm.layouts import LayerStore, layout_for, probe_layout, store_for
 from backends.vllm.state import QueryStore, RequestState, flush_observations, observe_tokens
 from zoo.base import CacheView, Policy
 from zoo.schedule import EvictionSchedule
@@ -158,7 +158,7 @@ class WorkerRuntime:
         self.layout = layout_for(isa, self.block_size, self.head_dim, caches[0].dtype)
         probe_layout(self.layout, caches[0].dtype, lambda k, v, kc, vc, s, i: ops.cpu_attn_reshape_and_cache(
             k, v, kc, vc, s, i))
-        self.stores: list[LayerStore] = [SlabStore(c, self.layout) for c in caches]
+        self.stores: list[LayerStore] = [store_for(c, self.layout) for c in caches]
         self.policy = policy
         self.think_end_id = think_end_id
         self.default_options = default_options
@@ -170,6 +170,9 @@ class WorkerRuntime:
         #: every second spent in policy code (observe, query capture, score + select + evict), counted once:
         #: the per-request ``policy_s`` charge a batched compaction to every request in it
         self.total_policy_s = 0.0
+        #: (perf_counter, total_policy_s) when the first compaction began: the steady state's share of step time
+        #: is measured from there (before it, no policy evicts, so a whole-run share is diluted by the warm-up)
+        self.first_compaction: tuple[float, float] | None = None
         self.tp = _tensor_parallel_group()
         #: sha256 over the kept sets this rank chose itself, before rank 0's are broadcast (tests compare ranks)
         self.kept_digest = hashlib.sha256()
@@ -329,6 +332,8 @@ class WorkerRuntime:
     # ------------------------------------------------------------------ compaction
     def compact(self, runner: Any, due: list[RequestState]) -> dict[str, Compaction]:
         t0 = time.perf_counter()
+        if self.first_compaction is None:
+            self.first_compaction = (t0, self.total_policy_s)
         for st in due:
             flush_observations(self.policy, st)
         width = max(st.physical for st in due)

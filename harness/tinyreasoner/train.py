@@ -25,6 +25,7 @@ from torch import nn
 from harness.tinyreasoner.dropout import RECIPE, batch_mask, parse_views
 from harness.tinyreasoner.task import DIGITS, Knobs, generate, is_result_name, problems, task_facts
 from harness.tinyreasoner.vocab import EOS, PAD, TOKEN_ID, VOCAB, encode, prompt_tokens, save_tokenizer
+from zoo.errors import UserError
 
 IGNORE = -100
 # token types of the per-type loss
@@ -51,6 +52,10 @@ class TrainConfig:
     threads: int = 2
     dropout_from: float = 0.4  # share of training after which context drop-out masks are used
     dropout_views: str = RECIPE  # views and weights of context drop-out (``dropout.parse_views``)
+    # curriculum extension: start from a trained model's weights (its directory) and train only the last stage,
+    # widened to ``extra_vars`` more variables than the training defaults, context drop-out on throughout
+    init_from: str = ""
+    extra_vars: int = 0
 
 
 def model_config(cfg: TrainConfig):
@@ -64,14 +69,23 @@ def model_config(cfg: TrainConfig):
     )
 
 
-def curriculum(progress: float) -> Knobs:
+def final_stage(cfg: TrainConfig) -> Knobs:
+    """The curriculum's last stage: the training defaults, with ``cfg.extra_vars`` more variables at most."""
+    return Knobs(max_vars=Knobs().max_vars + cfg.extra_vars)
+
+
+def curriculum(progress: float, cfg: TrainConfig | None = None) -> Knobs:
     """An arithmetic warm-up on short problems with random filler (20%), then short problems with the
-    deterministic filler, then the full distribution from 35% of training on."""
+    deterministic filler, then the full distribution from 35% of training on. An extension (``cfg.init_from``)
+    starts from a model that went through all of it, so it trains only the (widened) last stage."""
+    cfg = cfg or TrainConfig()
+    if cfg.init_from:
+        return final_stage(cfg)
     if progress < 0.2:
         return Knobs(min_vars=4, max_vars=8, gap_lines=0, random_filler=True, filler_ratio=1.0)
     if progress < 0.35:
         return Knobs(min_vars=6, max_vars=Knobs().max_vars, filler_lines=1, gap_lines=1)
-    return Knobs()
+    return final_stage(cfg)
 
 
 def token_types(ids: list[int]) -> list[int]:
@@ -162,7 +176,15 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print,
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
-    model = LlamaForCausalLM(model_config(cfg))
+    if cfg.init_from:
+        model = LlamaForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
+        shape = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+        wanted = model_config(cfg)
+        if any(getattr(model.config, k) != getattr(wanted, k) for k in shape):
+            raise UserError(f"{cfg.init_from} is not a model of this shape (hidden {cfg.hidden_size}, "
+                             f"{cfg.layers} layers): pass the shape it was trained with")
+    else:
+        model = LlamaForCausalLM(model_config(cfg))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     rng = random.Random(cfg.seed)
     history: list[dict] = []
@@ -181,12 +203,12 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print,
     window: list[list[float]] = [[], [], []]
     tokens_seen = 0
     for step in range(start, cfg.steps):
-        knobs = curriculum(step / cfg.steps)
+        knobs = curriculum(step / cfg.steps, cfg)
         x, y, types = make_batch(rng, cfg.batch_size, knobs, cfg.seed)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         mask = None
-        if step >= cfg.dropout_from * cfg.steps:
+        if cfg.init_from or step >= cfg.dropout_from * cfg.steps:
             mask = dropout_mask(x, rng, cfg.dropout_views)
         logits = model(input_ids=x, attention_mask=mask).logits[:, :-1]
         target, target_types = y[:, 1:], types[:, 1:]
@@ -232,7 +254,7 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print,
 
 def write_card(out: Path, cfg: TrainConfig, trained: dict, heldout: dict, facts: dict) -> None:
     """``README.md`` (model card) and ``training.json`` next to the weights."""
-    knobs = asdict(Knobs())
+    knobs = asdict(final_stage(cfg))
     record = {"train": {k: v for k, v in trained.items() if k != "history"}, "heldout": heldout,
               "task": facts, "knobs": knobs}
     (out / "training.json").write_text(json.dumps({**record, "history": trained["history"]}, indent=1) + "\n")
@@ -240,10 +262,18 @@ def write_card(out: Path, cfg: TrainConfig, trained: dict, heldout: dict, facts:
     views = ("per problem a full, oracle-like or randomly gapped attention mask, so the model reads what an "
              "eviction policy kept") if not control else (
              f"views `{cfg.dropout_views}` (no oracle-like view; `random-any` gaps may hide result statements)")
+    title = "tiny-reasoner-control" if control else "tiny-reasoner"
+    when = f"from {cfg.dropout_from:.0%} of training on"
+    if cfg.init_from:
+        when = "throughout"
+        title = f"{title}-extended"
+        views += (f"; a curriculum extension of `{cfg.init_from}` (its weights are the start): only the last stage, "
+                  f"widened to {cfg.extra_vars} more variables; the steps and minutes "
+                  "below are the extension's alone")
     lines = [
-        "# tiny-reasoner-control" if control else "# tiny-reasoner",
+        f"# {title}",
         "",
-        "A Llama-architecture model trained from scratch by `dynts-bench make-tiny-reasoner` on the synthetic",
+        "A Llama-architecture model trained by `dynts-bench make-tiny-reasoner` on the synthetic",
         "pairwise-sum task (`harness/tinyreasoner/task.py`). It thinks in a `<think> ... </think>` trace whose",
         "later steps retrieve results stated once, far back; filler lines in between are never needed again.",
         "",
@@ -251,7 +281,7 @@ def write_card(out: Path, cfg: TrainConfig, trained: dict, heldout: dict, facts:
         f"- seed {cfg.seed}; {cfg.steps} steps of {cfg.batch_size} problems; lr {cfg.lr} (cosine, warm-up "
         f"{cfg.warmup}); {trained['train_tokens']:,} trained tokens in {trained['train_seconds'] / 60:.1f} min",
         f"- task knobs (final stage of the curriculum): {json.dumps(knobs)}",
-        f"- context drop-out (`dropout.py`) from {cfg.dropout_from:.0%} of training on: {views}",
+        f"- context drop-out (`dropout.py`) {when}: {views}",
         f"- held-out ({heldout['problems']} problems, split `heldout`, never trained on), greedy, full cache: "
         f"exact match {heldout['exact_match']:.1%}, median thinking {heldout['median_thinking_tokens']:.0f} tokens",
         f"- reference traces: median {facts['median_thinking_tokens']:.0f} thinking tokens; result statements "
