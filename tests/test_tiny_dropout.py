@@ -233,3 +233,69 @@ def test_the_control_model_has_its_own_alias() -> None:
         assert "--dropout-views full,random-any" in str(exc)
     else:
         assert source.kind == "alias" and source.path.endswith("control") and source.path != str(tiny_reasoner_dir())
+
+
+def test_a_curriculum_extension_starts_from_the_given_weights_and_trains_only_the_widened_last_stage(
+        tmp_path, monkeypatch) -> None:
+    """``make-tiny-reasoner --init-from DIR --extra-vars 4``: the first forward pass is the base model's (its
+    loss on the first batch equals the base model's own loss on that batch), every batch comes from the last stage
+    with up to 4 more variables, drop-out masks from step 0, and the card names the base; a base of another
+    shape is refused with one line."""
+    from transformers import LlamaForCausalLM
+
+    from harness.tinyreasoner import train as trainer
+    from zoo.errors import UserError
+
+    toy = dict(batch_size=2, hidden_size=32, layers=1, heads=2, intermediate=64, eval_problems=2)
+    base = tmp_path / "base"
+    trainer.make_tiny_reasoner(base, trainer.TrainConfig(steps=2, eval_every=2, **toy), heldout_problems=2,
+                               log=lambda _: None)
+    knobs_seen: list = []
+    real_batch, masks = trainer.make_batch, []
+
+    def recording_batch(rng, size, knobs, seed):
+        knobs_seen.append(knobs)
+        return real_batch(rng, size, knobs, seed)
+
+    monkeypatch.setattr(trainer, "make_batch", recording_batch)
+    real_mask = trainer.dropout_mask
+
+    def counting_mask(x, rng, views=RECIPE):
+        masks.append(1)
+        return real_mask(x, rng, views)
+
+    monkeypatch.setattr(trainer, "dropout_mask", counting_mask)
+    first_losses: list[float] = []
+    real_ce = torch.nn.functional.cross_entropy
+
+    def recording_ce(*args, **kwargs):
+        out = real_ce(*args, **kwargs)
+        if not first_losses:
+            first_losses.append(float(out.detach()[out.detach() > 0].mean()))
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", recording_ce)
+    cfg = trainer.TrainConfig(steps=3, eval_every=3, init_from=str(base), extra_vars=4, **toy)
+    trainer.make_tiny_reasoner(tmp_path / "ext", cfg, heldout_problems=2, log=lambda _: None)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", real_ce)
+
+    assert [(k.min_vars, k.max_vars) for k in knobs_seen] == [(9, 17)] * 3
+    assert len(masks) == 3
+    # the base model's own loss on the extension's first batch, with its first mask
+    rng = random.Random(cfg.seed)
+    x, y, _ = real_batch(rng, cfg.batch_size, knobs_seen[0], cfg.seed)
+    mask = real_mask(x, rng, cfg.dropout_views)
+    model = LlamaForCausalLM.from_pretrained(base).eval()
+    logits = model(input_ids=x, attention_mask=mask).logits[:, :-1]
+    target = y[:, 1:]
+    losses = real_ce(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=trainer.IGNORE,
+                     reduction="none")
+    assert first_losses[0] == pytest.approx(float(losses[losses > 0].mean()), rel=1e-4)
+    card = (tmp_path / "ext" / "README.md").read_text()
+    assert card.startswith("# tiny-reasoner-extended") and str(base) in card and '"max_vars": 17' in card
+    assert "drop-out (`dropout.py`) throughout" in card
+
+    wider = trainer.TrainConfig(steps=1, init_from=str(base), **{**toy, "hidden_size": 64})
+    with pytest.raises(UserError, match="not a model of this shape") as err:
+        trainer.train(tmp_path / "bad", wider)
+    assert "\n" not in str(err.value)
