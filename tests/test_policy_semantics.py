@@ -136,3 +136,29 @@ def test_random_draws_differ_between_seeds_and_cover_every_evictable_slot() -> N
 
 def test_full_never_evicts() -> None:
     assert not build_policy("full").evicts
+
+
+def test_query_attention_reads_each_query_heads_own_kv_head_under_grouped_query_attention() -> None:
+    """4 query heads over 2 KV heads (SmolLM2 has 9 over 3): query head ``j`` reads KV head ``j // 2``, each of
+    the ``w`` stored queries sees only slots up to its own, softmax over ``sqrt(D)``-scaled products -- written
+    out one head and one query at a time, against the batched computation."""
+    from zoo.base import query_attention
+
+    torch.manual_seed(0)
+    b, kv_heads, heads, w, t, d = 2, 2, 4, 3, T, D
+    keys = torch.randn(b, kv_heads, t, d)
+    queries = torch.randn(b, heads, w, d)
+    valid = torch.ones(b, t, dtype=torch.bool)
+    valid[1, :3] = False  # a left-padded row
+    cache = CacheView(valid=valid, positions=torch.arange(t).expand(b, t),
+                      token_ids=torch.zeros(b, t, dtype=torch.long), is_prompt=torch.zeros(b, t, dtype=torch.bool),
+                      keys=[keys], queries=[queries], state={})
+    (probs,) = list(query_attention(cache))
+    for row in range(b):
+        for j in range(heads):
+            for i in range(w):
+                visible = [s for s in range(t - (w - 1 - i)) if valid[row, s]]
+                logits = torch.stack([queries[row, j, i] @ keys[row, j // 2, s] for s in visible]) / d**0.5
+                expected = torch.zeros(t)
+                expected[visible] = torch.softmax(logits, dim=0)
+                assert torch.allclose(probs[row, j, i], expected, atol=1e-6)

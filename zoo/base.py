@@ -249,9 +249,12 @@ def query_attention(view: CacheView) -> Iterator[torch.Tensor]:
     t = view.length
     for q, k in zip(view.queries, view.keys):
         q = q.float()  # [B, H, w, D]
-        w, d = q.shape[2], q.shape[3]
-        k = k.float().repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # [B, H, T, D]
-        logits = q @ k.transpose(-1, -2) / d**0.5  # [B, H, w, T]
+        b, h, w, d = q.shape
+        kv_heads = k.shape[1]
+        # grouped-query attention without copying keys per query head: query head j reads KV head
+        # j // (H / KVH), so the queries of one KV head's group are rows of one matmul (the same products)
+        grouped = q.reshape(b, kv_heads, (h // kv_heads) * w, d) @ k.float().transpose(-1, -2)
+        logits = grouped.view(b, h, w, -1) / d**0.5  # [B, H, w, T]
         limit = t - (w - 1 - torch.arange(w, device=q.device))  # query i sees slots < limit[i]
         visible = torch.arange(t, device=q.device).unsqueeze(0) < limit.unsqueeze(1)  # [w, T]
         mask = visible.unsqueeze(0) & view.valid.unsqueeze(1)  # [B, w, T]
