@@ -22,7 +22,7 @@ SHIPPED_PREDICTORS = {"tiny-reasoner": "tinyreasoner/predictor",
                       "tiny-reasoner-control": "tinyreasoner/control-predictor",
                       "smollm2-135m": "predictors/smollm2-135m"}
 #: models whose tokenizer has the tiny-reasoner task's words as single tokens (what the oracle reads)
-TASK_VOCABULARY_MODELS = frozenset({"tiny-reasoner", "tiny-reasoner-control", "tiny-reasoner-extended"})
+TASK_VOCABULARY_MODELS = frozenset({"tiny-reasoner", "tiny-reasoner-control"})
 
 
 def shipped_predictor(model_id: str) -> Path | None:

