@@ -152,7 +152,8 @@ class VecStore(SlabStore):
     """``vec`` / ``vec16``: per (block, head) the keys are ``[head_dim, block_size]`` and the values ``[block_size,
     head_dim]``, so a token is one column of the key half and one row of the value half. Moving it as those two
     strided ``[heads, head_dim]`` pieces is about 5x faster than scattering its ``2 * head_dim`` elements one index
-    each (``benchmarks/paged_moves.py``); the element map stays the reference (tests compare the two)."""
+    each (``benchmarks/paged_moves.py``, which also checks the two agree); the tests check it against the
+    kernel's own write loop."""
 
     def __init__(self, kv_cache: torch.Tensor, layout: TokenLayout) -> None:
         super().__init__(kv_cache, layout)
