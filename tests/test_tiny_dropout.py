@@ -286,7 +286,8 @@ def test_a_curriculum_extension_starts_from_the_given_weights_and_trains_only_th
     x, y, _ = real_batch(rng, cfg.batch_size, knobs_seen[0], cfg.seed)
     mask = real_mask(x, rng, cfg.dropout_views)
     model = LlamaForCausalLM.from_pretrained(base).eval()
-    logits = model(input_ids=x, attention_mask=mask).logits[:, :-1]
+    with torch.no_grad():
+        logits = model(input_ids=x, attention_mask=mask).logits[:, :-1]
     target = y[:, 1:]
     losses = real_ce(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=trainer.IGNORE,
                      reduction="none")
