@@ -214,6 +214,8 @@ def register(app: typer.Typer, console: Console) -> None:
         batch_size: int = typer.Option(50, min=1),
         json_out: Optional[Path] = typer.Option(None, "--json"),
         markdown: Optional[Path] = typer.Option(None, help="Eviction: also write the tables as markdown."),
+        model: str = typer.Option("tiny-reasoner", help="Eviction: a tiny reasoner (tiny-reasoner, "
+                                  "tiny-reasoner-control): the analysis counts its task's token roles."),
     ) -> None:
         """Attention mode: how concentrated answer attention is, and the keep-top / bottom / random re-feeding
         experiment. Eviction mode: what DynTS keeps vs the oracle, per budget, and why answers are lost."""
@@ -222,7 +224,7 @@ def register(app: typer.Typer, console: Console) -> None:
 
         if mode == "eviction":
             _analyze_eviction(console, predictor, prompts, limit, budget, window, interval, policy,
-                              batch_size, json_out, markdown)
+                              batch_size, json_out, markdown, model)
             return
         if mode != "attention":
             raise TraceStoreError(f"unknown --mode {mode!r}: use attention or eviction")
@@ -252,8 +254,8 @@ def register(app: typer.Typer, console: Console) -> None:
 
 def _analyze_eviction(console: Console, predictor: Optional[Path], prompts: Optional[Path], limit: Optional[int],
                       budgets: list[int], window: int, interval: int, chosen: list[str], batch_size: int,
-                      json_out: Optional[Path], markdown: Optional[Path]) -> None:
-    from harness.catalog import shipped_predictor
+                      json_out: Optional[Path], markdown: Optional[Path], model: str = "tiny-reasoner") -> None:
+    from harness.catalog import TASK_VOCABULARY_MODELS, shipped_predictor
     from harness.importance.eviction import eviction_markdown, eviction_report, tiny_policies
     from harness.importance.traces import TraceStoreError
     from harness.prompts import default_prompts_path, load_prompts
@@ -261,10 +263,13 @@ def _analyze_eviction(console: Console, predictor: Optional[Path], prompts: Opti
 
     for b in budgets:
         EvictionSchedule(mode="budget", budget=b, interval=interval, window=window)  # one-line error if bad
-    location = predictor or shipped_predictor("tiny-reasoner")
+    if model not in TASK_VOCABULARY_MODELS:
+        raise TraceStoreError(f"analyze --mode eviction reads the tiny-reasoner task's token roles, which {model!r} "
+                              f"does not write: pass --model {' or '.join(sorted(TASK_VOCABULARY_MODELS))}")
+    location = predictor or shipped_predictor(model)
     if location is None:
-        raise TraceStoreError("no shipped tiny-reasoner predictor: pass --predictor DIR")
-    engine = _engine("tiny-reasoner", batch_size)
+        raise TraceStoreError(f"no shipped {model} predictor: pass --predictor DIR")
+    engine = _engine(model, batch_size)
     _load_predictor(location, engine)  # refuses a predictor for another model
     items = load_prompts(prompts or default_prompts_path(), limit)
     policies = tiny_policies({"dynts": str(location)}, oracle=True, interventions=True)
@@ -278,7 +283,7 @@ def _analyze_eviction(console: Console, predictor: Optional[Path], prompts: Opti
                     f"{cell['name']['live_survival']:.1%}, live values kept {cell['value']['live_survival']:.1%}")
 
     report = eviction_report(engine, items, policies, budgets, window, interval, on_cell=on_cell)
-    report.update({"predictor": str(location), "prompts": str(prompts or default_prompts_path()),
+    report.update({"model": model, "predictor": str(location), "prompts": str(prompts or default_prompts_path()),
                    "problems": len(items), "window": window, "interval": interval})
     text = eviction_markdown(report)
     console.print(text)

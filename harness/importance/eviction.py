@@ -366,7 +366,8 @@ def eviction_markdown(report: dict[str, Any]) -> str:
     cells = report["cells"]
     policies = list(dict.fromkeys(c["policy"] for c in cells.values()))
     budgets = sorted({c["budget"] for c in cells.values()})
-    lines = [f"Eviction analysis: {report.get('problems', '?')} problems of {report.get('prompts', '?')}, window "
+    lines = [f"Eviction analysis ({report.get('model', 'tiny-reasoner')}): {report.get('problems', '?')} problems of "
+             f"{report.get('prompts', '?')}, window "
              f"{report.get('window', '?')}, interval {report.get('interval', '?')}, predictor "
              f"{report.get('predictor', '?')}; full cache {_pct(report['full_accuracy'])}.", "",
              "Accuracy (`+names`: the same scores, every live result name kept; `oracle-names`: the oracle with "
