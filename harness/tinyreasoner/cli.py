@@ -57,7 +57,8 @@ def register(app: typer.Typer, console: Console) -> None:
                                        "and train only the last stage (with --extra-vars)."),
         extra_vars: int = typer.Option(0, min=0, help="Variables beyond the training defaults in the last stage."),
     ) -> None:
-        """Train the tiny reasoning model from scratch (about an hour on 2 CPU cores) and write its model card."""
+        """Train the tiny reasoning model from scratch (about an hour on 2 CPU cores), or extend a trained one
+        (--init-from, --extra-vars), and write its model card."""
         from harness.tinyreasoner.train import TrainConfig
         from harness.tinyreasoner.train import make_tiny_reasoner as make
 
