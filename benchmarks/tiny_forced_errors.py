@@ -32,12 +32,12 @@ def main() -> None:
     from harness.tinyreasoner.vocab import EOS, VOCAB, encode, prompt_tokens
 
     unseen = {chr(c) for c in range(ord("n"), ord("z") + 1)}
-    models = dict(spec.split("=", 1) for spec in args.model)
+    models = {name: LlamaForCausalLM.from_pretrained(path).eval()
+              for name, path in (spec.split("=", 1) for spec in args.model)}
     print("| variables | model | problems with an error | errors | of them: the value of a variable after m |")
     print("|---|---|---|---|---|")
     for count in (int(v) for v in args.variables.split(",")):
-        for name, path in models.items():
-            model = LlamaForCausalLM.from_pretrained(path).eval()
+        for name, model in models.items():
             rng = random.Random(100 + count)
             wrong_problems = errors = unseen_errors = 0
             for _ in range(args.problems):

@@ -74,11 +74,15 @@ def final_stage(cfg: TrainConfig) -> Knobs:
     return Knobs(max_vars=Knobs().max_vars + cfg.extra_vars)
 
 
-def curriculum(progress: float, cfg: TrainConfig | None = None) -> Knobs:
+def dropout_start(cfg: TrainConfig) -> float:
+    """The step from which context drop-out masks are used: an extension's base already reached that point."""
+    return 0.0 if cfg.init_from else cfg.dropout_from * cfg.steps
+
+
+def curriculum(progress: float, cfg: TrainConfig) -> Knobs:
     """An arithmetic warm-up on short problems with random filler (20%), then short problems with the
     deterministic filler, then the full distribution from 35% of training on. An extension (``cfg.init_from``)
     starts from a model that went through all of it, so it trains only the (widened) last stage."""
-    cfg = cfg or TrainConfig()
     if cfg.init_from:
         return final_stage(cfg)
     if progress < 0.2:
@@ -208,7 +212,7 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print,
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         mask = None
-        if cfg.init_from or step >= cfg.dropout_from * cfg.steps:
+        if step >= dropout_start(cfg):
             mask = dropout_mask(x, rng, cfg.dropout_views)
         logits = model(input_ids=x, attention_mask=mask).logits[:, :-1]
         target, target_types = y[:, 1:], types[:, 1:]
@@ -263,9 +267,8 @@ def write_card(out: Path, cfg: TrainConfig, trained: dict, heldout: dict, facts:
              "eviction policy kept") if not control else (
              f"views `{cfg.dropout_views}` (no oracle-like view; `random-any` gaps may hide result statements)")
     title = "tiny-reasoner-control" if control else "tiny-reasoner"
-    when = f"from {cfg.dropout_from:.0%} of training on"
+    when = "throughout" if cfg.init_from else f"from {cfg.dropout_from:.0%} of training on"
     if cfg.init_from:
-        when = "throughout"
         title = f"{title}-extended"
         views += (f"; a curriculum extension of `{cfg.init_from}` (its weights are the start): only the last stage, "
                   f"widened to {cfg.extra_vars} more variables; the steps and minutes "
