@@ -15,10 +15,14 @@ named -- comparing different experiments is never a pass.
 * **Speed** (from the sweep's speed probe, ``harness.speed``: interleaved repeats, min / median / max): the
   decode time per token divided by a fixed reference computation timed beside it (catches a decode loop that
   got slower for every policy, ``full`` included), and the decode time relative to ``full`` in the same round
-  (a policy's own cost). Each fails when its median rose by more than ``speed_tolerance`` (or when even the
-  fastest repeat did), and is **inconclusive** -- reported, not failed -- when the repeats spread wider than the
-  tolerance: a measurement that noisy cannot resolve a change of that size. The thread count, clock, reference
-  and probe workload must match the baseline's.
+  (a policy's own cost). Load on a shared machine only ever adds time, so the fastest repeat is the figure closest
+  to the code's own cost: a check **fails** when even the fastest repeat is more than ``speed_tolerance`` above
+  the baseline's median (every repeat slower), passes when the median is within it, and is **inconclusive** --
+  reported, not failed -- when the median is above the limit but the fastest repeat is not (a burst of load and
+  a real slowdown look alike there). The earlier rule (fail on the median when the repeats spread less than the
+  tolerance) failed CI once on an unchanged policy: oracle vs full, repeats 1.03 / 1.25 / 1.31 against a baseline
+  median of 0.97 whose own repeats spread 0.87-1.27. The thread count, clock, reference and probe workload must
+  match the baseline's.
 """
 
 from __future__ import annotations
@@ -281,19 +285,17 @@ def compare(
 def speed_verdict(base_median: float, now: dict[str, float], tolerance: float) -> tuple[str, str]:
     """``ok`` / ``FAIL`` / ``inconclusive`` for a time figure (higher is slower) against the baseline's median.
 
-    FAIL when even the fastest repeat is above the limit (every repeat slower: a slowdown, however noisy),
-    inconclusive when the repeats spread, (max - min) / median, wider than the tolerance (they cannot resolve a
-    change of that size), else FAIL when the median is above the limit."""
+    FAIL when even the fastest repeat is above the limit (every repeat slower: load adds time, it never removes
+    it, so that is a slowdown however noisy the rest), ok when the median is within it, inconclusive when the
+    median is above the limit but the fastest repeat is within it."""
     limit = base_median * (1 + tolerance)
     width = (now["max"] - now["min"]) / now["median"]
     if now["min"] > limit:
         return "FAIL", f"every repeat above {limit:.3f} (baseline median +{tolerance:.0%})"
-    if width > tolerance:
-        return "inconclusive", (f"repeats spread {width:.0%}, wider than the {tolerance:.0%} tolerance: too noisy to "
-                                "decide (rerun on a quieter machine)")
-    if now["median"] > limit:
-        return "FAIL", f"median above {limit:.3f} (baseline median +{tolerance:.0%}); spread {width:.0%}"
-    return "ok", f"median within {limit:.3f} (+{tolerance:.0%}); spread {width:.0%}"
+    if now["median"] <= limit:
+        return "ok", f"median within {limit:.3f} (+{tolerance:.0%}); spread {width:.0%}"
+    return "inconclusive", (f"median above {limit:.3f} (+{tolerance:.0%}) but the fastest repeat within it; spread "
+                            f"{width:.0%}: load or a slowdown smaller than the noise (rerun on a quieter machine)")
 
 
 def _speed(key: str, base: dict[str, Any], now: dict[str, Any] | None, tolerance: float,

@@ -158,3 +158,17 @@ def test_gate_on_real_runs_fails_when_dynts_degrades_to_a_window(tmp_path, monke
     text = " ".join(degraded.output.split())
     assert degraded.exit_code == 1, degraded.output
     assert re.search(r"regression: 1 of \d+ checks failed", text) and "flipped" in text  # KV and full hold
+
+
+@pytest.mark.parametrize("values, verdict", [
+    # CI, 2026-12-04, an unchanged oracle against a baseline median of 0.974: a burst of load on two repeats
+    ((1.031, 1.250, 1.313), "inconclusive"),
+    ((0.90, 1.00, 1.40), "ok"),  # one repeat disturbed: the median is within 0.974 x 1.25
+    ((1.95, 2.00, 2.60), "FAIL"),  # twice as slow, every repeat: noise never makes every repeat slower
+    ((1.25, 1.26, 1.27), "FAIL"),  # tightly measured, every repeat just above 1.2175
+])
+def test_speed_verdict_fails_only_when_every_repeat_is_slower(values, verdict):
+    from harness.check import speed_verdict
+
+    low, mid, high = values
+    assert speed_verdict(0.974, {"min": low, "median": mid, "max": high}, 0.25)[0] == verdict
