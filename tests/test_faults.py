@@ -308,7 +308,7 @@ def _slow_rounds(sweep: Path, how_many: int) -> None:
 
 
 def test_a_burst_of_load_in_one_round_neither_fails_nor_blocks_the_speed_gate(gate, tmp_path) -> None:
-    """One round of every cell 2x slower (its slowest; the other four as the baseline measured them): the median
+    """One round of every cell 2x slower (its slowest; the others as the baseline measured them): the median
     did not move, so every reference check passes -- one disturbed repeat is noise, not a slowdown."""
     sweep = _copy(gate, tmp_path)
     _slow_rounds(sweep, 1)
