@@ -32,6 +32,7 @@ from harness.tinyreasoner.task import token_roles  # noqa: E402
 from zoo.predictor import ImportancePredictor, PredictorConfig  # noqa: E402
 
 NAME = "statement-name"
+TOP = "statements in the top k"  # the table's last row (its count: traces)
 
 
 def percentile(x: torch.Tensor) -> torch.Tensor:
@@ -68,6 +69,12 @@ def role_table(store: TraceStore, method: str, pool: str, predictors: dict[str, 
             counts[roles[i]] += 1
             for column, values in columns.items():
                 sums[roles[i]][column] += float(values[i])
+        statement = torch.tensor([role.startswith("statement") for role in roles[:n]])
+        k = int(statement.sum())
+        if k:
+            counts[TOP] += 1
+            for column, values in columns.items():
+                sums[TOP][column] += float(statement[values[:n].topk(k).indices].float().mean())
     return {role: {c: s / counts[role] for c, s in row.items()} for role, row in sums.items()}, dict(counts)
 
 
@@ -133,7 +140,7 @@ def main() -> None:
     print(f"Mean within-trace percentile by role, {args.limit} traces of {args.store} ({args.label_method} labels)\n")
     print("| role | tokens | " + " | ".join(columns) + " |")
     print("|---|---|" + "---|" * len(columns))
-    for role in sorted(table):
+    for role in sorted(table, key=lambda r: (r == TOP, r)):
         print(f"| {role} | {counts[role]} | " + " | ".join(f"{table[role][c]:.3f}" for c in columns) + " |")
     if args.probe:
         hidden = store.meta["hidden_size"]

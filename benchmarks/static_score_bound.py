@@ -1,0 +1,75 @@
+"""How far scores fixed at write time can go on the tiny task: statements first, by the task's own rules.
+
+    OMP_NUM_THREADS=2 python benchmarks/static_score_bound.py --limit 200 --budget 72 --budget 86 --budget 176
+
+DynTS scores each token once, when it is written, and never revises the score. This bound keeps that constraint
+and replaces the learned head with the task's rules: a token that states a result (``r7 6`` after a step's sum,
+``harness.tinyreasoner.task``) scores 4, every other token its write position (later = higher, below 1). Unlike
+the oracle policy it never learns that a statement was read (spent), so spent statements stay as DynTS's would.
+Its accuracy is what a predictor that told statements from everything else, at write time, would reach: the gap
+to DynTS is then a matter of what the head learns, not of scoring at write time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backends.base import GenerationRequest, SamplingParams  # noqa: E402
+from backends.hf.backend import TransformersBackend  # noqa: E402
+from harness.answers import is_correct  # noqa: E402
+from harness.passk import wilson_ci  # noqa: E402
+from harness.prompts import default_prompts_path, load_prompts  # noqa: E402
+from harness.tinyreasoner.oracle import ROLE, SPENT, Oracle  # noqa: E402
+from harness.tinyreasoner.task import DEF_NAME, DEF_VALUE  # noqa: E402
+from zoo.base import CacheView  # noqa: E402
+from zoo.schedule import EvictionSchedule  # noqa: E402
+
+
+class WriteTimeStatements(Oracle):
+    """The oracle's online roles, read as they were when each token was written (a spent statement is still a
+    statement), ranked statements first, then by write position."""
+
+    name = "write-time-statements"
+
+    def score(self, view: CacheView) -> torch.Tensor:
+        roles = view.state[ROLE]
+        statement = (roles == DEF_NAME) | (roles == DEF_VALUE) | (roles == SPENT)
+        position = view.positions.float() / view.positions.max().clamp(min=1).float()
+        return position + 4.0 * statement.float()
+
+
+def bound(engine: TransformersBackend, prompts: Path, limit: int, budget: int, window: int = 32,
+          interval: int = 16) -> tuple[int, int]:
+    """(correct, problems) of the write-time statement ranking at ``budget``."""
+    items = load_prompts(prompts, limit)
+    policy = WriteTimeStatements()
+    engine.prepare(policy)
+    requests = [GenerationRequest(i.id, engine.encode_prompt(i.prompt)) for i in items]
+    schedule = EvictionSchedule(mode="budget", budget=budget, interval=interval, window=window)
+    results = engine.generate(requests, policy, schedule, SamplingParams(512))
+    return sum(is_correct(i.answer, r.text, thinking=True) for i, r in zip(items, results)), len(items)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny-reasoner")
+    parser.add_argument("--prompts", type=Path, default=None)
+    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--budget", type=int, action="append", default=None)
+    args = parser.parse_args()
+    engine = TransformersBackend(args.model, batch_size=50)
+    print("| budget | write-time statements first | 95% CI |\n|---|---|---|")
+    for budget in args.budget or [72, 86, 88, 96, 112, 128, 176]:
+        correct, n = bound(engine, args.prompts or default_prompts_path(), args.limit, budget)
+        low, high = wilson_ci(correct, n)
+        print(f"| {budget} | {correct / n:.1%} ({correct}/{n}) | {low:.0%}-{high:.0%} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
