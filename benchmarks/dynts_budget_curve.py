@@ -24,16 +24,17 @@ from backends.hf.backend import TransformersBackend
 from harness.answers import is_correct
 from harness.passk import wilson_ci
 from harness.prompts import PromptItem, default_prompts_path, load_prompts
+from zoo.base import Policy
 from zoo.dynts import DynTS
 from zoo.schedule import EvictionSchedule
 
 DEFAULT_BUDGETS = (72, 86, 88, 96, 112, 128, 176)
 
 
-def accuracy(engine: TransformersBackend, items: list[PromptItem], predictor: str, budget: int, window: int,
+def accuracy(engine: TransformersBackend, items: list[PromptItem], policy: Policy, budget: int, window: int,
              interval: int, max_new_tokens: int = 512) -> int:
-    """Correct answers of ``dynts`` with ``predictor`` at ``budget`` (as ``dynts-bench run`` scores them)."""
-    policy = DynTS(predictor=predictor)
+    """Correct answers of ``policy`` (here: ``dynts`` with one predictor) at ``budget``, as ``dynts-bench run``
+    scores them."""
     engine.prepare(policy)
     requests = [GenerationRequest(i.id, engine.encode_prompt(i.prompt)) for i in items]
     schedule = EvictionSchedule(mode="budget", budget=budget, interval=interval, window=window)
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for budget in budgets:
             t0 = time.perf_counter()
-            correct = accuracy(engine, items, path, budget, args.window, args.interval)
+            correct = accuracy(engine, items, DynTS(predictor=path), budget, args.window, args.interval)
             lo, hi = wilson_ci(correct, len(items))
             cells.append({"budget": budget, "correct": correct, "accuracy": correct / len(items), "ci95": [lo, hi]})
             print(f"{name} budget {budget}: {correct}/{len(items)} ({time.perf_counter() - t0:.0f} s)", flush=True)

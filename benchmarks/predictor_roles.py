@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.importance.eviction import fine_roles, statements  # noqa: E402
-from harness.importance.fit import pool_labels  # noqa: E402
+from harness.importance.fit import pool_labels, transform_labels  # noqa: E402
 from harness.importance.labels import load_labels  # noqa: E402
 from harness.importance.traces import TraceStore, TraceStoreError  # noqa: E402
 from harness.tinyreasoner.task import token_roles  # noqa: E402
@@ -36,8 +36,8 @@ TOP = "statements in the top k"  # the table's last row (its count: traces)
 
 
 def percentile(x: torch.Tensor) -> torch.Tensor:
-    """Each entry's rank within ``x``, scaled to 0..1."""
-    return x.float().argsort().argsort().float() / max(1, x.numel() - 1)
+    """Each entry's rank within ``x``, scaled to 0..1 (the ``rank`` label transform)."""
+    return transform_labels(x.float(), "rank")
 
 
 def trace_roles(words: list[str]) -> list[str]:

@@ -20,15 +20,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backends.base import GenerationRequest, SamplingParams  # noqa: E402
 from backends.hf.backend import TransformersBackend  # noqa: E402
-from harness.answers import is_correct  # noqa: E402
+from benchmarks.dynts_budget_curve import accuracy  # noqa: E402
 from harness.passk import wilson_ci  # noqa: E402
 from harness.prompts import default_prompts_path, load_prompts  # noqa: E402
 from harness.tinyreasoner.oracle import ROLE, SPENT, Oracle  # noqa: E402
 from harness.tinyreasoner.task import DEF_NAME, DEF_VALUE  # noqa: E402
 from zoo.base import CacheView  # noqa: E402
-from zoo.schedule import EvictionSchedule  # noqa: E402
 
 
 class WriteTimeStatements(Oracle):
@@ -44,16 +42,10 @@ class WriteTimeStatements(Oracle):
         return position + 4.0 * statement.float()
 
 
-def bound(engine: TransformersBackend, prompts: Path, limit: int, budget: int, window: int = 32,
-          interval: int = 16) -> tuple[int, int]:
-    """(correct, problems) of the write-time statement ranking at ``budget``."""
+def bound(engine: TransformersBackend, prompts: Path, limit: int, budget: int) -> tuple[int, int]:
+    """(correct, problems) of the write-time statement ranking at ``budget`` (window 32, interval 16)."""
     items = load_prompts(prompts, limit)
-    policy = WriteTimeStatements()
-    engine.prepare(policy)
-    requests = [GenerationRequest(i.id, engine.encode_prompt(i.prompt)) for i in items]
-    schedule = EvictionSchedule(mode="budget", budget=budget, interval=interval, window=window)
-    results = engine.generate(requests, policy, schedule, SamplingParams(512))
-    return sum(is_correct(i.answer, r.text, thinking=True) for i, r in zip(items, results)), len(items)
+    return accuracy(engine, items, WriteTimeStatements(), budget, window=32, interval=16), len(items)
 
 
 def main() -> None:

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "vllm_compare.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("vllm_compare", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmark_scripts import load_benchmark
 
 
 def write_run(root: Path, name: str, rows: list[dict]) -> None:
@@ -32,7 +24,7 @@ def test_detail_rows_name_the_first_difference_and_the_accuracy_gap(tmp_path, ca
                                     row("p3", [6], True)])
     write_run(reference, "dynts-bbb", [row("p1", [1, 2, 3], True), row("p2", [4, 5, 6], True), row("p3", [6], True)])
     write_run(engine, "window-ccc", [row("p1", [1], False)])  # no counterpart in the reference: not compared
-    load_script().main(str(engine), str(reference), detail=True, points=3)
+    load_benchmark("vllm_compare").main(str(engine), str(reference), detail=True, points=3)
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3  # header, rule, one shared policy
     cells = [c.strip() for c in lines[2].strip("|").split("|")]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,19 +10,11 @@ from typer.testing import CliRunner
 from harness.cli import app
 from harness.importance.traces import TraceStore
 from harness.tinyreasoner.task import generate
+from tests.benchmark_scripts import load_benchmark
 
 runner = CliRunner()
-_spec = importlib.util.spec_from_file_location(
-    "predictor_roles", Path(__file__).resolve().parents[1] / "benchmarks" / "predictor_roles.py")
-roles_bench = importlib.util.module_from_spec(_spec)
-sys.modules["predictor_roles"] = roles_bench
-_spec.loader.exec_module(roles_bench)
-_spec = importlib.util.spec_from_file_location(
-    "static_score_bound", Path(__file__).resolve().parents[1] / "benchmarks" / "static_score_bound.py")
-bound_bench = importlib.util.module_from_spec(_spec)
-sys.modules["static_score_bound"] = bound_bench
-_spec.loader.exec_module(bound_bench)
-
+roles_bench = load_benchmark("predictor_roles")
+bound_bench = load_benchmark("static_score_bound")
 
 def test_statement_roles_are_the_generators_critical_tokens_split_by_reader() -> None:
     for index in range(5):

@@ -177,15 +177,9 @@ def test_speed_verdict_fails_only_when_every_repeat_is_slower(values, verdict):
 def test_modelled_speed_noise_without_bursts_decides_every_check() -> None:
     """benchmarks/speed_noise.py --simulate with no load: an unchanged policy passes every check and a policy twice
     as slow fails every check, under the gate's rule (the model's arithmetic, before its noise is trusted)."""
-    import importlib.util
-    import sys
+    from tests.benchmark_scripts import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "speed_noise.py"
-    spec = importlib.util.spec_from_file_location("speed_noise", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["speed_noise"] = module
-    spec.loader.exec_module(module)
-    found, spread = module.simulate(50, 5, burst_prob=0.0, burst_max=0.5, tolerance=0.25)
+    found, spread = load_benchmark("speed_noise").simulate(50, 5, burst_prob=0.0, burst_max=0.5, tolerance=0.25)
     assert spread == 0.0
     for figure in ("vs_reference", "vs_full"):
         assert found[1.0][("gate rule", figure)] == {"ok": 50}
