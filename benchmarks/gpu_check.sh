@@ -22,11 +22,11 @@ step "environment"
 tail -1 "$DIR/environment.txt" | tee -a "$DIR/summary.txt"
 
 step "GPU tests"
-timeout 150 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider > "$DIR/gpu-tests.txt" 2>&1 || status=1
+timeout 120 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider > "$DIR/gpu-tests.txt" 2>&1 || status=1
 tail -1 "$DIR/gpu-tests.txt" | tee -a "$DIR/summary.txt"
 
 step "a real run on CUDA (NVML, CUDA peak memory)"
-timeout 150 $PY -m harness.cli run -p full -p window --device cuda --limit 16 --batch-size 16 \
+timeout 100 $PY -m harness.cli run -p full -p window --device cuda --limit 16 --batch-size 16 \
     --out "$DIR/runs" > "$DIR/run.txt" 2>&1 || status=1
 $PY - "$DIR/runs" <<'PY' 2>&1 | tee -a "$DIR/summary.txt"
 import json, sys, pathlib
@@ -38,7 +38,7 @@ for s in sorted(pathlib.Path(sys.argv[1]).glob("*/summary.json")):
 PY
 
 step "paper latency setting, reduced length"
-timeout 330 $PY benchmarks/gpu_latency.py --out "$DIR/latency.json" > "$DIR/latency.txt" 2>&1 || status=1
+timeout 340 $PY benchmarks/gpu_latency.py --out "$DIR/latency.json" > "$DIR/latency.txt" 2>&1 || status=1
 cat "$DIR/latency.txt" | tee -a "$DIR/summary.txt"
 
 step "done: exit $status; everything is in $DIR"

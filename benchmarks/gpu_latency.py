@@ -118,7 +118,8 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(setting: Setting) -> list[dict]:
+def measure(setting: Setting, on_row=None) -> list[dict]:
+    """Every policy in turn on the same requests; ``on_row(rows)`` after each, so a cut-off run keeps its rows."""
     model = build_model(setting)
     parts = parts_of(model)
     schedule = EvictionSchedule(mode="paper", trigger_len=setting.trigger, window=setting.window,
@@ -142,16 +143,22 @@ def measure(setting: Setting) -> list[dict]:
                                      torch.device(setting.device), record_steps=True)
             _sync(setting.device)
             wall = time.perf_counter() - started
-            rows.append(_row(name, results, wall, setting))
-    full = rows[0]
-    for r in rows:
-        r["speedup_vs_full"] = full["ms_per_step_median"] / r["ms_per_step_median"]
-        r["speedup_vs_full_excl_compaction"] = (full["ms_per_step_excl_policy_median"]
-                                                / r["ms_per_step_excl_policy_median"])
-        r["kv_allocated_vs_full"] = r["kv_allocated_bytes"] / full["kv_allocated_bytes"]
-        if full.get("cuda_peak_bytes"):
-            r["cuda_peak_vs_full"] = r["cuda_peak_bytes"] / full["cuda_peak_bytes"]
+            rows.append(_with_ratios(_row(name, results, wall, setting), rows[0] if rows else None))
+            if on_row is not None:
+                on_row(rows)
     return rows
+
+
+def _with_ratios(row: dict, full: dict | None) -> dict:
+    """Add every ratio to ``full`` (the first row; a row without one is ``full`` itself)."""
+    full = full or row
+    row["speedup_vs_full"] = full["ms_per_step_median"] / row["ms_per_step_median"]
+    row["speedup_vs_full_excl_compaction"] = (full["ms_per_step_excl_policy_median"]
+                                              / row["ms_per_step_excl_policy_median"])
+    row["kv_allocated_vs_full"] = row["kv_allocated_bytes"] / full["kv_allocated_bytes"]
+    if full.get("cuda_peak_bytes"):
+        row["cuda_peak_vs_full"] = row["cuda_peak_bytes"] / full["cuda_peak_bytes"]
+    return row
 
 
 def _row(name: str, results, wall: float, setting: Setting) -> dict:
@@ -197,13 +204,20 @@ def table(rows: list[dict], setting: Setting) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     setting, out = parse(argv)
-    rows = measure(setting)
+
+    def write(rows: list[dict]) -> None:
+        print(f"{rows[-1]['policy']} done: {rows[-1]['ms_per_step_median']:.2f} ms/step", flush=True)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            partial = out.with_suffix(".partial")
+            partial.write_text(json.dumps({
+                "setting": setting.__dict__, "torch": torch.__version__,
+                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                "rows": rows, "complete": len(rows) == len(POLICIES)}, indent=2))
+            partial.replace(out)
+
+    rows = measure(setting, on_row=write)
     print(table(rows, setting), flush=True)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"setting": setting.__dict__, "torch": torch.__version__,
-                                   "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                                   "rows": rows}, indent=2))
     return 0
 
 
