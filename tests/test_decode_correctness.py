@@ -171,3 +171,31 @@ def test_eos_and_stop_strings_end_a_sequence(tiny):
     assert cut.finish_reason == "stop"
     assert stop not in cut.text and "".join(f"<{i}>" for i in free.output_ids).startswith(cut.text)
     assert len(cut.output_ids) <= 5
+
+
+@pytest.mark.parametrize("name", ["full", "window", "dynts"])
+def test_a_finished_batch_frees_its_kv_cache_without_the_garbage_collector(tiny, name):
+    """On a GPU the next batch (or policy) must not find the last one's cache still allocated: nothing may hold
+    the cache in a reference cycle, which only Python's cyclic collector would free, at a time of its choosing."""
+    import gc
+    import weakref
+
+    _, parts, info, predictor = tiny
+    buffers: list[weakref.ref] = []
+
+    def watch(cache, _logits, _ids):
+        if not buffers:
+            buffers.extend(weakref.ref(t) for layer in cache.layers for t in (layer.keys, layer.values))
+            buffers.append(weakref.ref(cache))
+
+    policy = make_policy(name, info, predictor)
+    schedule = EvictionSchedule(budget=14, interval=3, window=4) if policy.evicts else None
+    gc.collect()
+    gc.disable()
+    try:
+        generate_batch(parts, [GenerationRequest("a", PROMPTS[0]), GenerationRequest("b", PROMPTS[1])], policy,
+                       schedule, SamplingParams(max_new_tokens=20), CPU, on_forward=watch)
+        alive = [ref for ref in buffers if ref() is not None]
+    finally:
+        gc.enable()
+    assert buffers and not alive, f"{len(alive)} of {len(buffers)} cache objects outlived the batch"

@@ -11,6 +11,8 @@ RoPE saw, so a token keeps its position after its neighbours are evicted (keys a
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
@@ -27,7 +29,16 @@ class CompactingLayer(CacheLayerMixin):
 
     def __init__(self, owner: CompactingCache) -> None:
         super().__init__()
-        self.owner = owner
+        # A weak reference: a strong one would make cache <-> layer a cycle, so a finished batch's buffers would
+        # stay allocated until Python's cyclic collector happened to run (on a GPU: the next batch's peak memory).
+        self._owner = weakref.ref(owner)
+
+    @property
+    def owner(self) -> CompactingCache:
+        owner = self._owner()
+        if owner is None:
+            raise RuntimeError("this cache layer outlived its CompactingCache")
+        return owner
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         b, h, _, d = key_states.shape
