@@ -3,8 +3,9 @@
 #   1. the GPU-marked tests (CUDA decode = CPU decode for every policy, NVML sampling, CUDA peak memory);
 #   2. a real run on CUDA (the tiny reasoner, full vs window): summary.json's NVML and CUDA-memory fields;
 #   3. the paper's latency setting at reduced length (benchmarks/gpu_latency.py): a Qwen2-7B-shaped model with
-#      random weights, bf16, batch 20, full vs window vs dynts, trigger 1280 / window 512 of 4096 new tokens,
-#      EOS ignored: ms/step with and without the policy's time, tokens/s, allocated KV, and the ratios.
+#      random weights, bf16, batch 20, full vs window vs dynts, trigger 640 / window 256 of 1536 new tokens
+#      (4096 took 245 s for full alone on an H200), each twice in rotated order, EOS ignored: ms/step with and
+#      without the policy's time, tokens/s, allocated KV, CUDA peak, and the ratios with their range.
 # Usage: bash benchmarks/gpu_check.sh [OUTDIR]        (default: gpu-check-<date>; or $OUT when set)
 # Works from a checkout without installing it (PYTHONPATH=.), with the torch/transformers already there.
 set -uo pipefail
@@ -22,11 +23,11 @@ step "environment"
 tail -1 "$DIR/environment.txt" | tee -a "$DIR/summary.txt"
 
 step "GPU tests"
-timeout 120 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider > "$DIR/gpu-tests.txt" 2>&1 || status=1
+timeout 60 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider > "$DIR/gpu-tests.txt" 2>&1 || status=1
 tail -1 "$DIR/gpu-tests.txt" | tee -a "$DIR/summary.txt"
 
 step "a real run on CUDA (NVML, CUDA peak memory)"
-timeout 100 $PY -m harness.cli run -p full -p window --device cuda --limit 16 --batch-size 16 \
+timeout 60 $PY -m harness.cli run -p full -p window --device cuda --limit 16 --batch-size 16 \
     --out "$DIR/runs" > "$DIR/run.txt" 2>&1 || status=1
 $PY - "$DIR/runs" <<'PY' 2>&1 | tee -a "$DIR/summary.txt"
 import json, sys, pathlib
@@ -38,7 +39,8 @@ for s in sorted(pathlib.Path(sys.argv[1]).glob("*/summary.json")):
 PY
 
 step "paper latency setting, reduced length"
-timeout 340 $PY benchmarks/gpu_latency.py --out "$DIR/latency.json" > "$DIR/latency.txt" 2>&1 || status=1
+timeout 420 $PY benchmarks/gpu_latency.py --new-tokens 1536 --trigger 640 --window 256 --repeats 2 \
+    --out "$DIR/latency.json" > "$DIR/latency.txt" 2>&1 || status=1
 cat "$DIR/latency.txt" | tee -a "$DIR/summary.txt"
 
 step "done: exit $status; everything is in $DIR"

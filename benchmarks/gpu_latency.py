@@ -14,6 +14,7 @@ really allocated, CUDA peak memory, and every ratio to ``full``.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -60,7 +61,7 @@ class Setting:
     ratio: float = 0.4
 
 
-def parse(argv: list[str] | None = None) -> tuple[Setting, Path | None]:
+def parse(argv: list[str] | None = None) -> tuple[Setting, int, Path | None]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", choices=sorted(SHAPES), default="qwen2-7b")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
@@ -71,9 +72,10 @@ def parse(argv: list[str] | None = None) -> tuple[Setting, Path | None]:
     p.add_argument("--trigger", type=int, default=1280, help="paper mode: KV length that triggers compression")
     p.add_argument("--window", type=int, default=512)
     p.add_argument("--ratio", type=float, default=0.4)
+    p.add_argument("--repeats", type=int, default=1, help="runs of each policy, in rotated order")
     p.add_argument("--out", type=Path, default=None, help="write the measurements here as JSON")
     a = p.parse_args(argv)
-    for name in ("batch", "prompt", "new_tokens", "trigger"):
+    for name in ("batch", "prompt", "new_tokens", "trigger", "repeats"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     if a.trigger <= a.window:
@@ -82,7 +84,8 @@ def parse(argv: list[str] | None = None) -> tuple[Setting, Path | None]:
         p.error(f"--prompt {a.prompt} plus --window {a.window} must stay below --trigger {a.trigger}")
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda needs an NVIDIA GPU; use --device cpu for the smoke test")
-    return Setting(a.shape, a.dtype, a.device, a.batch, a.prompt, a.new_tokens, a.trigger, a.window, a.ratio), a.out
+    setting = Setting(a.shape, a.dtype, a.device, a.batch, a.prompt, a.new_tokens, a.trigger, a.window, a.ratio)
+    return setting, a.repeats, a.out
 
 
 def build_model(setting: Setting):
@@ -118,8 +121,17 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(setting: Setting, on_row=None) -> list[dict]:
-    """Every policy in turn on the same requests; ``on_row(rows)`` after each, so a cut-off run keeps its rows."""
+def orders(repeats: int) -> list[tuple[str, ...]]:
+    """The policy order of each repeat, rotated so that no policy always runs first (warm-up, clocks)."""
+    return [POLICIES[r % len(POLICIES):] + POLICIES[: r % len(POLICIES)] for r in range(repeats)]
+
+
+def measure(setting: Setting, repeats: int = 1, on_run=None) -> list[dict]:
+    """Every policy ``repeats`` times on the same requests, in rotated order; one row per policy.
+
+    ``on_run(rows)`` follows every single run with the rows of what has run so far, so a run cut off by its
+    time limit keeps what it measured.
+    """
     model = build_model(setting)
     parts = parts_of(model)
     schedule = EvictionSchedule(mode="paper", trigger_len=setting.trigger, window=setting.window,
@@ -129,94 +141,126 @@ def measure(setting: Setting, on_row=None) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     requests = [GenerationRequest(f"s{i}", torch.randint(1, vocab, (setting.prompt,), generator=g).tolist())
                 for i in range(setting.batch)]
-    rows = []
+    runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         policies = {name: (dynts_policy(setting, model.config.hidden_size, Path(tmp)) if name == "dynts"
                            else build_policy(name)) for name in POLICIES}
-        for name, policy in policies.items():
-            if setting.device.startswith("cuda"):
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-            _sync(setting.device)
-            started = time.perf_counter()
-            results = generate_batch(parts, requests, policy, schedule if policy.evicts else None, sampling,
-                                     torch.device(setting.device), record_steps=True)
-            _sync(setting.device)
-            wall = time.perf_counter() - started
-            rows.append(_with_ratios(_row(name, results, wall, setting), rows[0] if rows else None))
-            if on_row is not None:
-                on_row(rows)
-    return rows
+        for order in orders(repeats):
+            for name in order:
+                policy = policies[name]
+                gc.collect()
+                if setting.device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                _sync(setting.device)
+                started = time.perf_counter()
+                results = generate_batch(parts, requests, policy, schedule if policy.evicts else None, sampling,
+                                         torch.device(setting.device), record_steps=True)
+                _sync(setting.device)
+                wall = time.perf_counter() - started
+                runs.setdefault(name, []).append(_run(results, wall, setting))
+                del results
+                if on_run is not None:
+                    on_run(summarise(runs))
+    return summarise(runs)
 
 
-def _with_ratios(row: dict, full: dict | None) -> dict:
-    """Add every ratio to ``full`` (the first row; a row without one is ``full`` itself)."""
-    full = full or row
-    row["speedup_vs_full"] = full["ms_per_step_median"] / row["ms_per_step_median"]
-    row["speedup_vs_full_excl_compaction"] = (full["ms_per_step_excl_policy_median"]
-                                              / row["ms_per_step_excl_policy_median"])
-    row["kv_allocated_vs_full"] = row["kv_allocated_bytes"] / full["kv_allocated_bytes"]
-    if full.get("cuda_peak_bytes"):
-        row["cuda_peak_vs_full"] = row["cuda_peak_bytes"] / full["cuda_peak_bytes"]
-    return row
-
-
-def _row(name: str, results, wall: float, setting: Setting) -> dict:
+def _run(results, wall: float, setting: Setting) -> dict:
+    """One policy's one run: its per-step medians and what it allocated."""
     steps = results[0].extra["step_s"]
     policy_steps = results[0].extra["step_policy_s"]
-    excl = [s - p for s, p in zip(steps, policy_steps)]
-    generated = sum(r.generated_tokens for r in results)
-    row = {
-        "policy": name,
+    run = {
         "steps": len(steps),
         "ms_per_step_median": 1000 * statistics.median(steps),
-        "ms_per_step_p10_p90": [1000 * statistics.quantiles(steps, n=10)[0],
-                                1000 * statistics.quantiles(steps, n=10)[-1]] if len(steps) >= 10 else None,
-        "ms_per_step_excl_policy_median": 1000 * statistics.median(excl),
+        "ms_per_step_p10_p90": [1000 * q for q in statistics.quantiles(steps, n=10)[::8]] if len(steps) >= 10
+        else None,
+        "ms_per_step_excl_policy_median": 1000 * statistics.median(s - p for s, p in zip(steps, policy_steps)),
         "compaction_share": sum(policy_steps) / sum(steps) if sum(steps) else 0.0,
-        "tokens_per_s": generated / wall,
+        "tokens_per_s": sum(r.generated_tokens for r in results) / wall,
         "wall_s": wall,
         "kv_allocated_bytes": results[0].extra["kv_batch_allocated_bytes"],
         "kv_peak_tokens": max(r.kv_peak_tokens for r in results),
         "compressions": results[0].compressions,
     }
     if setting.device.startswith("cuda"):
-        row["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
-    return row
+        run["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
+    return run
+
+
+def summarise(runs: dict[str, list[dict]]) -> list[dict]:
+    """One row per policy (in ``POLICIES`` order): medians over its runs, the runs' range, ratios to ``full``."""
+    rows = []
+    for name in (n for n in POLICIES if n in runs):
+        these = runs[name]
+        row = {"policy": name, "repeats": len(these), "runs": these}
+        for key in ("ms_per_step_median", "ms_per_step_excl_policy_median", "compaction_share", "tokens_per_s",
+                    "wall_s"):
+            row[key] = statistics.median(r[key] for r in these)
+        row["ms_per_step_range"] = [min(r["ms_per_step_median"] for r in these),
+                                    max(r["ms_per_step_median"] for r in these)]
+        for key in ("kv_allocated_bytes", "kv_peak_tokens", "compressions", "cuda_peak_bytes"):
+            if key in these[0]:
+                row[key] = max(r[key] for r in these)
+        rows.append(row)
+    full = rows[0] if rows and rows[0]["policy"] == "full" else None
+    if full is not None:
+        for row in rows:
+            _add_ratios(row, full)
+    return rows
+
+
+def _add_ratios(row: dict, full: dict) -> None:
+    row["speedup_vs_full"] = full["ms_per_step_median"] / row["ms_per_step_median"]
+    # the ratio's range: this policy's fastest run against full's slowest, and the other way round
+    row["speedup_vs_full_range"] = [full["ms_per_step_range"][0] / row["ms_per_step_range"][1],
+                                    full["ms_per_step_range"][1] / row["ms_per_step_range"][0]]
+    row["speedup_vs_full_excl_compaction"] = (full["ms_per_step_excl_policy_median"]
+                                              / row["ms_per_step_excl_policy_median"])
+    row["kv_allocated_vs_full"] = row["kv_allocated_bytes"] / full["kv_allocated_bytes"]
+    if full.get("cuda_peak_bytes"):
+        row["cuda_peak_vs_full"] = row["cuda_peak_bytes"] / full["cuda_peak_bytes"]
 
 
 def table(rows: list[dict], setting: Setting) -> str:
-    """The side-by-side table, plain text (it goes to logs)."""
+    """The side-by-side table, plain text (it goes to logs); a range is the spread over the repeats."""
     head = (f"{setting.shape}, {setting.dtype}, batch {setting.batch}, prompt {setting.prompt}, "
             f"{setting.new_tokens} new tokens, trigger {setting.trigger}, window {setting.window}, "
-            f"ratio {setting.ratio}, device {setting.device}")
-    cols = ("policy", "ms/step", "excl. policy", "policy share", "tok/s", "KV allocated", "speedup",
-            "speedup excl.", "KV vs full")
+            f"ratio {setting.ratio}, device {setting.device}, {rows[0]['repeats']} repeat(s) in rotated order")
+    cols = ("policy", "ms/step (range)", "excl. policy", "policy share", "tok/s", "KV allocated", "speedup (range)",
+            "speedup excl.", "KV vs full", "CUDA peak vs full")
     lines = [head, " | ".join(cols)]
     for r in rows:
+        low, high = r["ms_per_step_range"]
+        s_low, s_high = r.get("speedup_vs_full_range", (float("nan"), float("nan")))
         lines.append(" | ".join([
-            r["policy"], f"{r['ms_per_step_median']:.2f}", f"{r['ms_per_step_excl_policy_median']:.2f}",
-            f"{r['compaction_share']:.1%}", f"{r['tokens_per_s']:.0f}", f"{r['kv_allocated_bytes'] / 2**20:.1f} MiB",
-            f"{r['speedup_vs_full']:.2f}x", f"{r['speedup_vs_full_excl_compaction']:.2f}x",
-            f"{r['kv_allocated_vs_full']:.2f}x"]))
+            r["policy"], f"{r['ms_per_step_median']:.2f} ({low:.2f}-{high:.2f})",
+            f"{r['ms_per_step_excl_policy_median']:.2f}", f"{r['compaction_share']:.1%}", f"{r['tokens_per_s']:.0f}",
+            f"{r['kv_allocated_bytes'] / 2**20:.1f} MiB",
+            f"{r.get('speedup_vs_full', float('nan')):.2f}x ({s_low:.2f}-{s_high:.2f})",
+            f"{r.get('speedup_vs_full_excl_compaction', float('nan')):.2f}x",
+            f"{r.get('kv_allocated_vs_full', float('nan')):.2f}x",
+            f"{r['cuda_peak_vs_full']:.2f}x" if "cuda_peak_vs_full" in r else "-"]))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    setting, out = parse(argv)
+    setting, repeats, out = parse(argv)
+    total = repeats * len(POLICIES)
 
     def write(rows: list[dict]) -> None:
-        print(f"{rows[-1]['policy']} done: {rows[-1]['ms_per_step_median']:.2f} ms/step", flush=True)
+        done = sum(r["repeats"] for r in rows)
+        print(f"run {done}/{total} done: " + ", ".join(
+            f"{r['policy']} {r['ms_per_step_median']:.2f} ms/step" for r in rows), flush=True)
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             partial = out.with_suffix(".partial")
             partial.write_text(json.dumps({
-                "setting": setting.__dict__, "torch": torch.__version__,
+                "setting": setting.__dict__, "repeats": repeats, "torch": torch.__version__,
                 "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                "rows": rows, "complete": len(rows) == len(POLICIES)}, indent=2))
+                "rows": rows, "complete": done == total}, indent=2))
             partial.replace(out)
 
-    rows = measure(setting, on_row=write)
+    rows = measure(setting, repeats, on_run=write)
     print(table(rows, setting), flush=True)
     return 0
 

@@ -35,21 +35,42 @@ def test_cuda_without_a_gpu_is_refused(capsys) -> None:
     assert "needs an NVIDIA GPU" in capsys.readouterr().err
 
 
-def test_side_by_side_table_on_a_tiny_model(tmp_path) -> None:
+def test_side_by_side_table_on_a_tiny_model(tmp_path, capsys) -> None:
     out = tmp_path / "latency.json"
     assert gpu_latency.main(["--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--batch", "2",
                              "--prompt", "16", "--new-tokens", "160", "--trigger", "96", "--window", "32",
-                             "--out", str(out)]) == 0
+                             "--repeats", "2", "--out", str(out)]) == 0
     import json
 
-    rows = {r["policy"]: r for r in json.loads(out.read_text())["rows"]}
+    written = json.loads(out.read_text())
+    assert written["complete"] and not out.with_suffix(".partial").exists()
+    rows = {r["policy"]: r for r in written["rows"]}
     assert list(rows) == ["full", "window", "dynts"]
+    assert all(r["repeats"] == 2 and len(r["runs"]) == 2 for r in rows.values())
     assert rows["full"]["speedup_vs_full"] == 1.0 and rows["full"]["compressions"] == 0
     # the paper schedule compresses from 96 to prompt + window + 40% of the rest, so less is allocated
     for name in ("window", "dynts"):
         assert rows[name]["compressions"] >= 1 and rows[name]["kv_peak_tokens"] <= 96
         assert rows[name]["kv_allocated_bytes"] < rows["full"]["kv_allocated_bytes"]
+        low, high = rows[name]["speedup_vs_full_range"]
+        assert low <= rows[name]["speedup_vs_full"] <= high
     assert rows["dynts"]["compaction_share"] > 0
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("run ")]
+    assert [line.split(" done")[0] for line in progress] == [f"run {i}/6" for i in range(1, 7)]
+
+
+def test_repeats_rotate_the_policy_order() -> None:
+    firsts = [order[0] for order in gpu_latency.orders(3)]
+    assert sorted(firsts) == sorted(gpu_latency.POLICIES)
+    assert all(sorted(order) == sorted(gpu_latency.POLICIES) for order in gpu_latency.orders(5))
+
+
+def test_ratios_wait_for_full() -> None:
+    """A run cut off before ``full`` finished has rows but no ratios (there is nothing to divide by)."""
+    run = {"ms_per_step_median": 2.0, "ms_per_step_excl_policy_median": 2.0, "compaction_share": 0.0,
+           "tokens_per_s": 1.0, "wall_s": 1.0, "kv_allocated_bytes": 10, "kv_peak_tokens": 5, "compressions": 1}
+    rows = gpu_latency.summarise({"window": [run]})
+    assert rows[0]["policy"] == "window" and "speedup_vs_full" not in rows[0]
 
 
 def test_the_check_script_parses() -> None:
