@@ -114,8 +114,8 @@ def register(app: typer.Typer, console: Console) -> None:
         store_dir: list[Path] = typer.Argument(..., help="Labelled trace store(s); several (e.g. on-policy "
                                                "rounds) are trained on together."),
         out: Path = typer.Option(..., help="Predictor directory to write."),
-        label_method: str = typer.Option("attention", help="attention (the paper's answer attention), later, "
-                                         "lookback or gradient: labels made by `dynts-bench label`."),
+        label_method: str = typer.Option("attention", help="attention (the paper's answer attention), copy, "
+                                         "later, lookback or gradient: labels made by `dynts-bench label`."),
         transform: str = typer.Option("power", help="none | power ((x^0.3/0.3)*10) | scale (x*1e4) | rank."),
         pool: str = typer.Option("none", help="Spread labels to neighbours first: none | prev (a token also gets "
                                  "its successor's label) | max3 (max over a 3-token kernel, as SnapKV pools)."),
@@ -128,6 +128,10 @@ def register(app: typer.Typer, console: Console) -> None:
         val_fraction: float = typer.Option(0.1),
         seed: int = typer.Option(0),
         include_incorrect: bool = typer.Option(False, help="Train on incorrect traces too (default: correct only)."),
+        pool_next: int = typer.Option(0, min=0, help="DynTS ranking stored with the head: a token's score is at "
+                                      "least its next N tokens' (0: the paper's)."),
+        recency: float = typer.Option(0.0, min=0.0, help="DynTS ranking stored with the head: add R x the median "
+                                      "score x age rank, so unflagged tokens go oldest first (0: the paper's)."),
     ) -> None:
         """Train the importance head on the frozen model's hidden states; early stopping on held-out tau."""
 
@@ -148,7 +152,8 @@ def register(app: typer.Typer, console: Console) -> None:
         cfg = FitConfig(label_method=label_method, transform=transform, pool=pool, layer_sizes=sizes,
                         epochs=epochs, lr=lr, rank_weight=rank_weight, mse_weight=mse_weight,
                         val_fraction=val_fraction, seed=seed,
-                        correct_only=not include_incorrect)
+                        correct_only=not include_incorrect,
+                        selection={k: v for k, v in (("pool_next", pool_next), ("recency", recency)) if v})
         with progress_for(console, "epochs") as progress:
             bar = progress.add_task("epochs", total=epochs)
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from zoo import build_policy
-from zoo.base import CacheView, ModelInfo, Policy, StepObservation
+from zoo.base import CacheView, ModelInfo, Policy, PolicyError, StepObservation
 from zoo.dynts import SCORE
 from zoo.predictor import ImportancePredictor, PredictorConfig
 
@@ -162,3 +162,74 @@ def test_query_attention_reads_each_query_heads_own_kv_head_under_grouped_query_
                 expected = torch.zeros(t)
                 expected[visible] = torch.softmax(logits, dim=0)
                 assert torch.allclose(probs[row, j, i], expected, atol=1e-6)
+
+
+def _dynts_with_scores(tmp_path, scores: list[float], selection: dict | None = None, **options):
+    head = ImportancePredictor(PredictorConfig("m", hidden_size=4, layer_sizes=[1], selection=selection or {}))
+    head.save(tmp_path)
+    policy = build_policy("dynts", predictor=str(tmp_path), **options)
+    return policy, {SCORE: torch.tensor([scores])}
+
+
+#                0    1    2    3    4    5    6    7    8    9    10   11   (slots 0-1 prompt, 10-11 window)
+NAME_VALUE = [1.0, 1.0, 1.0, 1.0, 0.1, 10., 1.0, 1.0, 9.0, 1.0, 1.0, 1.0]
+
+
+def test_dynts_ranks_by_the_heads_scores_alone_by_default(tmp_path) -> None:
+    policy, state = _dynts_with_scores(tmp_path, NAME_VALUE)
+    assert policy.selection() == (0, 0.0)
+    assert kept(policy, view(state=state)) == PROMPT | RECENT | {5, 8}
+
+
+def test_dynts_pool_next_keeps_the_token_before_a_high_scoring_one(tmp_path) -> None:
+    """Slot 4 (a result's name, scored low) goes with slot 5 (its value, scored high) and outranks slot 8."""
+    policy, state = _dynts_with_scores(tmp_path, NAME_VALUE, pool_next="1")
+    assert kept(policy, view(state=state)) == PROMPT | RECENT | {4, 5}
+
+
+def test_dynts_pool_next_follows_logical_positions_not_slots(tmp_path) -> None:
+    from zoo.dynts import pool_successors
+
+    scores = torch.tensor([[1.0, 5.0, 2.0, 3.0]])
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    # slots hold positions 7, 8, 3, 10: 7 is followed by 8; 3 and 8 have no cached successor (4, 9 evicted)
+    pooled = pool_successors(scores, torch.tensor([[7, 8, 3, 10]]), valid, 1)
+    assert pooled.tolist() == [[5.0, 5.0, 2.0, 3.0]]
+    # an empty slot is nobody's successor
+    pooled = pool_successors(scores, torch.tensor([[7, 8, 3, 10]]), torch.tensor([[True, False, True, True]]), 1)
+    assert pooled[0, 0] == 1.0
+
+
+def test_dynts_recency_keeps_the_newest_of_equally_scored_tokens(tmp_path) -> None:
+    policy, state = _dynts_with_scores(tmp_path, [1.0] * T, recency="2")
+    assert kept(policy, view(state=state)) == PROMPT | RECENT | {8, 9}
+
+
+def test_dynts_recency_keeps_a_high_scoring_old_token_over_newer_ones(tmp_path) -> None:
+    scores = [1.0] * T
+    scores[3] = 10.0  # median 1, so recency 2 adds at most 2: an old token scored 10 stays
+    policy, state = _dynts_with_scores(tmp_path, scores, recency="2")
+    assert kept(policy, view(state=state)) == PROMPT | RECENT | {3, 9}
+
+
+def test_dynts_takes_its_ranking_options_from_the_predictor_unless_given(tmp_path) -> None:
+    selection = {"pool_next": 1, "recency": 2.0}
+    policy, state = _dynts_with_scores(tmp_path / "a", NAME_VALUE, selection)
+    assert policy.selection() == (1, 2.0)
+    assert build_policy("dynts", predictor=str(tmp_path / "a"), pool_next="none").selection() == (1, 2.0)
+    assert build_policy("dynts", predictor=str(tmp_path / "a"), pool_next="0", recency="0").selection() == (0, 0.0)
+    policy, state = _dynts_with_scores(tmp_path / "b", NAME_VALUE, recency="-1")
+    with pytest.raises(PolicyError, match="must be >= 0"):
+        policy.selection()
+
+
+def test_a_predictor_without_a_selection_loads_as_the_papers_ranking(tmp_path) -> None:
+    """predictor.json files written before ``selection`` existed still load (and rank as before)."""
+    import json
+
+    head = ImportancePredictor(PredictorConfig("m", hidden_size=4, layer_sizes=[1]))
+    head.save(tmp_path)
+    config = json.loads((tmp_path / "predictor.json").read_text())
+    del config["selection"]
+    (tmp_path / "predictor.json").write_text(json.dumps(config))
+    assert build_policy("dynts", predictor=str(tmp_path)).selection() == (0, 0.0)

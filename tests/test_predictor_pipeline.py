@@ -14,7 +14,8 @@ from backends.hf.backend import TransformersBackend
 from harness.cli import app
 from harness.importance.evaluate import analyze, concentration, evaluate
 from harness.importance.fit import FitConfig, fit, pool_labels, transform_labels
-from harness.importance.labels import attention_label, label_store, later_label, load_labels, lookback_label
+from harness.importance.labels import (attention_label, copy_label, far_copies, label_store, later_label, load_labels,
+                                      lookback_label)
 from harness.importance.rankers import ranking_metrics, top_set
 from harness.importance.traces import TraceStore, TraceStoreError, collect
 from harness.replay import TraceRow
@@ -37,7 +38,7 @@ def store(random_reasoner, tmp_path_factory) -> TraceStore:
     assert report == {"traces": 12, "correct": report["correct"], "new": 12}
     again = collect(engine, trace_rows(12), store, SamplingParams(512))  # resumes: nothing redone
     assert again["new"] == 0 and len(store.records()) == 12
-    label_store(engine, store, ["attention", "gradient", "lookback", "later"])
+    label_store(engine, store, ["attention", "gradient", "lookback", "later", "copy"])
     return store
 
 
@@ -86,6 +87,42 @@ def test_later_label_equals_eager_attention_from_every_far_query(random_reasoner
             expected[key] += probs[:, query, key].mean()
     torch.testing.assert_close(later_label(engine, trace), expected[r.thinking], atol=1e-5, rtol=1e-4)
     assert load_labels(store, "later").keys() == load_labels(store, "attention").keys()
+
+
+def test_far_copies_marks_the_one_far_source_of_a_copied_bigram() -> None:
+    filler = [50 + (i % 7) for i in range(40)]
+    tokens = torch.tensor([1, 5, 6, *filler, 5, 6, 9])  # (5, 6) stated at 1-2, copied at 43 -> 44
+    needed = far_copies(tokens, 32)
+    assert needed[43, 2] == 1.0  # query 43 (token 5) wrote 6, the token after the far 5 at slot 1
+    assert needed[43].sum() == 1.0
+    assert needed[:43].sum() == 0  # the filler's bigrams repeat every 7 tokens: always a nearer copy (a template)
+    near = torch.tensor([1, 5, 6, *filler[:20], 5, 6, *filler[:20], 5, 6])  # restated 22 tokens before the copy
+    assert far_copies(near, 32)[len(near) - 2].sum() == 0  # a nearer copy served it: no far read needed
+    twice = torch.tensor([5, 6, 5, 6, *filler, 5, 6])  # two far sources: the credit is split
+    row = far_copies(twice, 32)[len(twice) - 2]
+    assert row[1] == row[3] == 0.5 and row.sum() == 1.0
+
+
+def test_copy_label_equals_eager_attention_of_the_far_copying_reads(random_reasoner, store) -> None:
+    """Per key: the largest single-head attention any far query pays it while writing the token that followed
+    it, that bigram absent from the query's window; split between sources that are equally far copies."""
+    engine = TransformersBackend(str(random_reasoner))
+    trace = next(store.load(store.records()[3:4]))
+    end = trace.record.length - (1 if int(trace.tokens[-1]) in engine.parts.eos_ids else 0)
+    eager = LlamaForCausalLM.from_pretrained(random_reasoner, attn_implementation="eager").eval()
+    with torch.no_grad():
+        probs = torch.stack(eager(input_ids=trace.tokens[None, :end], output_attentions=True).attentions)[:, 0]
+    t = trace.tokens[:end].tolist()
+    expected = torch.zeros(end)
+    for i in range(end - 1):
+        pair = (t[i], t[i + 1])
+        if any((t[m - 1], t[m]) == pair for m in range(max(1, i - 31), i + 1)):
+            continue  # the bigram is in the query's window
+        sources = [j for j in range(1, i - 31) if (t[j - 1], t[j]) == pair]
+        for j in sources:
+            expected[j] = max(expected[j], float(probs[:, :, i, j].max()) / len(sources))
+    torch.testing.assert_close(copy_label(engine, trace), expected[trace.record.thinking], atol=1e-6, rtol=1e-4)
+    assert load_labels(store, "copy").keys() == load_labels(store, "attention").keys()
 
 
 def test_on_policy_collection_stores_the_hidden_states_dynts_saw(random_reasoner, tmp_path) -> None:

@@ -68,6 +68,11 @@ def _coerce(cls: type[Policy], key: str, value: Any) -> Any:
     if not isinstance(value, str):
         return value
     hint = typing.get_type_hints(cls).get(key)
+    optional = [a for a in typing.get_args(hint) if a is not type(None)]
+    if type(None) in typing.get_args(hint) and len(optional) == 1:  # ``int | None``: "none" or an int
+        if value.lower() == "none":
+            return None
+        hint = optional[0]
     try:
         if hint is bool:
             if value.lower() not in ("true", "false", "1", "0"):

@@ -25,6 +25,12 @@ class DynTS(Policy):
     needs = frozenset({"hidden"})
     state_names = (SCORE,)
     predictor: str | None = None
+    #: at compression a token's score is at least that of the ``pool_next`` tokens written right after it (a
+    #: statement's name goes with its value); None: what the predictor was validated with (0: the paper's)
+    pool_next: int | None = None
+    #: add ``recency`` x (the sequence's median score) x the token's age rank (0 oldest .. 1 newest): tokens the
+    #: head does not single out go oldest first; None: the predictor's setting (0: the paper's ranking)
+    recency: float | None = None
     _model: ImportancePredictor | None = field(default=None, init=False, repr=False)
     _source: str | None = field(default=None, init=False, repr=False)
 
@@ -50,6 +56,15 @@ class DynTS(Policy):
             )
         self._model.check_model(model)
 
+    def selection(self) -> tuple[int, float]:
+        """``(pool_next, recency)`` in force: the options given, else the predictor's, else the paper's (0, 0)."""
+        chosen = self._model.config.selection if self._model is not None else {}
+        pool_next = self.pool_next if self.pool_next is not None else int(chosen.get("pool_next", 0))
+        recency = self.recency if self.recency is not None else float(chosen.get("recency", 0.0))
+        if pool_next < 0 or recency < 0:
+            raise PolicyError(f"dynts options pool_next and recency must be >= 0, got {pool_next} and {recency}")
+        return pool_next, recency
+
     def observe(self, obs: StepObservation, state: dict[str, torch.Tensor]) -> None:
         assert self._model is not None and obs.hidden is not None
         predictor = self._model.to(obs.hidden.device)
@@ -61,4 +76,41 @@ class DynTS(Policy):
         if view.think_end_id is not None:
             answer = (view.token_ids == view.think_end_id).long().cumsum(-1) > 0
             scores = scores.masked_fill(answer & view.valid, float("inf"))
+        pool_next, recency = self.selection()
+        if pool_next:
+            scores = pool_successors(scores, view.positions, view.valid, pool_next)
+        if recency:
+            scores = scores + recency * _row_median(scores, view.valid)[:, None] * age_rank(view.positions, view.valid)
         return scores
+
+
+def pool_successors(scores: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
+    """Each slot's score raised to the largest score among the slots holding the next ``k`` logical positions
+    (those still cached; slots may be in any order)."""
+    big = torch.iinfo(positions.dtype).max
+    order = positions.masked_fill(~valid, big).argsort(-1)
+    s = scores.gather(-1, order)
+    pos = positions.gather(-1, order)
+    ok = valid.gather(-1, order)
+    pooled = s.clone()
+    for shift in range(1, k + 1):
+        follows = torch.zeros_like(ok)
+        follows[:, :-shift] = ok[:, :-shift] & ok[:, shift:] & (pos[:, shift:] - pos[:, :-shift] <= k)
+        later = torch.full_like(s, float("-inf"))
+        later[:, :-shift] = s[:, shift:]
+        pooled = torch.where(follows, torch.maximum(pooled, later), pooled)
+    return torch.empty_like(scores).scatter_(-1, order, pooled)
+
+
+def age_rank(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Each slot's logical position scaled to 0 (the oldest cached token) .. 1 (the newest); 0 for empty slots."""
+    pos = positions.float()
+    oldest = pos.masked_fill(~valid, float("inf")).amin(-1, keepdim=True)
+    newest = pos.masked_fill(~valid, float("-inf")).amax(-1, keepdim=True)
+    return ((pos - oldest) / (newest - oldest).clamp(min=1)).clamp(min=0).masked_fill(~valid, 0.0)
+
+
+def _row_median(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Median of each row's finite scores (the head's own scale, so ``recency`` needs no units); 1 if none."""
+    finite = valid & torch.isfinite(scores)
+    return scores.masked_fill(~finite, float("nan")).nanmedian(-1).values.nan_to_num(1.0)

@@ -31,6 +31,8 @@ class PredictorConfig:
     label_method: str = "answer_attention"
     label_transform: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the DynTS ranking options this head was validated with (``pool_next``, ``recency``); empty: the paper's
+    selection: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
     def default_sizes(hidden_size: int) -> list[int]:

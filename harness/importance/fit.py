@@ -73,6 +73,8 @@ class FitConfig:
     patience: int = 4
     seed: int = 0
     correct_only: bool = True
+    #: DynTS ranking options stored with the head (``pool_next``, ``recency``: zoo.dynts); empty = the paper's
+    selection: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -142,7 +144,8 @@ def fit(store: TraceStore | Sequence[TraceStore], out: Path, cfg: FitConfig,
                               f"training and a validation part (collect more, or change --val-fraction)")
     hidden = meta["hidden_size"]
     sizes = cfg.layer_sizes or PredictorConfig.default_sizes(hidden)
-    pconfig = PredictorConfig(meta["model"], hidden, list(sizes), cfg.label_method, cfg.transform)
+    pconfig = PredictorConfig(meta["model"], hidden, list(sizes), cfg.label_method, cfg.transform,
+                              selection=dict(cfg.selection))
     model = ImportancePredictor(pconfig)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_traces)
@@ -193,7 +196,7 @@ def fit(store: TraceStore | Sequence[TraceStore], out: Path, cfg: FitConfig,
         "traces": {"train": len(train), "validation": len(val)},
         "best_epoch": best[2],
         "validation": best[3],
-        "fit": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+        "fit": {k: v for k, v in asdict(cfg).items() if k not in ("extra", "selection")},
         "history": history,
         **cfg.extra,
     }

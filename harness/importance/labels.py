@@ -37,7 +37,7 @@ from backends.hf.backend import TransformersBackend
 from backends.hf.observe import KVObserver
 from harness.importance.traces import Trace, TraceStore, TraceStoreError
 
-METHODS = ("attention", "gradient", "lookback", "later")
+METHODS = ("attention", "gradient", "lookback", "later", "copy")
 LOOKBACK_DISTANCE = 32
 _QUERY_CHUNK = 128
 
@@ -130,6 +130,36 @@ def later_label(engine: TransformersBackend, trace: Trace, distance: int = LOOKB
     return torch.stack(per_layer).mean(0)[trace.record.thinking].cpu()
 
 
+def copy_label(engine: TransformersBackend, trace: Trace, distance: int = LOOKBACK_DISTANCE) -> torch.Tensor:
+    first, end = answer_span(trace, engine.parts.eos_ids)
+    tokens = trace.tokens[:end].to(engine.device)
+    keys, queries, _ = observed_forward(engine, tokens, end)
+    needed = far_copies(tokens, distance)  # [T(query), T(key)]
+    best = torch.zeros(end, device=engine.device)
+    for q_all, k_all in zip(queries, keys):
+        for rows, probs in causal_chunks(q_all, k_all, 0):
+            best = torch.maximum(best, (probs.amax(0) * needed[rows]).amax(0))
+    return best[trace.record.thinking].cpu()
+
+
+def far_copies(tokens: torch.Tensor, distance: int) -> torch.Tensor:
+    """``[T, T]`` bool: query ``i`` could have copied its next token from key ``j`` and from nowhere nearer.
+
+    The induction pattern: the key's bigram (``tokens[j-1], tokens[j]``) is the query's token and the token it
+    wrote next (``tokens[i], tokens[i+1]``), the key is at least ``distance`` back (outside the recent window),
+    and that bigram does not occur inside the window (``i - distance < m <= i``) -- where it does, a nearer
+    copy served the query and the far one was not needed (template tokens, restated values).
+    """
+    t = tokens.numel()
+    written = torch.cat([tokens[1:], tokens.new_full((1,), -1)])  # the token each position went on to write
+    before = torch.cat([tokens.new_full((1,), -1), tokens[:-1]])  # each key's preceding token
+    match = (before[None, :] == tokens[:, None]) & (tokens[None, :] == written[:, None])
+    rows, cols = torch.arange(t, device=tokens.device)[:, None], torch.arange(t, device=tokens.device)[None, :]
+    in_window = (match & (cols > rows - distance) & (cols <= rows)).any(1)
+    far = match & (cols <= rows - distance) & ~in_window[:, None]
+    return far.float() / far.sum(1, keepdim=True).clamp(min=1)
+
+
 def gradient_label(engine: TransformersBackend, trace: Trace) -> torch.Tensor:
     first, end = answer_span(trace, engine.parts.eos_ids)
     if end <= first:
@@ -152,7 +182,8 @@ def gradient_label(engine: TransformersBackend, trace: Trace) -> torch.Tensor:
 
 
 LABELLERS: dict[str, Callable[[Any, Trace], torch.Tensor]] = {
-    "attention": attention_label, "gradient": gradient_label, "lookback": lookback_label, "later": later_label}
+    "attention": attention_label, "gradient": gradient_label, "lookback": lookback_label, "later": later_label,
+    "copy": copy_label}
 
 
 def labels_path(store: TraceStore, method: str) -> Path:
