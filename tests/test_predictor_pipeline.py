@@ -14,8 +14,15 @@ from backends.hf.backend import TransformersBackend
 from harness.cli import app
 from harness.importance.evaluate import analyze, concentration, evaluate
 from harness.importance.fit import FitConfig, fit, pool_labels, transform_labels
-from harness.importance.labels import (attention_label, copy_label, far_copies, label_store, later_label, load_labels,
-                                      lookback_label)
+from harness.importance.labels import (
+    attention_label,
+    copy_label,
+    far_copies,
+    label_store,
+    later_label,
+    load_labels,
+    lookback_label,
+)
 from harness.importance.rankers import ranking_metrics, top_set
 from harness.importance.traces import TraceStore, TraceStoreError, collect
 from harness.replay import TraceRow
