@@ -85,7 +85,8 @@ def test_local_and_ray_sweeps_give_identical_rows_and_skip_done_cells(tmp_path):
     assert gate.exit_code == 1 and "underpowered" in text and all("accuracy power" in line for line in failed), text
 
 
-def _synthetic(root: Path, policy: str, budget: int | None, quality: float, allocated: int, tps: float) -> None:
+def _synthetic(root: Path, policy: str, budget: int | None, quality: float, allocated: int, tps: float,
+               predictor: str = "sha256:aaaa") -> None:
     """A finished sampled run of 2000 trials (enough power to see a 5-point drop) without generating it."""
     from harness.results import RunDir
 
@@ -93,17 +94,18 @@ def _synthetic(root: Path, policy: str, budget: int | None, quality: float, allo
                                             "trigger_len": None, "ratio": 0.4, "protect_prompt": True}
     config = {"backend": "transformers", "model": "m", "policy": policy, "policy_options": {}, "schedule": schedule,
               "sampling": {"seed": 0, "temperature": 0.7}, "prompts_name": "p.jsonl", "prompts_sha256": "x",
-              "limit": None, "dtype": "float32", "device": "cpu", "batch_size": 8, "chat": True, "extra": {}}
+              "limit": None, "dtype": "float32", "device": "cpu", "batch_size": 8, "chat": True, "extra": {},
+              "artefacts": {"model": "sha256:mmmm", **({"predictor": predictor} if policy == "dynts" else {})}}
     run = RunDir.open(root, f"{policy}-{budget}", config)
     run.write_summary({"run_id": run.path.name, "config": config, "config_hash": run.config_hash, "metrics": {
         "accuracy": quality, "n_samples": 2000, "decode_mean_tokens_per_s": tps, "kv_peak_max_bytes": allocated,
         "kv_batch_allocated_max_bytes": allocated}})
 
 
-def _sweep(root: Path, quality: dict[str, float], kv: dict[str, int]) -> None:
+def _sweep(root: Path, quality: dict[str, float], kv: dict[str, int], predictor: str = "sha256:aaaa") -> None:
     _synthetic(root, "full", None, quality["full"], 4000, 10.0)
     for policy in ("window", "dynts"):
-        _synthetic(root, policy, 64, quality[policy], kv[policy], 15.0)
+        _synthetic(root, policy, 64, quality[policy], kv[policy], 15.0, predictor)
 
 
 def test_check_passes_a_rerun_and_fails_a_degraded_run(tmp_path):
@@ -124,6 +126,12 @@ def test_check_passes_a_rerun_and_fails_a_degraded_run(tmp_path):
     # a policy that quietly holds more KV than before
     _sweep(tmp_path / "fat", good, {"window": 1000, "dynts": 1500})
     assert runner.invoke(app, ["check", str(tmp_path / "fat"), "--baseline", str(baseline)]).exit_code == 1
+
+    # other predictor weights: the same numbers, but not the baseline's run -- named, never silently compared
+    _sweep(tmp_path / "retrained", good, {"window": 1000, "dynts": 1000}, predictor="sha256:bbbb")
+    other = runner.invoke(app, ["check", str(tmp_path / "retrained"), "--baseline", str(baseline)])
+    text = " ".join(other.output.split())
+    assert other.exit_code == 1 and "artefacts.predictor: 'sha256:aaaa' -> 'sha256:bbbb'" in text, text
 
 
 def test_check_input_errors(tmp_path):
