@@ -41,7 +41,6 @@ from harness.results import ResultsError
 BASELINE_VERSION = 3
 #: the drop in accuracy a sampled gate must be able to see, and with what power
 DETECTABLE_DROP, MIN_POWER = 0.05, 0.8
-#: run config fields that must match the baseline's for a comparison to mean anything
 #: what must match the baseline's run; ``artefacts`` holds the content hashes of the model and the predictor, so
 #: retrained weights are named as the difference instead of surfacing as flipped samples (or not at all)
 COMPARED_CONFIG = ("backend", "model", "dtype", "device", "batch_size", "limit", "chat", "prompts_name",

@@ -18,7 +18,9 @@ class DynTS(Policy):
     token once, as it is produced, and predicts how much the final answer will attend to it; at compression
     the lowest-scoring thinking tokens go. Prompt and window are kept by the schedule; tokens after
     ``</think>`` (the answer) score +inf. ``predictor`` is a directory written by the predictor pipeline (the
-    harness fills in the one shipped for the model, when there is one)."""
+    harness fills in the one shipped for the model, when there is one). Two ranking options (ours) act on the
+    write-time scores at compression, ``pool_next`` and ``recency``: by default the predictor's own
+    (``selection`` in its ``predictor.json``), and the paper's ranking for a predictor without them."""
 
     name = "dynts"
     requires = "predictor"

@@ -19,6 +19,13 @@ averaged over heads and layers. Where ``attention`` asks "does the answer read i
 read it once it has left the window?", which is when eviction can take it; the sum (not ``lookback``'s max)
 keeps a token that many far queries read a little above one that a single query reads once.
 
+``copy`` (ours, the shipped predictors' labels): the largest single-head attention a token receives from a query at
+least ``LOOKBACK_DISTANCE`` tokens later *that is writing the token which followed it* -- the induction read that
+copies a stated value -- counting only reads whose bigram does not also occur inside the query's own window (a
+template, or a value restated nearby, needed no far copy) and splitting the credit between equally far sources.
+Where ``lookback`` also rewards habitual far reads (a fixed line position, template words), this keeps the reads
+that carried information the window did not have.
+
 Labels are written to ``labels-<method>.safetensors`` in the trace store (one tensor per trace id, over its
 thinking tokens).
 """
@@ -143,7 +150,8 @@ def copy_label(engine: TransformersBackend, trace: Trace, distance: int = LOOKBA
 
 
 def far_copies(tokens: torch.Tensor, distance: int) -> torch.Tensor:
-    """``[T, T]`` bool: query ``i`` could have copied its next token from key ``j`` and from nowhere nearer.
+    """``[T, T]`` weights: ``1/n`` where query ``i`` could have copied its next token from key ``j``, one of ``n``
+    equally far sources, and from nowhere nearer; 0 elsewhere.
 
     The induction pattern: the key's bigram (``tokens[j-1], tokens[j]``) is the query's token and the token it
     wrote next (``tokens[i], tokens[i+1]``), the key is at least ``distance`` back (outside the recent window),
