@@ -320,3 +320,12 @@ def test_pipeline_runs_end_to_end_on_smollm2(tmp_path) -> None:
     assert extra["traces"]["train"] + extra["traces"]["validation"] == 4
     result = evaluate(engine, store, ImportancePredictor.load(tmp_path / "pred"), "attention", correct_only=False)
     assert {"dynts", "h2o", "snapkv", "rkv"} <= set(result)
+
+
+def test_far_copies_of_a_chunk_of_queries_are_those_rows_of_the_whole() -> None:
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 6, (150,), generator=g)  # a small vocabulary: many repeated bigrams
+    whole = far_copies(tokens, 32)
+    rows = torch.arange(40, 90)
+    assert whole.sum() > 0
+    torch.testing.assert_close(far_copies(tokens, 32, rows), whole[rows])

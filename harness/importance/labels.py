@@ -141,17 +141,17 @@ def copy_label(engine: TransformersBackend, trace: Trace, distance: int = LOOKBA
     first, end = answer_span(trace, engine.parts.eos_ids)
     tokens = trace.tokens[:end].to(engine.device)
     keys, queries, _ = observed_forward(engine, tokens, end)
-    needed = far_copies(tokens, distance)  # [T(query), T(key)]
     best = torch.zeros(end, device=engine.device)
     for q_all, k_all in zip(queries, keys):
         for rows, probs in causal_chunks(q_all, k_all, 0):
-            best = torch.maximum(best, (probs.amax(0) * needed[rows]).amax(0))
+            best = torch.maximum(best, (probs.amax(0) * far_copies(tokens, distance, rows)).amax(0))
     return best[trace.record.thinking].cpu()
 
 
-def far_copies(tokens: torch.Tensor, distance: int) -> torch.Tensor:
-    """``[T, T]`` weights: ``1/n`` where query ``i`` could have copied its next token from key ``j``, one of ``n``
-    equally far sources, and from nowhere nearer; 0 elsewhere.
+def far_copies(tokens: torch.Tensor, distance: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """``[Q, T]`` weights for the queries ``rows`` (default: every position): ``1/n`` where query ``i`` could have
+    copied its next token from key ``j``, one of ``n`` equally far sources, and from nowhere nearer; 0 elsewhere.
+    Per chunk of queries, like the attention itself, so a long trace never materialises a T x T matrix.
 
     The induction pattern: the key's bigram (``tokens[j-1], tokens[j]``) is the query's token and the token it
     wrote next (``tokens[i], tokens[i+1]``), the key is at least ``distance`` back (outside the recent window),
@@ -159,12 +159,14 @@ def far_copies(tokens: torch.Tensor, distance: int) -> torch.Tensor:
     copy served the query and the far one was not needed (template tokens, restated values).
     """
     t = tokens.numel()
+    if rows is None:
+        rows = torch.arange(t, device=tokens.device)
     written = torch.cat([tokens[1:], tokens.new_full((1,), -1)])  # the token each position went on to write
     before = torch.cat([tokens.new_full((1,), -1), tokens[:-1]])  # each key's preceding token
-    match = (before[None, :] == tokens[:, None]) & (tokens[None, :] == written[:, None])
-    rows, cols = torch.arange(t, device=tokens.device)[:, None], torch.arange(t, device=tokens.device)[None, :]
-    in_window = (match & (cols > rows - distance) & (cols <= rows)).any(1)
-    far = match & (cols <= rows - distance) & ~in_window[:, None]
+    match = (before[None, :] == tokens[rows, None]) & (tokens[None, :] == written[rows, None])
+    r, cols = rows[:, None], torch.arange(t, device=tokens.device)[None, :]
+    in_window = (match & (cols > r - distance) & (cols <= r)).any(1)
+    far = match & (cols <= r - distance) & ~in_window[:, None]
     return far.float() / far.sum(1, keepdim=True).clamp(min=1)
 
 
