@@ -231,9 +231,10 @@ def report(
 def policies() -> None:
     """List the policies with one-line descriptions, what they need and their options."""
     from harness.tables import policies_table
-    from zoo import describe, policy_options, registry
+    from zoo import describe, policy_options, policy_overview, registry
 
     console.print(policies_table(registry(), describe, policy_options))
+    console.print(policy_overview(registry()), markup=False, highlight=False)
 
 
 @app.command()
