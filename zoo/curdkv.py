@@ -15,7 +15,7 @@ def local_key_leverage(keys: torch.Tensor, valid: torch.Tensor, window: int) -> 
     a head sum to 1. Invalid slots score 0."""
     energy = keys.float().pow(2).sum(-1) * valid[:, None, :]
     if window > 0:
-        group = ((valid.long().cumsum(-1) - 1).clamp(min=0) // window).expand_as(energy)  # [B, KVH, T]
+        group = ((valid.long().cumsum(-1) - 1).clamp(min=0) // window)[:, None, :].expand_as(energy)
         totals = torch.zeros_like(energy).scatter_add_(-1, group, energy)
         energy = energy / totals.gather(-1, group).clamp(min=torch.finfo(energy.dtype).tiny)
     return energy / energy.sum(-1, keepdim=True).clamp(min=torch.finfo(energy.dtype).tiny)
