@@ -17,7 +17,8 @@ values and the model's own eager attention weights, calls kvpress's ``score`` an
   scorers; averaged over heads for the attention scorers, whose kvpress scores are already head-averaged), and
   that difference relative to the largest kvpress score;
 - the kept-set agreement: the share of the tokens kvpress keeps in each (layer, KV head), at half the cache,
-  that our single set (averaged over heads and layers) keeps as well -- the cost of one set for every layer.
+  that our single set (averaged over heads and layers) keeps as well -- the cost of one set for every layer --
+  and the same share for a set per layer (heads averaged only), which separates the two averagings.
 """
 
 from __future__ import annotations
@@ -137,23 +138,30 @@ def cases(window: int, kernel: int, sinks: int, local: int) -> list[Case]:
     ]
 
 
-def kept_agreement(case: Case, layers: list[Layer], make: object, keep: int) -> float:
-    """Share of kvpress's kept tokens, per (layer, KV head), that our one set keeps (window and prompt
-    protection off, so that only the scores choose)."""
-    t = layers[0].keys.shape[2]
+def one_set(case: Case, layers: list[Layer], keep: int) -> torch.Tensor:
+    """Bool ``[T]``: the tokens our policy keeps with ``layers``' keys (window and prompt protection off, so that
+    only the scores choose)."""
     policy = build_policy(case.policy, **case.options)
     cache = view_of(layers, policy.query_window if "queries" in policy.needs else 0)
     chosen, ok = policy.select(policy.score(cache), cache, torch.tensor([keep]), 0, False)
-    ours = torch.zeros(t, dtype=torch.bool)
-    ours[chosen[ok]] = True
-    shares = []
+    kept = torch.zeros(cache.length, dtype=torch.bool)
+    kept[chosen[ok]] = True
+    return kept
+
+
+def kept_agreement(case: Case, layers: list[Layer], make: object, keep: int) -> tuple[float, float]:
+    """Share of kvpress's kept tokens, per (layer, KV head), that our set keeps: our one set for all the layers,
+    and our set of that layer alone (heads averaged only)."""
+    everywhere = one_set(case, layers, keep)
+    shares: tuple[list[float], list[float]] = ([], [])
     for layer in layers:
+        alone = one_set(case, [layer], keep)
         attn = layer.attention[:, :, -1:] if case.press == "ObservedAttentionPress" else None
-        scores = kvpress_score(make, layer, attn)[0]  # [KVH, T]
-        for head in scores:
+        for head in kvpress_score(make, layer, attn)[0]:  # [T] per KV head
             theirs = head.topk(keep).indices
-            shares.append(ours[theirs].float().mean().item())
-    return sum(shares) / len(shares)
+            shares[0].append(everywhere[theirs].float().mean().item())
+            shares[1].append(alone[theirs].float().mean().item())
+    return sum(shares[0]) / len(shares[0]), sum(shares[1]) / len(shares[1])
 
 
 def streaming_llm_agreement(layers: list[Layer], sinks: int, keep: int) -> float:
@@ -226,14 +234,15 @@ def main() -> int:
             diff = max(diff, (ours.float() - theirs).abs().max().item())
             scale = max(scale, theirs.abs().max().item())
         rows.append((case.press, case.policy, case.compared, diff, diff / max(scale, 1e-30),
-                     kept_agreement(case, layers, press, keep)))
+                     *kept_agreement(case, layers, press, keep)))
+    same = streaming_llm_agreement(layers, args.sinks, keep)
     rows.append(("StreamingLLMPress", "streamingllm", "kept set (positions, no score to compare)", 0.0, 0.0,
-                 streaming_llm_agreement(layers, args.sinks, keep)))
+                 same, same))
     facts = {**versions(), "model": str(model_dir.name), "tokens": args.tokens, "layers": which, "keep": keep}
     lines = [f"kvpress parity: {json.dumps(facts)}", "",
              "| kvpress press | ours | compared | largest abs difference | relative to kvpress's largest | "
-             "kept-set agreement |", "|---|---|---|---|---|---|"]
-    lines += [f"| {p} | {o} | {c} | {d:.3g} | {r:.3g} | {a:.1%} |" for p, o, c, d, r, a in rows]
+             "kept-set agreement, one set for all layers | same, one set per layer |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {p} | {o} | {c} | {d:.3g} | {r:.3g} | {a:.1%} | {b:.1%} |" for p, o, c, d, r, a, b in rows]
     table = "\n".join(lines)
     print(table)
     if args.out:
