@@ -16,9 +16,14 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from zoo.base import Policy, PolicyError
+from zoo.curdkv import CurDKV
 from zoo.dynts import DynTS
 from zoo.full import FullCache
 from zoo.h2o import HeavyHitterOracle
+from zoo.keydiff import KeyDiff
+from zoo.knorm import KNorm
+from zoo.observed import ObservedAttention
+from zoo.overview import policy_overview
 from zoo.random import RandomEviction
 from zoo.rkv import RKV
 from zoo.sepllm import SepLLM
@@ -36,6 +41,10 @@ _BUILTIN: tuple[type[Policy], ...] = (
     SnapKV,
     TOVA,
     RKV,
+    ObservedAttention,
+    KNorm,
+    KeyDiff,
+    CurDKV,
     RandomEviction,
     DynTS,
 )
@@ -121,4 +130,4 @@ def build_policy(name: str, **options: Any) -> Policy:
     return cls(**{k: _coerce(cls, k, v) for k, v in options.items()})
 
 
-__all__ = ["Policy", "PolicyError", "build_policy", "describe", "policy_options", "registry"]
+__all__ = ["Policy", "PolicyError", "build_policy", "describe", "policy_options", "policy_overview", "registry"]
