@@ -76,7 +76,7 @@ def refuse_and_recover(server: Server, result: LoadResult, bad: list[LoadRequest
     for request in bad:
         result.bad.append((request, post(server.port, request.path, request.body, stream=False,
                                          api_key=server.api_key)))
-    result.after = post(server.port, normal.path, normal.body, stream=False, api_key=server.api_key)
+    result.after = post(server.port, normal.path, normal.body, stream=normal.stream, api_key=server.api_key)
     if server.stats.exists():
         result.stats = [json.loads(line) for line in server.stats.read_text().splitlines() if line.strip()]
 

@@ -38,7 +38,11 @@ def offline_texts(backend_name: str, model: str, policy: str, schedule_args: dic
 
 
 def compare(request: LoadRequest, served: str, offline: str) -> bool:
-    """Whether a served greedy reply is the offline one (cut at its stop string, as the server cuts it)."""
+    """Whether a served greedy reply is the offline one (cut at its stop string, as the server cuts it).
+
+    Leading whitespace is not compared: a server detokenizes incrementally and keeps the space that starts the
+    first generated word, while decoding the whole output at once drops it.
+    """
     if request.stop is not None and request.stop in offline:
         offline = offline[: offline.index(request.stop)]
-    return served == offline
+    return served.lstrip() == offline.lstrip()
