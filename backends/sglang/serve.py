@@ -92,6 +92,25 @@ def refuse_unschedulable_prompts() -> None:
     TokenizerManager._validate_one_request = validate
 
 
+def refuse_unknown_models() -> None:
+    """In the HTTP server process: an OpenAI request naming a model this server does not serve gets a 404, as
+    from vLLM's server (SGLang 0.5.23 serves whatever name is given; a request that names none is served)."""
+    from sglang.srt.entrypoints.openai.protocol import DEFAULT_MODEL_NAME
+    from sglang.srt.entrypoints.openai.serving_base import OpenAIServingBase
+
+    original = OpenAIServingBase.handle_request
+
+    async def handle_request(self: OpenAIServingBase, request: Any, raw_request: Any) -> Any:
+        model = getattr(request, "model", None)
+        served = self.tokenizer_manager.served_model_name
+        if model and model != DEFAULT_MODEL_NAME and self._parse_model_parameter(model)[0] != served:
+            return self.create_error_response(f"The model `{model}` does not exist: this server serves `{served}`.",
+                                              err_type="NotFoundError", status_code=404)
+        return await original(self, request, raw_request)
+
+    OpenAIServingBase.handle_request = handle_request
+
+
 def main(argv: list[str]) -> None:
     if os.environ.get(CPU_ENV) == "1":
         from backends.sglang.backend import prepare_cpu
@@ -107,6 +126,7 @@ def main(argv: list[str]) -> None:
                           _freeze_gc_once_listening, HookType.AROUND)
     load_plugins()  # applies the hooks, ours (entry point) and the one above
     refuse_unschedulable_prompts()
+    refuse_unknown_models()
     if os.environ.get(API_KEY_ENV):  # the key travels in the environment, off the process's command line
         argv = [*argv, "--api-key", os.environ[API_KEY_ENV]]
     server_args = prepare_server_args(argv)

@@ -125,7 +125,7 @@ def bad_requests(model: str, prompts: Prompts, position_limit: int) -> list[Load
         request("malformed-json", b'{"model": "' + model.encode() + b'", "messages": [', ("json", "decode", "parse")),
         request("unknown-model", {**ok, "model": "no-such-model"}, ("model",)),
         request("max-tokens-too-large", {**ok, "max_tokens": position_limit * 10},
-                ("max_tokens", "maximum context", "context length", "max_new_tokens", "too long")),
+                ("max_tokens", "max_completion_tokens", "context length", "too long")),
         request("negative-temperature", {**ok, "temperature": -1.0}, ("temperature",)),
         request("empty-prompt", {"model": model, "prompt": "", "max_tokens": 16}, ("prompt", "empty", "input"),
                 COMPLETION),
