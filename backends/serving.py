@@ -17,7 +17,9 @@ from typing import Any
 
 from backends.base import BackendError
 from backends.hf.facts import ModelFacts
+from zoo import build_policy
 from zoo.base import Policy
+from zoo.schedule import EvictionSchedule, ScheduleError
 
 SERVE_ENV = "DYNTS_BENCH_SERVE"
 #: the API key ``serve --api-key`` hands the server process (each engine's launcher passes it to its server)
@@ -60,8 +62,6 @@ def served_spec() -> ServeSpec | None:
 
 def build_served_policy(spec: ServeSpec, facts: ModelFacts) -> tuple[Policy, int | None]:
     """The served policy, prepared for the model as ``run`` prepares it; with the model's ``</think>`` id."""
-    from zoo import build_policy
-
     policy = build_policy(spec.policy, **spec.options)
     policy.prepare(facts.model_info())
     return policy, facts.think_end_id
@@ -85,8 +85,6 @@ def prompt_refusal(spec: ServeSpec | None, prompt_len: int) -> str | None:
     """
     if spec is None or spec.schedule is None:
         return None
-    from zoo.schedule import EvictionSchedule, ScheduleError
-
     schedule = EvictionSchedule(**spec.schedule)
     if not schedule.protect_prompt:
         return None

@@ -9,8 +9,8 @@ from pathlib import Path
 from benchmarks.serve_load.__main__ import load_prompts, parse_args, serve_args
 from benchmarks.serve_load.client import get, post
 from benchmarks.serve_load.drive import drive, refuse_and_recover
+from benchmarks.serve_load.load_report import summarize
 from benchmarks.serve_load.offline import compare, offline_texts
-from benchmarks.serve_load.report import summarize
 from benchmarks.serve_load.server import serving
 from benchmarks.serve_load.workload import CHAT, MixShares, bad_requests, build_mix
 

@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 from backends.serving import ServeSpec, prompt_refusal
 from benchmarks.serve_load.client import post
 from benchmarks.serve_load.drive import refusal_names_the_fault
-from benchmarks.serve_load.report import percentile
+from benchmarks.serve_load.load_report import percentile
 from benchmarks.serve_load.server import gauge
 from benchmarks.serve_load.workload import CHAT, MixShares, Prompts, bad_requests, build_mix
 from harness.cli import app
-from harness.options import OptionError
-from harness.serve import check_exposure, is_loopback
+from harness.cli.serve_policy import check_exposure, is_loopback
+from harness.runs.options import OptionError
 
 
 def test_percentile_interpolates_between_closest_ranks():

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,11 +25,13 @@ from typing import Any
 
 from rich.console import Console
 
+from backends.hf.facts import ModelFacts
 from benchmarks.serve_load.drive import drive, refuse_and_recover
+from benchmarks.serve_load.load_report import print_tables, ratio_spread, summarize
 from benchmarks.serve_load.offline import compare, offline_texts
-from benchmarks.serve_load.report import print_tables, ratio_spread, summarize
 from benchmarks.serve_load.server import KV_GAUGES, serving
 from benchmarks.serve_load.workload import CHAT, LoadRequest, Prompts, bad_requests, build_mix
+from harness.runs.catalog import TASK_VOCABULARY_MODELS
 
 DATA = Path(__file__).resolve().parents[2] / "harness" / "data"
 IDENTITY_TARGET = 0.98
@@ -63,9 +66,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_prompts(model: str, path: Path | None) -> tuple[Prompts, int]:
     """The model's prompts (text and chat-templated ids) and its position limit."""
-    from backends.hf.facts import ModelFacts
-    from harness.catalog import TASK_VOCABULARY_MODELS
-
     if path is None:
         path = DATA / ("tiny_reasoner_heldout.jsonl" if model in TASK_VOCABULARY_MODELS else "arithmetic_prompts.jsonl")
     texts = [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
@@ -174,8 +174,6 @@ def _verdict(ok: bool, what: str, why: str) -> str:
 
 
 def _environment() -> dict[str, Any]:
-    import subprocess
-
     sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=DATA).stdout.strip()
     return {"git_sha": sha, "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from backends import build_backend
+from backends.base import GenerationRequest, SamplingParams
 from benchmarks.serve_load.workload import LoadRequest
+from harness.cli.serve_policy import served_policy
+from harness.runs.options import RunOptions
+from zoo import build_policy
+from zoo.schedule import EvictionSchedule
 
 
 def served_setup(backend: str, model: str, policy: str, schedule_args: dict[str, Any]) -> tuple[str, dict, dict | None]:
     """(policy name, build options, schedule dict) exactly as ``dynts-bench serve`` derives them."""
-    from harness.options import RunOptions
-    from harness.serve import served_policy
 
     return served_policy(RunOptions(policy=(policy,), backend=backend, model=model, **schedule_args))
 
@@ -19,11 +23,6 @@ def served_setup(backend: str, model: str, policy: str, schedule_args: dict[str,
 def offline_texts(backend_name: str, model: str, policy: str, schedule_args: dict[str, Any],
                   requests: list[LoadRequest], max_tokens: int, batch_size: int) -> dict[str, str]:
     """Generated text per request id, greedy, offline."""
-    from backends import build_backend
-    from backends.base import GenerationRequest, SamplingParams
-    from zoo import build_policy
-    from zoo.schedule import EvictionSchedule
-
     name, options, schedule = served_setup(backend_name, model, policy, schedule_args)
     backend = build_backend(backend_name, model=model, batch_size=batch_size)
     try:
