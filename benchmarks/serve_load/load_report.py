@@ -31,6 +31,7 @@ def summarize(result: LoadResult, identical: dict[str, bool] | None) -> dict[str
     e2e = [o.latency_s for o in done]
     tokens = sum(o.output_tokens for o in replies if o.status == 200)
     compactions = sum(int(row.get("compactions", 0)) for row in result.stats)
+    preemptions = sum(int(row.get("preemptions", 0)) for row in result.stats)  # vLLM's rows count them
     return {
         "policy": result.policy,
         "sent": len(replies), "not_sent": result.not_sent,
@@ -44,7 +45,7 @@ def summarize(result: LoadResult, identical: dict[str, bool] | None) -> dict[str
         "e2e_s": {f"p{q}": percentile(e2e, q) for q in (50, 90, 99)},
         "wall_s": result.wall_s, "output_tokens": tokens,
         "output_tokens_per_s": tokens / result.wall_s if result.wall_s else 0.0,
-        "compactions": compactions, "stats_rows": len(result.stats),
+        "compactions": compactions, "preemptions": preemptions, "stats_rows": len(result.stats),
         "kv_before": result.kv_before, "kv_peak": result.kv_peak, "kv_after": result.kv_after,
         "running_after": result.running_after,
         "offline_identical": None if identical is None else sum(identical.values()),
@@ -91,6 +92,7 @@ def print_tables(rows: list[dict[str, Any]], kv_label: str, console: Console) ->
         ("end to end p50 / p90 / p99 s", lambda r: " / ".join(_fmt(r["e2e_s"][k]) for k in ("p50", "p90", "p99"))),
         ("output tokens / s", lambda r: _fmt(r["output_tokens_per_s"], 1)),
         ("compactions", lambda r: r["compactions"]),
+        ("preemptions (vLLM)", lambda r: r["preemptions"]),
         (f"KV before / peak / after ({kv_label})",
          lambda r: " / ".join(_fmt(r[k], 4) for k in ("kv_before", "kv_peak", "kv_after"))),
         ("greedy = offline", lambda r: "-" if r["offline_compared"] is None
