@@ -62,8 +62,8 @@ def test_requests_compared_with_offline_are_greedy_single_read_through_and_serva
         body = json.loads(r.body)
         if r.comparable:
             assert body["temperature"] == 0 and body["n"] == 1 and r.abort_after is None and not r.long_prompt
-        if r.long_prompt:  # longer than the budget leaves beside the 32-token window
-            assert len(body["prompt"]) > 86 and r.must_be_refused
+        if r.long_prompt:  # longer than the budget leaves beside the 32-token window: refused only under a budget
+            assert len(body["prompt"]) > 86 and r.must_be_refused(True) and not r.must_be_refused(False)
         if r.abort_after is not None:
             assert body["stream"]
         if body["temperature"] > 0:

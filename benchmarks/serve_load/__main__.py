@@ -28,7 +28,7 @@ from rich.console import Console
 from backends.hf.facts import ModelFacts
 from benchmarks.serve_load.drive import drive, refuse_and_recover
 from benchmarks.serve_load.load_report import print_tables, ratio_spread, summarize
-from benchmarks.serve_load.offline import compare, offline_texts
+from benchmarks.serve_load.offline import compare, offline_texts, served_setup
 from benchmarks.serve_load.server import KV_GAUGES, serving
 from benchmarks.serve_load.workload import CHAT, LoadRequest, Prompts, bad_requests, build_mix
 from harness.runs.catalog import TASK_VOCABULARY_MODELS
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         if policy in offline:
             by_id = {r.request_id: r for r in mix}
             identical = {rid: compare(by_id[rid], text, offline[policy][rid]) for rid, text in served.items()}
-        rows.append(summarize(result, identical))
+        rows.append(summarize(result, identical, _budgeted(args, policy)))
     print_tables(rows, KV_GAUGES[args.backend][1], console)
     ratios = {p: ratio_spread(rows, p, args.policy[0]) for p in args.policy[1:]}
     for policy, spread in ratios.items():
@@ -137,10 +137,20 @@ def _offline(args: argparse.Namespace, mix: list[LoadRequest], policies: list[st
     texts = {}
     for policy in policies:
         print(f"offline replay of {len(comparable)} greedy requests under {policy} ...", flush=True)
-        schedule = {"budget": args.budget, "window": args.window, "interval": args.interval}
-        texts[policy] = offline_texts(args.backend, args.model, policy, schedule, comparable, args.max_tokens,
+        texts[policy] = offline_texts(args.backend, args.model, policy, _schedule_args(args), comparable,
+                                      args.max_tokens,
                                       args.concurrency)
     return texts
+
+
+def _budgeted(args: argparse.Namespace, policy: str) -> bool:
+    """Whether ``serve`` gives ``policy`` a schedule that keeps the prompt within the budget."""
+    schedule = served_setup(args.backend, args.model, policy, _schedule_args(args))[2]
+    return schedule is not None and bool(schedule.get("protect_prompt"))
+
+
+def _schedule_args(args: argparse.Namespace) -> dict[str, int]:
+    return {"budget": args.budget, "window": args.window, "interval": args.interval}
 
 
 def checks(rows: list[dict[str, Any]]) -> list[str]:
@@ -151,8 +161,8 @@ def checks(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(_verdict(r["failed_5xx"] == 0, f"{tag}: no 5xx or broken connection",
                               f"{r['failed_5xx']} failed: {r['errors']}"))
         lines.append(_verdict(r["refused_as_expected"] == r["must_be_refused"] and not r["refused_unexpectedly"],
-                              f"{tag}: {r['must_be_refused']} over-long prompts refused (400 naming the limit), "
-                              "no other request refused",
+                              f"{tag}: the {r['must_be_refused']} requests the schedule cannot keep refused (400 "
+                              "naming the limit), no other request refused",
                               f"{r['refused_as_expected']} refused as expected, unexpected: "
                               f"{r['refused_unexpectedly'][:10]}"))
         named = all(b["names_the_fault"] for b in r["bad_requests"])

@@ -23,8 +23,9 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def summarize(result: LoadResult, identical: dict[str, bool] | None) -> dict[str, Any]:
-    """The numbers of one policy run (``identical``: request id -> served == offline, for comparable requests)."""
+def summarize(result: LoadResult, identical: dict[str, bool] | None, budgeted: bool) -> dict[str, Any]:
+    """The numbers of one policy run (``identical``: request id -> served == offline, for comparable requests;
+    ``budgeted``: the policy keeps the prompt within a KV budget, so over-long prompts must be refused)."""
     replies = [o for _, o in result.replies]
     done = [o for o in replies if o.status == 200 and not o.aborted]
     ttft = [o.ttft_s for o in done if o.ttft_s is not None]
@@ -37,9 +38,11 @@ def summarize(result: LoadResult, identical: dict[str, bool] | None) -> dict[str
         "sent": len(replies), "not_sent": result.not_sent,
         "completed": len(done), "aborted": sum(o.aborted for o in replies),
         "refused_4xx": sum(o.refused for o in replies), "failed_5xx": sum(o.failed for o in replies),
-        "refused_as_expected": sum(refusal_names_the_fault(r, o) for r, o in result.replies if r.must_be_refused),
-        "must_be_refused": sum(r.must_be_refused for r, _ in result.replies),
-        "refused_unexpectedly": sorted(r.request_id for r, o in result.replies if o.refused and not r.must_be_refused),
+        "refused_as_expected": sum(refusal_names_the_fault(r, o) for r, o in result.replies
+                                   if r.must_be_refused(budgeted)),
+        "must_be_refused": sum(r.must_be_refused(budgeted) for r, _ in result.replies),
+        "refused_unexpectedly": sorted(r.request_id for r, o in result.replies
+                                       if o.refused and not r.must_be_refused(budgeted)),
         "errors": sorted({o.error for o in replies if o.failed and o.error})[:5],
         "ttft_s": {f"p{q}": percentile(ttft, q) for q in (50, 90, 99)},
         "e2e_s": {f"p{q}": percentile(e2e, q) for q in (50, 90, 99)},

@@ -33,18 +33,19 @@ class LoadRequest:
     n: int = 1
     stop: str | None = None
     abort_after: int | None = None  # hang up after this many streamed events
-    long_prompt: bool = False  # longer than the budget leaves room for: the server must refuse it (400)
+    long_prompt: bool = False  # longer than the budget leaves room for: refused (400) when the policy evicts
     bad: str | None = None  # which rule a bad request breaks
     names: tuple[str, ...] = ()  # a refusal must name one of these (lower case)
 
-    @property
-    def must_be_refused(self) -> bool:
-        return self.bad is not None or self.long_prompt
+    def must_be_refused(self, budgeted: bool) -> bool:
+        """Whether the server must refuse it; ``budgeted``: the served policy keeps the prompt within a budget."""
+        return self.bad is not None or (self.long_prompt and budgeted)
 
     @property
     def comparable(self) -> bool:
-        """Whether its reply must equal the offline run's: greedy, one choice, read to the end."""
-        return self.greedy and self.n == 1 and self.abort_after is None and not self.must_be_refused
+        """Whether its reply must equal the offline run's: greedy, one choice, read to the end, servable under
+        every schedule."""
+        return self.greedy and self.n == 1 and self.abort_after is None and not self.must_be_refused(True)
 
 
 @dataclass(frozen=True)
