@@ -23,7 +23,7 @@ from backends.base import (
     SequenceResult,
     check_schedules,
 )
-from backends.vllm.checks import ENGINE_ENV, check_engine_config, check_version
+from backends.vllm.checks import ENGINE_ENV, check_engine_config, check_version, engine_flags, graphs_refusal
 from backends.vllm.model import VLLMModel
 from backends.vllm.runtime import EXTRA_KEY
 from zoo.base import Policy
@@ -41,6 +41,33 @@ def cpu_bind(ranks: int) -> str:
                            f"{len(cpus)}: lower the tensor-parallel size")
     share = len(cpus) // ranks
     return "|".join(",".join(map(str, cpus[r * share:(r + 1) * share])) for r in range(ranks))
+
+
+def engine_device(device: str) -> str:
+    """``cpu`` or ``cuda`` (vLLM places ranks itself: pick a GPU with ``CUDA_VISIBLE_DEVICES``); one line when the
+    device is unknown or no GPU is visible."""
+    if device == "cpu":
+        return "cpu"
+    if device not in ("cuda", "cuda:0"):
+        raise BackendError(f"--device {device}: the vllm backend runs on cpu or cuda (choose the GPU with "
+                           "CUDA_VISIBLE_DEVICES and pass --device cuda)")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendError(f"--device {device} asked for, but no CUDA GPU is visible here (vLLM's CUDA build is "
+                           "needed too: pip install 'dynts-bench[vllm]'): use --device cpu")
+    return "cuda"
+
+
+def _cpu_kv_space(kv_cache_gib: int | None, engine_args: dict[str, Any] | None) -> None:
+    """vLLM's CPU platform sizes the KV pool from ``VLLM_CPU_KVCACHE_SPACE`` (GiB), which wins over any engine
+    argument when set."""
+    if (engine_args or {}).get("kv_cache_memory_bytes"):
+        os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+        return
+    if kv_cache_gib is not None:
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 class VLLMBackend(VLLMModel):
@@ -64,34 +91,26 @@ class VLLMBackend(VLLMModel):
         check_version()
         if batch_size < 1:
             raise BackendError(f"--batch-size must be >= 1, got {batch_size}")
-        if device != "cpu" and not device.startswith("cuda"):
-            raise BackendError(f"--device {device}: the vllm backend runs on cpu (vllm-cpu) or cuda (vllm)")
-        if device.startswith("cuda"):
-            raise BackendError("the vllm backend is verified on CPU only (vllm-cpu); its GPU path (FlashAttention "
-                               "layout) is not wired yet: use --device cpu or --backend transformers")
+        self.device = engine_device(device)
         for key, value in ENGINE_ENV.items():
             os.environ[key] = value
-        if (engine_args or {}).get("kv_cache_memory_bytes"):
-            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)  # vLLM's CPU platform lets this env var win when set
-        else:
-            if kv_cache_gib is not None:
-                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if self.device == "cpu":
+            _cpu_kv_space(kv_cache_gib, engine_args)
         from vllm import LLM
 
         super().__init__(model, dtype)
         self.max_model_len = min(max_model_len or self.position_limit, self.position_limit)
         self.batch_size = batch_size
         self.block_size = block_size
-        args = dict(
-            model=self.path, tokenizer=self.path, dtype=dtype, max_model_len=self.max_model_len,
-            enforce_eager=True, block_size=block_size, enable_prefix_caching=False, max_num_seqs=batch_size,
-            seed=0, scheduler_cls="backends.vllm.scheduler.CompactingScheduler",
-            worker_cls="backends.vllm.runner.CompactingCPUWorker", disable_log_stats=True,
-        )
+        args = dict(model=self.path, tokenizer=self.path, dtype=dtype, max_model_len=self.max_model_len,
+                    block_size=block_size, max_num_seqs=batch_size, seed=0, disable_log_stats=True,
+                    **engine_flags(self.device))
+        if self.device == "cuda" and kv_cache_gib is not None:
+            args["kv_cache_memory_bytes"] = kv_cache_gib * 2**30
         if tensor_parallel > 1:
             args.update(tensor_parallel_size=tensor_parallel, distributed_executor_backend="mp")
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_bind(tensor_parallel))
+            if self.device == "cpu":
+                os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_bind(tensor_parallel))
         args.update(engine_args or {})
         check_engine_config(args)
         import vllm.envs
@@ -139,7 +158,7 @@ class VLLMBackend(VLLMModel):
             "model_path": self.path,
             "architecture": (self.config.architectures or ["?"])[0],
             "dtype": self.dtype,
-            "device": "cpu",
+            "device": self.device,
             "num_layers": self.config.num_hidden_layers,
             "hidden_size": self.config.hidden_size,
             "kv_bytes_per_token": self.kv_bytes_per_token,
@@ -160,6 +179,9 @@ class VLLMBackend(VLLMModel):
     def _configure(self, policy: Policy) -> None:
         if policy is self._policy:
             return
+        reason = graphs_refusal(policy.needs, bool(self._core.vllm_config.model_config.enforce_eager))
+        if reason is not None:
+            raise BackendError(reason)
         self.llm.collective_rpc("dynts_configure", args=(policy if policy.evicts else None, self.think_end_id))
         self._policy = policy
 

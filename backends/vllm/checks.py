@@ -12,6 +12,35 @@ from backends.base import BackendError
 PINNED_VLLM = "0.32.0"
 #: set by the backend before the engine starts: engine core, scheduler and worker in this process, V1 runner
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_V2_MODEL_RUNNER": "0"}
+#: the compacting classes, by the dotted names vLLM's ``scheduler_cls`` / ``worker_cls`` take
+SCHEDULER_CLS = "backends.vllm.scheduler.CompactingScheduler"
+WORKER_CLS = {"cpu": "backends.vllm.runner.CompactingCPUWorker", "cuda": "backends.vllm.gpu_worker.CompactingGPUWorker"}
+
+
+def engine_flags(device: str) -> dict[str, Any]:
+    """The engine arguments the adapter sets on ``device`` (``cpu`` or ``cuda``), never left to vLLM's defaults.
+
+    Both: the compacting scheduler and worker, no prefix caching, async scheduling off (vLLM turns it on for
+    GPUs by itself; step N+1 would be scheduled before step N's compaction reaches the scheduler), eager mode
+    (CUDA graphs replay without the forward hooks that capture queries; ``graphs_refusal`` says when a caller
+    may turn them back on).
+    """
+    kind = "cpu" if device == "cpu" else "cuda"
+    return {"scheduler_cls": SCHEDULER_CLS, "worker_cls": WORKER_CLS[kind], "enable_prefix_caching": False,
+            "async_scheduling": False, "enforce_eager": True}
+
+
+def graphs_refusal(needs: frozenset[str], enforce_eager: bool) -> str | None:
+    """Why a policy needing ``needs`` cannot run with CUDA graphs on (``enforce_eager=False``), or None.
+
+    Hidden states come from the runner's output (``execute_model_state``), which graph replay fills; queries
+    come from forward pre-hooks on the attention layers, which replay skips. Compaction edits lengths, slot
+    mapping and block tables before the attention metadata is built, so it does not depend on the mode.
+    """
+    if not enforce_eager and "queries" in needs:
+        return ("CUDA graphs are on (enforce_eager=False) and the policy reads queries through forward hooks that "
+                "graph replay skips: drop enforce_eager=False or choose a policy without queries")
+    return None
 
 
 def installed_vllm() -> str | None:
@@ -62,3 +91,17 @@ def check_engine_config(config: Any) -> None:
                            config.cache_config.cache_dtype)
     if reason is not None:
         raise BackendError(reason)
+
+
+#: vLLM's GPU attention backends whose KV view (``(blocks, heads, block_size, 2 * head_dim)``, written by
+#: ``reshape_and_cache_flash``) the adapter reads and moves (``layouts.DenseStore``)
+DENSE_ATTENTION_BACKENDS = ("FLASH_ATTN", "FLASHINFER", "TRITON_ATTN")
+
+
+def check_attention_backends(names: set[str]) -> None:
+    """Refuse, with one line, GPU attention backends whose KV layout was not read (MLA, FlexAttention, ...)."""
+    unknown = sorted(set(names) - set(DENSE_ATTENTION_BACKENDS))
+    if unknown:
+        raise BackendError(f"vLLM chose the {', '.join(unknown)} attention backend, whose KV layout the vllm backend "
+                           f"has not been checked against: pass attention_backend= one of "
+                           f"{', '.join(DENSE_ATTENTION_BACKENDS)} (engine_args) or use --backend transformers")

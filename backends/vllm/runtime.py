@@ -1,6 +1,6 @@
 """The policy inside vLLM's worker: observe each step, compact due requests' KV blocks in place, report back.
 
-Per step (hooks called by ``runner.CompactingCPUModelRunner``):
+Per step (hooks called by ``runner.CompactingRunner``, on CPU and on CUDA alike):
 
 1. ``before_update`` / ``after_update`` (around ``GPUModelRunner._update_states``): drop finished requests,
    reset preempted / resumed ones (their resume recomputes every token), register new ones.
@@ -12,6 +12,11 @@ Per step (hooks called by ``runner.CompactingCPUModelRunner``):
    fires is scored, selected and compacted in one batch, exactly as the transformers backend does
    (``backends.hf.decode._maybe_compress``); the worker's block table loses the freed tail blocks and the
    scheduler is told (``ModelRunnerOutput.dynts_compactions``) so that it returns them to the block pool.
+
+The KV cache decides the device: the policy's state, the ``CacheView`` and the query store live where the caches
+do. A CPU kernel's cache (``CPU_ATTN``, one ISA) is moved through its ``TokenLayout``; a GPU backend's cache
+(FlashAttention, FlashInfer, Triton: a dense ``(blocks, heads, block_size, 2 * head_dim)`` view) through
+``DenseStore``. Either layout is checked against vLLM's own cache writer on a scratch block at start.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ import torch
 
 from backends.base import BackendError
 from backends.paged import merge_plans, plan_compaction
-from backends.vllm.layouts import LayerStore, layout_for, probe_layout, store_for
+from backends.vllm.checks import check_attention_backends
+from backends.vllm.layouts import DenseStore, LayerStore, layout_for, probe_dense_layout, probe_layout, store_for
 from backends.vllm.state import QueryStore, RequestState, flush_observations, observe_tokens
 from zoo.base import CacheView, Policy
 from zoo.schedule import EvictionSchedule
@@ -72,12 +78,49 @@ def _layer_index(name: str) -> int:
     return int(match.group(1))
 
 
+def _cpu_kernel_writer(key, value, key_cache, value_cache, slots, isa) -> None:
+    from vllm import _custom_ops as ops
+
+    ops.cpu_attn_reshape_and_cache(key, value, key_cache, value_cache, slots, isa)
+
+
+def _flash_writer(layer: Any):
+    """vLLM's ``reshape_and_cache_flash`` (the writer of FlashAttention, FlashInfer and Triton) for ``layer``."""
+    from vllm import _custom_ops as ops
+
+    def write(key, value, key_cache, value_cache, slots) -> None:
+        ops.reshape_and_cache_flash(key, value, key_cache, value_cache, slots, "auto", layer._k_scale, layer._v_scale)
+    return write
+
+
+def layer_stores(layers: list[Any], caches: list[torch.Tensor], head_dim: int,
+                 dense_writer: Any = None) -> tuple[list[LayerStore], str]:
+    """Each layer's token store and the layout's name, checked against vLLM's own writer on a scratch block.
+
+    ``CPU_ATTN`` layers carry the ISA their kernel picked (one for all layers); other layers are a GPU backend's
+    dense view, written by ``dense_writer`` (default: vLLM's ``reshape_and_cache_flash``; tests pass its twin).
+    """
+    isas = {getattr(layer, "isa", None) for layer in layers}
+    if isas != {None}:
+        if len(isas) != 1 or None in isas:
+            raise BackendError(f"the vllm backend needs one CPU attention ISA for all layers, got "
+                               f"{sorted(map(str, isas))}")
+        isa = str(isas.pop())
+        layout = layout_for(isa, caches[0].shape[2], head_dim, caches[0].dtype)
+        probe_layout(layout, caches[0].dtype, _cpu_kernel_writer)
+        return [store_for(c, layout) for c in caches], isa
+    check_attention_backends({layer.attn_backend.get_name() for layer in layers})
+    probe_dense_layout(caches[0], head_dim, dense_writer or _flash_writer(layers[0]))
+    return [DenseStore(c, head_dim) for c in caches], "dense"
+
+
 class LazyKeys(Sequence):
     """Per-layer keys ``[B, kv_heads, T, head_dim]`` gathered from the blocks only when a policy reads them."""
 
     def __init__(self, stores: list[LayerStore], blocks: torch.Tensor, offsets: torch.Tensor,
-                 valid: torch.Tensor, tp: Any = None) -> None:
-        self.stores, self.blocks, self.offsets, self.valid, self.tp = stores, blocks, offsets, valid, tp
+                 valid: torch.Tensor, tensor_group: Any = None) -> None:
+        self.stores, self.blocks, self.offsets, self.valid = stores, blocks, offsets, valid
+        self.tensor_group = tensor_group
         self._cache: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -90,9 +133,9 @@ class LazyKeys(Sequence):
             index += len(self)
         if index not in self._cache:
             keys = self.stores[index].keys(self.blocks, self.offsets)  # [B, T, H, D]
-            if self.tp is not None:  # every rank reads every head (all ranks run this same read, in order)
-                keys = self.tp.all_gather(keys.contiguous(), dim=2)
-            keys = keys.masked_fill(~self.valid[:, :, None, None], 0)
+            if self.tensor_group is not None:  # every rank reads every head (all ranks run this same read, in order)
+                keys = self.tensor_group.all_gather(keys.contiguous(), dim=2)
+            keys = keys.masked_fill(~self.valid.to(keys.device)[:, :, None, None], 0)
             self._cache[index] = keys.permute(0, 2, 1, 3)
         return self._cache[index]
 
@@ -132,9 +175,9 @@ class WorkerRuntime:
     """One policy bound to one model runner (see module docstring)."""
 
     def __init__(self, runner: Any, policy: Policy, think_end_id: int | None,
-                 default_options: dict[str, Any] | None = None) -> None:
-        """``default_options``: our ``extra_args`` entry for requests without one (a server's clients)."""
-        from vllm import _custom_ops as ops
+                 default_options: dict[str, Any] | None = None, dense_writer: Any = None) -> None:
+        """``default_options``: our ``extra_args`` entry for requests without one (a server's clients);
+        ``dense_writer``: the GPU cache writer the layout is probed with (default vLLM's; tests pass its twin)."""
         from vllm.v1.kv_cache_interface import FullAttentionSpec
 
         groups = runner.kv_cache_config.kv_cache_groups
@@ -147,18 +190,14 @@ class WorkerRuntime:
         caches = [layer.kv_cache for layer in self.layers]
         if not all(isinstance(c, torch.Tensor) for c in caches):
             raise BackendError("vLLM's KV caches are not allocated yet: configure the policy after the engine starts")
-        isas = {getattr(layer, "isa", None) for layer in self.layers}
-        if len(isas) != 1 or None in isas:
-            raise BackendError(f"the vllm backend needs the CPU_ATTN backend with one ISA for all layers, got {isas}")
-        isa = isas.pop()
         _, self.kv_heads, self.block_size, two_d = caches[0].shape
         self.head_dim = two_d // 2
+        self.device = caches[0].device
         if runner.input_batch.block_table[0].block_size != self.block_size:
-            raise BackendError("kernel and scheduler block sizes differ: pass a block size that is a multiple of 32")
-        self.layout = layout_for(isa, self.block_size, self.head_dim, caches[0].dtype)
-        probe_layout(self.layout, caches[0].dtype, lambda k, v, kc, vc, s, i: ops.cpu_attn_reshape_and_cache(
-            k, v, kc, vc, s, i))
-        self.stores: list[LayerStore] = [store_for(c, self.layout) for c in caches]
+            raise BackendError("kernel and scheduler block sizes differ: pass a block size the attention kernel "
+                               "takes (CPU: a multiple of 32)")
+        self.stores: list[LayerStore]
+        self.stores, self.layout_name = layer_stores(self.layers, caches, self.head_dim, dense_writer)
         self.policy = policy
         self.think_end_id = think_end_id
         self.default_options = default_options
@@ -173,7 +212,7 @@ class WorkerRuntime:
         #: (perf_counter, total_policy_s) when the first compaction began: the steady state's share of step time
         #: is measured from there (before it, no policy evicts, so a whole-run share is diluted by the warm-up)
         self.first_compaction: tuple[float, float] | None = None
-        self.tp = _tensor_parallel_group()
+        self.tensor_group = _tensor_parallel_group()
         #: sha256 over the kept sets this rank chose itself, before rank 0's are broadcast (tests compare ranks)
         self.kept_digest = hashlib.sha256()
         self.step: StepLayout | None = None
@@ -182,7 +221,8 @@ class WorkerRuntime:
         self._hooks = []
         if "queries" in policy.needs and policy.query_window > 0:
             heads = self.layers[0].num_heads
-            self.queries = QueryStore(len(self.layers), policy.query_window, heads, self.head_dim, caches[0].dtype)
+            self.queries = QueryStore(len(self.layers), policy.query_window, heads, self.head_dim, caches[0].dtype,
+                                      self.device)
             for i, layer in enumerate(self.layers):
                 self._hooks.append(layer.register_forward_pre_hook(self._capture(i), with_kwargs=True))
 
@@ -221,7 +261,7 @@ class WorkerRuntime:
             schedule = EvictionSchedule(**options["schedule"]) if options.get("schedule") else None
             st = RequestState(new.req_id, str(options.get("id", new.req_id)), schedule,
                               len(new.prompt_token_ids or ()), self.capacity)
-            st.state = {name: torch.zeros(1, self.capacity) for name in self.policy.state_names}
+            st.state = {name: torch.zeros(1, self.capacity, device=self.device) for name in self.policy.state_names}
             if self.queries is not None:
                 st.query_row = self.queries.acquire()
             self.requests[new.req_id] = st
@@ -324,9 +364,9 @@ class WorkerRuntime:
     def _agree(self, kept: torch.Tensor, kept_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tensor parallelism: every rank has chosen from the same inputs (hidden states are replicated, keys and
         queries gathered over ranks); rank 0's choice is broadcast so that float noise can never split them."""
-        self.kept_digest.update(kept.to(torch.long).numpy().tobytes() + kept_valid.numpy().tobytes())
-        kept = self.tp.broadcast(kept.to(torch.long).contiguous(), src=0)
-        kept_valid = self.tp.broadcast(kept_valid.to(torch.uint8).contiguous(), src=0).bool()
+        self.kept_digest.update(kept.to(torch.long).cpu().numpy().tobytes() + kept_valid.cpu().numpy().tobytes())
+        kept = self.tensor_group.broadcast(kept.to(torch.long).contiguous(), src=0)
+        kept_valid = self.tensor_group.broadcast(kept_valid.to(torch.uint8).contiguous(), src=0).bool()
         return kept, kept_valid
 
     # ------------------------------------------------------------------ compaction
@@ -344,7 +384,7 @@ class WorkerRuntime:
         is_prompt = torch.zeros(b, width, dtype=torch.bool)
         blocks = torch.zeros(b, width, dtype=torch.long)
         offsets = torch.zeros(b, width, dtype=torch.long)
-        state = {name: torch.zeros(b, width) for name in self.policy.state_names}
+        state = {name: torch.zeros(b, width, device=self.device) for name in self.policy.state_names}
         pads = []
         token_table = runner.input_batch.token_ids_cpu
         for i, st in enumerate(due):
@@ -367,19 +407,23 @@ class WorkerRuntime:
             rows = torch.tensor([st.query_row for st in due], dtype=torch.long)
             lengths = torch.tensor([st.logical for st in due], dtype=torch.long)
             queries, query_valid = self.queries.read(rows, lengths)
-            if self.tp is not None:
-                queries = [self.tp.all_gather(q.contiguous(), dim=1) for q in queries]
-        view = CacheView(valid=valid, positions=positions, token_ids=token_ids, is_prompt=is_prompt,
-                         keys=LazyKeys(self.stores, blocks, offsets, valid, self.tp), queries=queries,
-                         query_valid=query_valid, state=state, think_end_id=self.think_end_id)
+            if self.tensor_group is not None:
+                queries = [self.tensor_group.all_gather(q.contiguous(), dim=1) for q in queries]
         live = valid.sum(-1)
         prompt_counts = (is_prompt & valid).sum(-1)
         keep = torch.tensor([st.schedule.keep_count(int(n), int(p)) for st, n, p in zip(due, live, prompt_counts)])
+        device = self.device
+        view = CacheView(valid=valid.to(device), positions=positions.to(device), token_ids=token_ids.to(device),
+                         is_prompt=is_prompt.to(device),
+                         keys=LazyKeys(self.stores, blocks, offsets, valid, self.tensor_group), queries=queries,
+                         query_valid=None if query_valid is None else query_valid.to(device), state=state,
+                         think_end_id=self.think_end_id)
+        keep = keep.to(device)
         sched = due[0].schedule
         assert sched is not None
         scores = self.policy.score(view)
         kept, kept_valid = self.policy.select(scores, view, keep, sched.window, sched.protect_prompt)
-        if self.tp is not None:
+        if self.tensor_group is not None:
             kept, kept_valid = self._agree(kept, kept_valid)
         cache = _PagedCache(self, runner, due, pads)
         self.policy.evict(cache, kept, kept_valid)

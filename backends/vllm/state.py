@@ -85,9 +85,10 @@ class QueryStore:
     out per request and grow on demand.
     """
 
-    def __init__(self, num_layers: int, window: int, heads: int, head_dim: int, dtype: torch.dtype) -> None:
+    def __init__(self, num_layers: int, window: int, heads: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device | str = "cpu") -> None:
         self.window = window
-        self.store = torch.zeros(0, num_layers, window, heads, head_dim, dtype=dtype)
+        self.store = torch.zeros(0, num_layers, window, heads, head_dim, dtype=dtype, device=device)
         self.free: list[int] = []
 
     def acquire(self) -> int:
@@ -109,7 +110,8 @@ class QueryStore:
     def read(self, rows: torch.Tensor, lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per layer ``[B, heads, window, head_dim]`` oldest first, and ``query_valid [B, window]``."""
         w = self.window
-        pos = lengths[:, None] - w + torch.arange(w)[None, :]  # logical positions of the last w tokens
+        rows, lengths = rows.to(self.store.device), lengths.to(self.store.device)
+        pos = lengths[:, None] - w + torch.arange(w, device=lengths.device)[None, :]  # logical positions, last w
         valid = pos >= 0
         ring = pos.clamp(min=0) % w
         per_layer = []
