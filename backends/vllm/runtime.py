@@ -63,6 +63,12 @@ class StepLayout:
     query_start: np.ndarray
 
 
+def _is_full_attention(spec: Any) -> bool:
+    from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+    return isinstance(spec, FullAttentionSpec)
+
+
 def _tensor_parallel_group() -> Any:
     """vLLM's tensor-parallel group when there is more than one rank, else None."""
     from vllm.distributed.parallel_state import get_tp_group
@@ -178,10 +184,8 @@ class WorkerRuntime:
                  default_options: dict[str, Any] | None = None, dense_writer: Any = None) -> None:
         """``default_options``: our ``extra_args`` entry for requests without one (a server's clients);
         ``dense_writer``: the GPU cache writer the layout is probed with (default vLLM's; tests pass its twin)."""
-        from vllm.v1.kv_cache_interface import FullAttentionSpec
-
         groups = runner.kv_cache_config.kv_cache_groups
-        if len(groups) != 1 or not isinstance(groups[0].kv_cache_spec, FullAttentionSpec):
+        if len(groups) != 1 or not _is_full_attention(groups[0].kv_cache_spec):
             raise BackendError("the vllm backend compacts models with one full-attention KV cache group only "
                                "(no sliding-window / hybrid models): use --backend transformers")
         names = sorted(groups[0].layer_names, key=_layer_index)
