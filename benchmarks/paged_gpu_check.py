@@ -25,10 +25,10 @@ from unittest import mock
 import numpy as np
 import torch
 
+from backends.paged.state import RequestState
 from backends.vllm import runtime as runtime_module
 from backends.vllm.layouts import reshape_and_cache_flash_reference
 from backends.vllm.runtime import WorkerRuntime
-from backends.vllm.state import RequestState
 from zoo import build_policy
 from zoo.schedule import EvictionSchedule
 

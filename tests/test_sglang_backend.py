@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from backends import BACKENDS
 from backends.base import BackendError
 from backends.paged import PlanError
+from backends.paged.remap import apply_remap, plan_remap
 from backends.sglang.checks import PINNED_SGLANG, REQUIRED, check_version, refusal
-from backends.sglang.compaction import apply_remap, plan_remap
 from harness.cli import app
 from zoo import build_policy
 

@@ -23,13 +23,13 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
 from itertools import count
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backends.base import BackendError, GenerationRequest, OnBatch, SamplingParams, SequenceResult, check_schedules
+from backends.base import BackendError, GenerationRequest, SamplingParams, SequenceResult
 from backends.hf.facts import DTYPES, ModelFacts
+from backends.paged.engine import PagedEngine
 from backends.sglang.checks import CAPABILITIES, check_engine_args, check_version, policy_refusal
 from backends.sglang.runtime import request_options
 from zoo.base import Policy
@@ -103,7 +103,7 @@ def prepare_cpu() -> None:
     activate()
 
 
-class SGLangBackend(ModelFacts):
+class SGLangBackend(PagedEngine, ModelFacts):
     """``sglang.Engine`` with the dynts_bench plugin (module docstring)."""
 
     name = "sglang"
@@ -152,10 +152,6 @@ class SGLangBackend(ModelFacts):
         }
 
     # ------------------------------------------------------------------ generation
-    def prepare(self, policy: Policy) -> None:
-        self.capabilities.require(self.name, policy)
-        policy.prepare(self.model_info())
-
     def _configure(self, policy: Policy) -> None:
         if policy is self._policy:
             return
@@ -170,25 +166,6 @@ class SGLangBackend(ModelFacts):
         except AssertionError as err:  # SGLang asserts the RPC's success; its message is the scheduler's error
             raise BackendError(f"SGLang's scheduler refused the policy: {err}") from None
         self._policy = policy
-
-    def generate(self, requests: Sequence[GenerationRequest], policy: Policy, schedule: EvictionSchedule | None,
-                 sampling: SamplingParams, on_batch: OnBatch | None = None) -> list[SequenceResult]:
-        self.capabilities.require(self.name, policy)
-        if any(r.forced_ids for r in requests):
-            self.capabilities.require(self.name, policy, "replay")
-        check_schedules(requests, policy, schedule)
-        too_long = [r for r in requests if len(r.prompt_ids) + sampling.max_new_tokens > self.max_model_len]
-        if too_long:
-            raise BackendError(f"request {too_long[0].request_id}: prompt + --max-new-tokens exceeds the engine's "
-                               f"context length {self.max_model_len}: lower --max-new-tokens")
-        self._configure(policy)
-        results: list[SequenceResult] = []
-        for start in range(0, len(requests), self.batch_size):
-            done = self._run_group(list(requests[start : start + self.batch_size]), policy, schedule, sampling)
-            results.extend(done)
-            if on_batch is not None:
-                on_batch(done)
-        return results
 
     def _params(self, sampling: SamplingParams, request: GenerationRequest, key: str,
                 schedule: EvictionSchedule | None) -> dict[str, Any]:

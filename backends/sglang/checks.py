@@ -4,10 +4,10 @@ configuration whose token accounting it has not been verified against."""
 from __future__ import annotations
 
 import os
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from backends.base import BackendError, Capabilities
+from backends.paged.release import check_release, installed_release
 
 #: hidden states and recent queries; H2O's per-step attention would need a kernel; no forced tokens, no bench
 CAPABILITIES = Capabilities(observations=frozenset({"hidden", "queries"}), protocols=frozenset({"generate"}))
@@ -31,20 +31,15 @@ _WHY = {
 
 
 def installed_sglang() -> str | None:
-    try:
-        return version("sglang")
-    except PackageNotFoundError:
-        return None
+    return installed_release("sglang")
 
 
 def check_version(found: str | None = None) -> None:
-    found = installed_sglang() if found is None else found
-    if found is None:
-        raise BackendError("SGLang is not installed: pip install 'dynts-bench[sglang]' (GPU) or, on CPU, run "
-                           "backends/sglang/install_cpu_env.sh")
-    if found.split("+")[0] != PINNED_SGLANG:
-        raise BackendError(f"the sglang backend is verified against SGLang {PINNED_SGLANG}, found {found}: "
-                           f"pip install 'sglang=={PINNED_SGLANG}'")
+    check_release(installed_sglang() if found is None else found, PINNED_SGLANG,
+                  "SGLang is not installed: pip install 'dynts-bench[sglang]' (GPU) or, on CPU, run "
+                  "backends/sglang/install_cpu_env.sh",
+                  f"the sglang backend is verified against SGLang {PINNED_SGLANG}, found {{found}}: "
+                  f"pip install 'sglang=={PINNED_SGLANG}'")
 
 
 def refusal(args: Any) -> str | None:

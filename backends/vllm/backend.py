@@ -10,27 +10,28 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
 from itertools import count
 from typing import Any
 
 from backends.base import (
     BackendError,
-    Capabilities,
     GenerationRequest,
-    OnBatch,
     SamplingParams,
     SequenceResult,
-    check_schedules,
 )
-from backends.vllm.checks import ENGINE_ENV, check_engine_config, check_version, engine_flags, graphs_refusal
+from backends.paged.engine import PagedEngine
+from backends.vllm.checks import (
+    CAPABILITIES,
+    ENGINE_ENV,
+    check_engine_config,
+    check_version,
+    engine_flags,
+    graphs_refusal,
+)
 from backends.vllm.model import VLLMModel
 from backends.vllm.runtime import EXTRA_KEY
 from zoo.base import Policy
 from zoo.schedule import EvictionSchedule
-
-#: what the adapter provides: hidden states and recent queries; H2O's per-step attention would need a kernel
-CAPABILITIES = Capabilities(observations=frozenset({"hidden", "queries"}), protocols=frozenset({"generate"}))
 
 
 def cpu_bind(ranks: int) -> str:
@@ -70,7 +71,7 @@ def _cpu_kv_space(kv_cache_gib: int | None, engine_args: dict[str, Any] | None) 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
-class VLLMBackend(VLLMModel):
+class VLLMBackend(PagedEngine, VLLMModel):
     """vLLM ``LLM`` in this process with the compacting scheduler and worker (module docstring)."""
 
     name = "vllm"
@@ -172,10 +173,6 @@ class VLLMBackend(VLLMModel):
 
     # ------------------------------------------------------------------ prompts
     # ------------------------------------------------------------------ generation
-    def prepare(self, policy: Policy) -> None:
-        self.capabilities.require(self.name, policy)
-        policy.prepare(self.model_info())
-
     def _configure(self, policy: Policy) -> None:
         if policy is self._policy:
             return
@@ -201,31 +198,6 @@ class VLLMBackend(VLLMModel):
             skip_special_tokens=True,
             extra_args={EXTRA_KEY: {"id": key, "schedule": None if schedule is None else schedule.to_dict()}},
         )
-
-    def generate(
-        self,
-        requests: Sequence[GenerationRequest],
-        policy: Policy,
-        schedule: EvictionSchedule | None,
-        sampling: SamplingParams,
-        on_batch: OnBatch | None = None,
-    ) -> list[SequenceResult]:
-        self.capabilities.require(self.name, policy)
-        if any(r.forced_ids for r in requests):
-            self.capabilities.require(self.name, policy, "replay")
-        check_schedules(requests, policy, schedule)
-        too_long = [r for r in requests if len(r.prompt_ids) + sampling.max_new_tokens > self.max_model_len]
-        if too_long:
-            raise BackendError(f"request {too_long[0].request_id}: prompt + --max-new-tokens exceeds the engine's "
-                               f"max_model_len {self.max_model_len}: lower --max-new-tokens")
-        self._configure(policy)
-        results: list[SequenceResult] = []
-        for start in range(0, len(requests), self.batch_size):
-            done = self._run_group(list(requests[start : start + self.batch_size]), policy, schedule, sampling)
-            results.extend(done)
-            if on_batch is not None:
-                on_batch(done)
-        return results
 
     def _run_group(self, group: list[GenerationRequest], policy: Policy, schedule: EvictionSchedule | None,
                    sampling: SamplingParams, ignore_eos: bool = False) -> list[SequenceResult]:

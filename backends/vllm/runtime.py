@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +32,12 @@ import torch
 
 from backends.base import BackendError
 from backends.paged import merge_plans, plan_compaction
+from backends.paged.batch import DueBatch
+from backends.paged.keys import LazyLayerKeys
+from backends.paged.state import QueryStore, RequestState, observe_tokens
 from backends.vllm.checks import check_attention_backends
 from backends.vllm.layouts import DenseStore, LayerStore, layout_for, probe_dense_layout, probe_layout, store_for
-from backends.vllm.state import QueryStore, RequestState, flush_observations, observe_tokens
-from zoo.base import CacheView, Policy
+from zoo.base import Policy
 from zoo.schedule import EvictionSchedule
 
 #: key of our per-request options in ``SamplingParams.extra_args``
@@ -120,44 +121,33 @@ def layer_stores(layers: list[Any], caches: list[torch.Tensor], head_dim: int,
     return [DenseStore(c, head_dim) for c in caches], "dense"
 
 
-class LazyKeys(Sequence):
-    """Per-layer keys ``[B, kv_heads, T, head_dim]`` gathered from the blocks only when a policy reads them."""
+class LazyKeys(LazyLayerKeys):
+    """Keys read from the blocks through each layer's store (``backends.paged.keys``)."""
 
     def __init__(self, stores: list[LayerStore], blocks: torch.Tensor, offsets: torch.Tensor,
                  valid: torch.Tensor, tensor_group: Any = None) -> None:
-        self.stores, self.blocks, self.offsets, self.valid = stores, blocks, offsets, valid
-        self.tensor_group = tensor_group
-        self._cache: dict[int, torch.Tensor] = {}
+        super().__init__(len(stores), valid)
+        self.stores, self.blocks, self.offsets, self.tensor_group = stores, blocks, offsets, tensor_group
 
-    def __len__(self) -> int:
-        return len(self.stores)
-
-    def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if index not in self._cache:
-            keys = self.stores[index].keys(self.blocks, self.offsets)  # [B, T, H, D]
-            if self.tensor_group is not None:  # every rank reads every head (all ranks run this same read, in order)
-                keys = self.tensor_group.all_gather(keys.contiguous(), dim=2)
-            keys = keys.masked_fill(~self.valid.to(keys.device)[:, :, None, None], 0)
-            self._cache[index] = keys.permute(0, 2, 1, 3)
-        return self._cache[index]
+    def read(self, index: int) -> torch.Tensor:
+        keys = self.stores[index].keys(self.blocks, self.offsets)  # [B, T, H, D]
+        if self.tensor_group is not None:  # every rank reads every head (all ranks run this same read, in order)
+            keys = self.tensor_group.all_gather(keys.contiguous(), dim=2)
+        return keys
 
 
 class _PagedCache:
     """The ``CompactableCache`` a policy's ``evict`` compacts: kept slots -> block moves for every layer."""
 
-    def __init__(self, runtime: WorkerRuntime, runner: Any, due: list[RequestState], pads: list[int]) -> None:
-        self.runtime, self.runner, self.due, self.pads = runtime, runner, due, pads
+    def __init__(self, runtime: WorkerRuntime, runner: Any, batch: DueBatch) -> None:
+        self.runtime, self.runner, self.batch, self.due = runtime, runner, batch, batch.states
         self.reports: dict[str, Compaction] = {}
 
     def compact(self, kept: torch.Tensor, kept_valid: torch.Tensor) -> None:
         rt, runner = self.runtime, self.runner
         plans, survivors = [], []
         for b, st in enumerate(self.due):
-            real = kept[b][kept_valid[b]].cpu() - self.pads[b]
+            real = self.batch.survivors(kept, kept_valid, b)
             block_ids = runner.requests[st.request_id].block_ids[0]
             plans.append(plan_compaction(st.request_id, block_ids, st.physical, real, rt.block_size))
             survivors.append(real)
@@ -378,34 +368,20 @@ class WorkerRuntime:
         t0 = time.perf_counter()
         if self.first_compaction is None:
             self.first_compaction = (t0, self.total_policy_s)
-        for st in due:
-            flush_observations(self.policy, st)
-        width = max(st.physical for st in due)
-        b = len(due)
-        valid = torch.zeros(b, width, dtype=torch.bool)
-        positions = torch.full((b, width), -1, dtype=torch.long)
-        token_ids = torch.zeros(b, width, dtype=torch.long)
-        is_prompt = torch.zeros(b, width, dtype=torch.bool)
-        blocks = torch.zeros(b, width, dtype=torch.long)
-        offsets = torch.zeros(b, width, dtype=torch.long)
-        state = {name: torch.zeros(b, width, device=self.device) for name in self.policy.state_names}
-        pads = []
         token_table = runner.input_batch.token_ids_cpu
-        for i, st in enumerate(due):
-            pad = width - st.physical
-            pads.append(pad)
-            logical = st.logical_map()
+
+        def token_ids(_: int, st: RequestState, logical: torch.Tensor) -> torch.Tensor:
             row = runner.input_batch.req_id_to_index[st.request_id]
+            return torch.from_numpy(token_table[row][logical.numpy()].astype(np.int64))
+
+        batch = DueBatch.build(self.policy, due, token_ids, self.device)
+        blocks = torch.zeros_like(batch.positions)
+        offsets = torch.zeros_like(batch.positions)
+        for i, st in enumerate(due):
             table = torch.tensor(runner.requests[st.request_id].block_ids[0], dtype=torch.long)
             slots = torch.arange(st.physical)
-            valid[i, pad:] = True
-            positions[i, pad:] = logical
-            token_ids[i, pad:] = torch.from_numpy(token_table[row][logical.numpy()].astype(np.int64))
-            is_prompt[i, pad:] = logical < st.num_prompt
-            blocks[i, pad:] = table[slots // self.block_size]
-            offsets[i, pad:] = slots % self.block_size
-            for name in state:
-                state[name][i, pad:] = st.state[name][0, : st.physical]
+            blocks[i, batch.pads[i]:] = table[slots // self.block_size]
+            offsets[i, batch.pads[i]:] = slots % self.block_size
         queries = query_valid = None
         if self.queries is not None:
             rows = torch.tensor([st.query_row for st in due], dtype=torch.long)
@@ -413,23 +389,12 @@ class WorkerRuntime:
             queries, query_valid = self.queries.read(rows, lengths)
             if self.tensor_group is not None:
                 queries = [self.tensor_group.all_gather(q.contiguous(), dim=1) for q in queries]
-        live = valid.sum(-1)
-        prompt_counts = (is_prompt & valid).sum(-1)
-        keep = torch.tensor([st.schedule.keep_count(int(n), int(p)) for st, n, p in zip(due, live, prompt_counts)])
-        device = self.device
-        view = CacheView(valid=valid.to(device), positions=positions.to(device), token_ids=token_ids.to(device),
-                         is_prompt=is_prompt.to(device),
-                         keys=LazyKeys(self.stores, blocks, offsets, valid, self.tensor_group), queries=queries,
-                         query_valid=None if query_valid is None else query_valid.to(device), state=state,
-                         think_end_id=self.think_end_id)
-        keep = keep.to(device)
-        sched = due[0].schedule
-        assert sched is not None
-        scores = self.policy.score(view)
-        kept, kept_valid = self.policy.select(scores, view, keep, sched.window, sched.protect_prompt)
+        keys = LazyKeys(self.stores, blocks, offsets, batch.valid, self.tensor_group)
+        view = batch.view(keys, queries, query_valid, self.think_end_id, self.device)
+        kept, kept_valid = batch.select(self.policy, view)
         if self.tensor_group is not None:
             kept, kept_valid = self._agree(kept, kept_valid)
-        cache = _PagedCache(self, runner, due, pads)
+        cache = _PagedCache(self, runner, batch)
         self.policy.evict(cache, kept, kept_valid)
         elapsed = time.perf_counter() - t0
         self.total_policy_s += elapsed

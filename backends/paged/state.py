@@ -1,4 +1,5 @@
-"""Worker-side book-keeping of each request under a policy: slots -> logical tokens, policy state, queries.
+"""Engine-side book-keeping of each request under a policy (vLLM's worker, SGLang's scheduler): slots -> logical
+tokens, policy state, recent queries, decode tokens buffered before ``Policy.observe``.
 
 Nothing per slot is stored while nothing was evicted: a request's physical slot ``s`` holds logical token
 ``prefix[s]`` for ``s < len(prefix)`` and ``s + dropped`` after it (tokens appended after the last compaction are
@@ -33,7 +34,7 @@ class PendingObservation:
 class RequestState:
     """One request's compaction state in the worker (reset on preemption: the resume recomputes everything)."""
 
-    request_id: str  # vLLM's internal id
+    request_id: str  # the engine's own id
     key: str  # the backend's own id (``SamplingParams.extra_args``), under which its stats are read
     schedule: EvictionSchedule | None
     num_prompt: int
