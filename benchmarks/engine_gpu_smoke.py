@@ -87,6 +87,10 @@ def build_engine(settings: Settings, model: str, batch_size: int, pool: bool = F
     kwargs: dict[str, Any] = dict(model=model, device=settings.device, batch_size=batch_size)
     if settings.backend == "vllm" and (pool or settings.device != "cpu"):
         kwargs["kv_cache_gib"] = settings.kv_cache_gib
+    if settings.backend == "vllm" and settings.device != "cpu":
+        # vLLM refuses to start unless this share of the GPU is free; an engine closed earlier in this process
+        # may not have handed all of its memory back
+        kwargs["engine_args"] = {"gpu_memory_utilization": 0.4}
     if settings.backend == "sglang" and pool:
         kwargs["kv_tokens"] = settings.kv_tokens
     return build_backend(settings.backend, **kwargs)
@@ -211,6 +215,10 @@ def tiny_checks(settings: Settings) -> tuple[list[Verdict], dict[str, Any]]:
     ref_full = generate(reference, requests, "full", None, sampling, "tiny-reasoner")
     ref_dynts = generate(reference, requests, "dynts", schedule, sampling, "tiny-reasoner")
     reference.close()
+    if settings.device != "cpu":
+        import torch
+
+        torch.cuda.empty_cache()
     engine = build_engine(settings, "tiny-reasoner", settings.batch_size)
     try:
         got_full = generate(engine, requests, "full", None, sampling, "tiny-reasoner")
