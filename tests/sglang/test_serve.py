@@ -99,3 +99,17 @@ def test_the_cuda_server_command_parses_into_sglangs_arguments_with_graphs_off_a
     assert (parsed.device, parsed.page_size, parsed.attention_backend) == ("cuda", 1, "flashinfer")
     assert parsed.disable_cuda_graph and parsed.disable_prefill_cuda_graph and parsed.disable_decode_cuda_graph
     assert not parsed.enable_torch_compile
+
+
+def test_serve_on_cuda_without_a_visible_gpu_is_one_line():
+    from unittest import mock
+
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    with mock.patch("torch.cuda.is_available", return_value=False):
+        result = CliRunner().invoke(app, ["serve", "--backend", "sglang", "--device", "cuda", "-p", "window",
+                                          "--budget", "86", "--dry-run"])
+    assert result.exit_code == 2, result.output
+    assert "no CUDA GPU is visible" in result.output and "Traceback" not in result.output

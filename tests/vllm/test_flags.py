@@ -80,3 +80,18 @@ def test_the_server_command_runs_each_devices_worker_with_the_same_flags(device,
         assert flag in argv
     assert env["VLLM_USE_V2_MODEL_RUNNER"] == "0"
     assert ("VLLM_CPU_KVCACHE_SPACE" in env) == (device == "cpu")
+
+
+@pytest.mark.parametrize("command", [["serve", "--dry-run"], ["run", "--limit", "1"]])
+def test_device_cuda_without_a_visible_gpu_is_one_line_for_run_and_serve(command, tmp_path):
+    pytest.importorskip("vllm")
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    with mock.patch("torch.cuda.is_available", return_value=False):
+        result = CliRunner().invoke(app, [command[0], "--backend", "vllm", "--device", "cuda", "-p", "window",
+                                          "--budget", "86", *command[1:]] + (["--out", str(tmp_path)] if
+                                                                              command[0] == "run" else []))
+    assert result.exit_code == 2, result.output
+    assert "no CUDA GPU is visible" in result.output and "Traceback" not in result.output
