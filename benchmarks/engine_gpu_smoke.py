@@ -68,7 +68,7 @@ def heldout(n: int) -> list[dict[str, Any]]:
 
 
 def make_policy(name: str, model: str) -> Any:
-    from harness.catalog import shipped_predictor
+    from harness.runs.catalog import shipped_predictor
     from zoo import build_policy
 
     if name == "dynts":
@@ -104,7 +104,7 @@ def generate(backend: Any, requests: list[GenerationRequest], policy_name: str, 
 
 
 def accuracy(results: list[SequenceResult], answers: dict[str, str], thinking: bool) -> float:
-    from harness.answers import is_correct
+    from harness.scoring.answers import is_correct
 
     return 100.0 * sum(is_correct(answers[r.request_id], r.text, thinking) for r in results) / max(1, len(results))
 
