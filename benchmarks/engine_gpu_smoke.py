@@ -27,7 +27,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from backends.base import GenerationRequest, SamplingParams, SequenceResult
+from backends import build_backend
+from backends.base import Backend, GenerationRequest, SamplingParams, SequenceResult
+from backends.hf.backend import TransformersBackend
+from harness.runs.catalog import shipped_predictor
+from harness.scoring.answers import is_correct
+from zoo import build_policy
+from zoo.base import Policy
+from zoo.schedule import EvictionSchedule
 
 HELDOUT = Path(__file__).resolve().parents[1] / "harness" / "data" / "tiny_reasoner_heldout.jsonl"
 
@@ -67,10 +74,7 @@ def heldout(n: int) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
-def make_policy(name: str, model: str) -> Any:
-    from harness.runs.catalog import shipped_predictor
-    from zoo import build_policy
-
+def make_policy(name: str, model: str) -> Policy:
     if name == "dynts":
         predictor = shipped_predictor(model)
         if predictor is None:
@@ -79,11 +83,9 @@ def make_policy(name: str, model: str) -> Any:
     return build_policy(name)
 
 
-def build_engine(settings: Settings, model: str, batch_size: int, pool: bool = False) -> Any:
+def build_engine(settings: Settings, model: str, batch_size: int, pool: bool = False) -> Backend:
     """The engine under test; ``pool``: with check d's fixed KV pool. On CUDA vLLM's pool is sized in bytes
     (``kv_cache_gib``) rather than as a share of the GPU: the transformers reference ran in this process first."""
-    from backends import build_backend
-
     kwargs: dict[str, Any] = dict(model=model, device=settings.device, batch_size=batch_size)
     if settings.backend == "vllm" and (pool or settings.device != "cpu"):
         kwargs["kv_cache_gib"] = settings.kv_cache_gib
@@ -96,7 +98,7 @@ def build_engine(settings: Settings, model: str, batch_size: int, pool: bool = F
     return build_backend(settings.backend, **kwargs)
 
 
-def generate(backend: Any, requests: list[GenerationRequest], policy_name: str, schedule: Any,
+def generate(backend: Backend, requests: list[GenerationRequest], policy_name: str, schedule: EvictionSchedule | None,
              sampling: SamplingParams, model: str) -> list[SequenceResult]:
     policy = make_policy(policy_name, model)
     backend.prepare(policy)
@@ -104,8 +106,6 @@ def generate(backend: Any, requests: list[GenerationRequest], policy_name: str, 
 
 
 def accuracy(results: list[SequenceResult], answers: dict[str, str], thinking: bool) -> float:
-    from harness.scoring.answers import is_correct
-
     return 100.0 * sum(is_correct(answers[r.request_id], r.text, thinking) for r in results) / max(1, len(results))
 
 
@@ -156,7 +156,7 @@ class PoolSpy:
     """Records (free before, free after, released) at every compaction where the engine's scheduler is in this
     process (vLLM: ``CompactingFullAttentionManager.release_tail``); ``events`` stays None elsewhere."""
 
-    def __init__(self, backend: Any) -> None:
+    def __init__(self, backend: Backend) -> None:
         self.backend, self.events = backend, None
         scheduler = getattr(backend, "scheduler", None)
         self.manager = getattr(scheduler, "manager", None)
@@ -180,7 +180,7 @@ class PoolSpy:
             del self.manager.release_tail
 
 
-def pool_free(backend: Any) -> int | None:
+def pool_free(backend: Backend) -> int | None:
     """The engine's free KV units when readable in this process (vLLM's block pool), else None."""
     pool = getattr(backend, "block_pool", None)
     return None if pool is None else int(pool.get_num_free_blocks())
@@ -202,9 +202,6 @@ def check_throughput(rows: dict[str, dict[str, Any]], model: str) -> Verdict:
 
 def tiny_checks(settings: Settings) -> tuple[list[Verdict], dict[str, Any]]:
     """Checks a-c on the tiny reasoner: the engine against the transformers backend."""
-    from backends.hf.backend import TransformersBackend
-    from zoo.schedule import EvictionSchedule
-
     problems = heldout(settings.problems)
     answers = {p["id"]: p["answer"] for p in problems}
     sampling = SamplingParams(max_new_tokens=settings.max_new_tokens)
@@ -239,8 +236,6 @@ def tiny_checks(settings: Settings) -> tuple[list[Verdict], dict[str, Any]]:
 
 def throughput_check(settings: Settings) -> tuple[Verdict, dict[str, Any]]:
     """Check d: full vs window vs dynts, one engine with a fixed KV pool, every request up to the token limit."""
-    from zoo.schedule import EvictionSchedule
-
     model = settings.throughput_model
     engine = build_engine(settings, model, settings.throughput_requests, pool=True)
     try:

@@ -30,6 +30,7 @@ from backends.vllm import runtime as runtime_module
 from backends.vllm.layouts import reshape_and_cache_flash_reference
 from backends.vllm.runtime import WorkerRuntime
 from zoo import build_policy
+from zoo.base import Policy
 from zoo.schedule import EvictionSchedule
 
 #: KVCacheLayout members of vLLM 0.32: a stride permutation of the logical axes [L, B, H, N, C]
@@ -79,7 +80,7 @@ def fake_runner(caches: list[torch.Tensor], spec: Any, backend: str = "FLASH_ATT
         max_model_len=64, requests={})
 
 
-def snapkv() -> Any:
+def snapkv() -> Policy:
     return build_policy("snapkv", obs_window=WINDOW, kernel_size=3)
 
 
