@@ -1,8 +1,8 @@
-"""Zero-copy compaction of a token-major KV pool (SGLang with ``page_size=1``): no KV is moved.
+"""Zero-copy compaction of a token-major KV pool (a paged cache of block size 1, e.g. SGLang's ``page_size=1``).
 
 A request's row ``req_to_token[r, :length]`` maps its physical slots (generation order) to pool slots. Keeping
 the slots ``kept`` rewrites the row's prefix to ``row[kept]`` and hands the dropped pool slots back to the
-allocator; the KV buffers are untouched. Pure tensor code: nothing here imports SGLang.
+allocator; the KV buffers are untouched. Pure tensor code: nothing here imports an engine.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from backends.paged import PlanError
+from backends.paged.plan import checked_kept
 
 
 @dataclass(frozen=True)
@@ -33,13 +33,8 @@ def plan_remap(request_id: str, row: torch.Tensor, kept: torch.Tensor) -> TokenR
     """Plan keeping the physical slots ``kept`` (strictly increasing, in ``[0, len(row))``) of ``row``."""
     row = row.to(torch.long).flatten()
     length = int(row.numel())
-    kept = kept.to(torch.long).flatten().cpu()
+    kept = checked_kept(request_id, kept, length)
     k = int(kept.numel())
-    if k:
-        if int(kept[0]) < 0 or int(kept[-1]) >= length:
-            raise PlanError(f"request {request_id}: kept slots must lie in [0, {length})")
-        if k > 1 and not bool((kept[1:] > kept[:-1]).all()):
-            raise PlanError(f"request {request_id}: kept slots must be strictly increasing")
     mask = torch.zeros(length, dtype=torch.bool)
     mask[kept] = True
     kept_dev = kept.to(row.device)

@@ -1,4 +1,5 @@
-"""Worker-side book-keeping of each request under a policy: slots -> logical tokens, policy state, queries.
+"""Engine-side book-keeping of each request under a policy (vLLM's worker, SGLang's scheduler): slots -> logical
+tokens, policy state, recent queries, decode tokens buffered before ``Policy.observe``.
 
 Nothing per slot is stored while nothing was evicted: a request's physical slot ``s`` holds logical token
 ``prefix[s]`` for ``s < len(prefix)`` and ``s + dropped`` after it (tokens appended after the last compaction are
@@ -33,7 +34,7 @@ class PendingObservation:
 class RequestState:
     """One request's compaction state in the worker (reset on preemption: the resume recomputes everything)."""
 
-    request_id: str  # vLLM's internal id
+    request_id: str  # the engine's own id
     key: str  # the backend's own id (``SamplingParams.extra_args``), under which its stats are read
     schedule: EvictionSchedule | None
     num_prompt: int
@@ -85,9 +86,10 @@ class QueryStore:
     out per request and grow on demand.
     """
 
-    def __init__(self, num_layers: int, window: int, heads: int, head_dim: int, dtype: torch.dtype) -> None:
+    def __init__(self, num_layers: int, window: int, heads: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device | str = "cpu") -> None:
         self.window = window
-        self.store = torch.zeros(0, num_layers, window, heads, head_dim, dtype=dtype)
+        self.store = torch.zeros(0, num_layers, window, heads, head_dim, dtype=dtype, device=device)
         self.free: list[int] = []
 
     def acquire(self) -> int:
@@ -109,7 +111,8 @@ class QueryStore:
     def read(self, rows: torch.Tensor, lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per layer ``[B, heads, window, head_dim]`` oldest first, and ``query_valid [B, window]``."""
         w = self.window
-        pos = lengths[:, None] - w + torch.arange(w)[None, :]  # logical positions of the last w tokens
+        rows, lengths = rows.to(self.store.device), lengths.to(self.store.device)
+        pos = lengths[:, None] - w + torch.arange(w, device=lengths.device)[None, :]  # logical positions, last w
         valid = pos >= 0
         ring = pos.clamp(min=0) % w
         per_layer = []
