@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.text import Text
 
 from backends import BACKENDS, build_backend
+from harness.check import LENGTH_TOLERANCE
 from harness.options import RunOptions, cli_parameters
 from harness.predictor_cli import register as register_predictor_commands
 from harness.progress import per_policy, progress_for
@@ -171,6 +172,9 @@ def check(
     speed_tolerance: float = typer.Option(SPEED_TOLERANCE, help=(
         "Allowed relative rise of the probe's decode time (vs the reference, vs full): fail when every repeat rose "
         "more, pass when the median did not, else 'inconclusive' (a warning, exit 0).")),
+    length_tolerance: float = typer.Option(LENGTH_TOLERANCE, help=(
+        "Allowed relative rise of a policy's length vs full (mean generated tokens over the full cache's), and of "
+        "full's own mean length.")),
 ) -> None:
     """Regression gate: exit 0 when every baseline entry holds (inconclusive speed checks warn), 1 on a regression,
     2 on bad input."""
@@ -180,7 +184,7 @@ def check(
     from harness.results import ResultsError, atomic_write_json
     from harness.tables import check_table
 
-    validate_gate(alpha, kv_tolerance, speed_tolerance)
+    validate_gate(alpha, kv_tolerance, speed_tolerance, length_tolerance)
     records = load_runs(results_dir) if results_dir.is_dir() else []
     if not records:
         raise ResultsError(f"no finished runs (summary.json) under {results_dir}")
@@ -194,7 +198,8 @@ def check(
         reference["entries"]
     except (OSError, ValueError, KeyError, TypeError):
         raise ResultsError(f"cannot read baseline {baseline}: create one with --update") from None
-    findings = compare(reference, records, alpha, kv_tolerance, speed_tolerance, load_speed(results_dir), hardware())
+    findings = compare(reference, records, alpha, kv_tolerance, speed_tolerance, load_speed(results_dir), hardware(),
+                       length_tolerance)
     console.print(check_table(baseline.name, findings))
     made_on, here = reference.get("hardware", {}).get("cpu_model"), hardware().get("cpu_model")
     if made_on != here:
@@ -202,9 +207,9 @@ def check(
     failed = [f for f in findings if f.failed]
     unsure = [f for f in findings if f.inconclusive]
     if unsure:
-        say(f"warning: {len(unsure)} speed checks inconclusive (not failed; the table says why: median above the "
-            "limit but not every repeat -> rerun on a quieter machine; another CPU than the baseline's -> re-baseline "
-            "here)", style="yellow")
+        say(f"warning: {len(unsure)} checks inconclusive (not failed; the table says why: median above the "
+            "limit but not every repeat -> rerun on a quieter machine; another CPU than the baseline's, or a baseline "
+            "without lengths -> re-baseline here)", style="yellow")
     if failed:
         fail(f"regression: {len(failed)} of {len(findings)} checks failed", code=1)
     if unsure:
@@ -231,9 +236,9 @@ def report(
 def policies() -> None:
     """List the policies with one-line descriptions, what they need and their options."""
     from harness.tables import policies_table
-    from zoo import describe, policy_options, registry
+    from zoo import describe, option_help, policy_options, registry
 
-    console.print(policies_table(registry(), describe, policy_options))
+    console.print(policies_table(registry(), describe, policy_options, option_help))
 
 
 @app.command()

@@ -174,6 +174,14 @@ def _manager():
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
 
 
+def task_names() -> list[str]:
+    """The shipped tasks' names, read from their YAML files' ``task:`` lines (no lm-eval import: for help text)."""
+    import re
+
+    found = (re.search(r"^task:\s*(\S+)", path.read_text(), re.MULTILINE) for path in TASKS_DIR.glob("*.yaml"))
+    return sorted(m.group(1) for m in found if m)
+
+
 def shipped_tasks() -> dict[str, dict[str, Any]]:
     """The project's task YAMLs: name -> {kind, hub_path, hub_name, yaml}."""
     from lm_eval.tasks._yaml_loader import load_yaml

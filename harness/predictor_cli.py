@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from backends.hf.backend import TransformersBackend
+from harness.importance.labels import methods_help
 from harness.importance.traces import TraceStore
 from harness.progress import progress_for
 
@@ -92,7 +93,7 @@ def register(app: typer.Typer, console: Console) -> None:
     def label(
         store_dir: Path = typer.Argument(..., help="Trace store (from collect-traces)."),
         method: list[str] = typer.Option(["attention", "gradient"], "--method",
-                                         help="attention (the paper's), gradient and/or lookback; repeatable."),
+                                         help=f"Repeatable. {methods_help()}."),
         device: str = typer.Option("cpu"),
     ) -> None:
         """Label each thinking token by how much the answer uses it; with both methods, report their agreement."""
@@ -114,8 +115,7 @@ def register(app: typer.Typer, console: Console) -> None:
         store_dir: list[Path] = typer.Argument(..., help="Labelled trace store(s); several (e.g. on-policy "
                                                "rounds) are trained on together."),
         out: Path = typer.Option(..., help="Predictor directory to write."),
-        label_method: str = typer.Option("attention", help="attention (the paper's answer attention), copy, "
-                                         "later, lookback or gradient: labels made by `dynts-bench label`."),
+        label_method: str = typer.Option("attention", help=f"Labels made by `dynts-bench label`: {methods_help()}."),
         transform: str = typer.Option("power", help="none | power ((x^0.3/0.3)*10) | scale (x*1e4) | rank."),
         pool: str = typer.Option("none", help="Spread labels to neighbours first: none | prev (a token also gets "
                                  "its successor's label) | max3 (max over a 3-token kernel, as SnapKV pools)."),
@@ -170,7 +170,7 @@ def register(app: typer.Typer, console: Console) -> None:
     def eval_predictor(
         store_dir: Path = typer.Argument(..., help="Held-out labelled trace store."),
         predictor: Optional[Path] = typer.Option(None, help="Predictor directory (default: the model's shipped one)."),
-        label_method: str = typer.Option("attention"),
+        label_method: str = typer.Option("attention", help=f"Labels to rank against: {methods_help()}."),
         limit: Optional[int] = typer.Option(None, min=1),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON."),
         include_incorrect: bool = typer.Option(False, help="Evaluate on incorrect traces too."),
@@ -206,7 +206,7 @@ def register(app: typer.Typer, console: Console) -> None:
         predictor: Optional[Path] = typer.Option(None, help="Predictor (attention: also re-feed with its top tokens; "
                                                  "eviction: the one analysed, default the shipped one)."),
         fraction: list[float] = typer.Option([0.1, 0.2, 0.3, 0.5], "--fraction", help="Kept fraction; repeatable."),
-        label_method: str = typer.Option("attention"),
+        label_method: str = typer.Option("attention", help=f"Labels to rank against: {methods_help()}."),
         limit: Optional[int] = typer.Option(None, min=1, help="Traces per part (correct / incorrect); eviction: "
                                             "prompts."),
         prompts: Optional[Path] = typer.Option(None, help="Eviction: JSONL of tiny-task problems (default held-out)."),

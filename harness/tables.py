@@ -41,6 +41,15 @@ def agreement_with(reference: list[dict[str, Any]], rows: list[dict[str, Any]]) 
     return sum(fractions) / len(fractions) if fractions else None
 
 
+def length_vs_full_cell(reference: list[dict[str, Any]] | None, rows: list[dict[str, Any]]) -> str:
+    """``1.08x [1.04, 1.12]`` (``harness.lengths``), or ``-`` without a full-cache run to pair with."""
+    from harness.lengths import length_ratio
+    from harness.metrics import generated_by_sample
+
+    found = length_ratio(generated_by_sample(rows), generated_by_sample(reference)) if reference else None
+    return found.label() if found else "-"
+
+
 def _quality(m: dict[str, Any], k: int | None) -> list[str]:
     """Accuracy cells: plain accuracy for prompt files; Pass@1 with its CI, Pass@k and Maj@k for tasks."""
     if k is None:
@@ -79,7 +88,7 @@ def comparison_table(outcomes: Mapping[str, Any]) -> Table:
     for column, justify in (
         ("policy", "left"), ("n", "right"), ("accuracy" if k is None else "pass@1 [95% CI]", "right"),
         *([(f"pass@{k} / maj@{k}", "right")] if k is not None else []),
-        *(fidelity if replay else [("= full", "right")]), ("gen tok", "right"),
+        *(fidelity if replay else [("= full", "right")]), ("gen tok", "right"), ("length vs full", "right"),
         ("decode tok/s", "right"), ("TTFT", "right"), ("peak KV", "right"), ("KV vs full", "right"),
         ("compressions", "right"), ("policy time", "right"),
     ):
@@ -98,6 +107,7 @@ def comparison_table(outcomes: Mapping[str, Any]) -> Table:
             *_quality(m, k),
             *compared,
             str(m.get("total_generated_tokens", "-")),
+            length_vs_full_cell(reference, outcome.run_dir.samples()),
             _fmt(m.get("decode_mean_tokens_per_s"), ".1f"),
             _fmt(m.get("ttft_mean_s"), ".3f", " s"),
             human_bytes(m.get("kv_peak_max_bytes")),
@@ -116,6 +126,7 @@ def comparison_table(outcomes: Mapping[str, Any]) -> Table:
                   "(--evict-prompt tells them apart). ")
     table.caption = (
         first +
+        "length vs full: mean generated tokens over the full cache's on the same problems [95% CI]. "
         "peak KV: exact bytes of the largest cache a sequence held; KV vs full: that peak / the full cache's peak "
         "on the same problems (0.25x = 4x less memory). "
         "policy time: observe + score + select + evict, as % of decode time."
@@ -200,14 +211,15 @@ def runs_table(records: list[Any], source: Path) -> Table:
     return table
 
 
-def policies_table(policies: Mapping[str, Any], describe: Any, options_of: Any) -> Table:
+def policies_table(policies: Mapping[str, Any], describe: Any, options_of: Any, meaning_of: Any) -> Table:
     table = Table(title="Policies")
     table.add_column("name", style="bold")
     table.add_column("description")
     table.add_column("needs")
     table.add_column("options")
     for name, cls in policies.items():
-        options = ", ".join(f"{k}={v}" for k, v in options_of(cls).items())
+        meanings = meaning_of(cls)
+        options = "\n".join(f"{k}={v}: {meanings.get(k) or '(undocumented)'}" for k, v in options_of(cls).items())
         needs = sorted(cls.needs) + ([cls.requires] if cls.requires else [])
         table.add_row(name, _plain(describe(cls)), ", ".join(needs) or "-", _plain(options or "-"))
     return table
