@@ -53,3 +53,12 @@ def test_the_summary_keeps_each_samples_length_for_pairing() -> None:
             {"sample_id": "c", "generated_tokens": None}]
     assert generated_by_sample(rows) == {"7": 12, "b": 30}
     assert summarize_samples(rows)["generated_tokens_by_sample"] == {"7": 12, "b": 30}
+
+
+def test_the_run_table_cell_pairs_a_policy_with_full_by_sample_id() -> None:
+    from harness.tables import length_vs_full_cell
+
+    full = [{"sample_id": i, "generated_tokens": 100 + 10 * i} for i in range(5)]
+    grown = [{"sample_id": i, "generated_tokens": round((100 + 10 * i) * 1.2)} for i in reversed(range(5))]
+    assert length_vs_full_cell(full, grown) == "1.20x [1.20, 1.20]"
+    assert length_vs_full_cell(None, grown) == "-"

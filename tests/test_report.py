@@ -67,6 +67,20 @@ def _board(root: Path) -> None:
             _run(root, policy, budget, quality, int(4000 * share), 12.0, lengths=lengths)
 
 
+def test_the_report_tracks_length_vs_full_and_what_made_it(tmp_path):
+    _board(tmp_path / "runs")
+    assert CliRunner().invoke(app, ["report", str(tmp_path / "runs"), "--out", str(tmp_path / "r")]).exit_code == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    matrix = md.split("## Accuracy by KV budget")[1].split("##")[0]
+    assert [line.split("|")[1].strip() for line in matrix.splitlines() if line.startswith("| ")][1:] == [
+        "full", "dynts", "h2o", "window"]  # by mean accuracy
+    assert "| window | 32.5% | 45.0% | 57.5% | 1.30x [1.30, 1.30] |" in matrix
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert data["made_with"] == {"m": {"model": ["sha256:11"], "predictor": ["sha256:22"]}}
+    window = [r for r in data["runs"] if r["policy"] == "window" and r["budget"] == 64][0]
+    assert window["length_vs_full"]["ratio"] == pytest.approx(1.3, abs=0.01) and window["length_vs_full"]["n"] == 10
+
+
 def _screenshot(page: Path, shot: Path, profile: Path, width: int, height: int) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
