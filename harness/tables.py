@@ -202,11 +202,14 @@ def check_table(baseline_name: str, findings: list[Any]) -> Table:
 
 def runs_table(records: list[Any], source: Path) -> Table:
     table = Table(title=Text(f"{len(records)} runs from {source}"))
-    for col in ("workload", "policy", "budget", "quality", "KV vs full", "speed vs full", "run"):
+    for col in ("model", "workload", "policy", "budget", "quality", "KV vs full", "length vs full", "speed vs full",
+                "run"):
         table.add_column(col)
-    for r in sorted(records, key=lambda r: (r.workload, r.budget_tokens or 0, -(r.quality or 0))):
-        table.add_row(_plain(r.workload), r.policy, r.budget_label, "-" if r.quality is None else f"{r.quality:.1%}",
+    for r in sorted(records, key=lambda r: (r.model, r.workload, r.budget_tokens or 0, -(r.quality or 0))):
+        table.add_row(_plain(r.model), _plain(r.workload), r.policy, r.budget_label,
+                      "-" if r.quality is None else f"{r.quality:.1%}",
                       "-" if r.kv_ratio_vs_full is None else f"{r.kv_ratio_vs_full:.2f}x",
+                      r.length_vs_full.label() if r.length_vs_full else "-",
                       "-" if r.speed_ratio_vs_full is None else f"{r.speed_ratio_vs_full:.2f}x", _plain(r.run_id))
     return table
 
