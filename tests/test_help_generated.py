@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from backends import BACKENDS
 from backends.hf.loading import MODEL_ALIASES
 from harness.cli import app
-from harness.importance.labels import METHOD_HELP, METHODS
+from harness.predictor_pipeline.labels import METHOD_HELP, METHODS
 from zoo import option_help, policy_options, registry
 
 runner = CliRunner()
@@ -47,7 +47,7 @@ def test_run_help_lists_every_model_alias() -> None:
 
 
 def test_run_help_lists_every_task_lm_eval_indexes() -> None:
-    from harness.lmeval import shipped_tasks
+    from harness.workloads.lmeval_tasks import shipped_tasks
 
     line = _option_line(_help("run"), "--task")
     assert all(name in line for name in shipped_tasks())
@@ -68,9 +68,9 @@ def test_every_policy_option_has_a_meaning(name) -> None:
 
 
 def test_policies_shows_each_option_with_its_meaning(monkeypatch) -> None:
-    import harness.cli
+    import harness.cli.list_policies
 
-    monkeypatch.setattr(harness.cli, "console", Console(width=1000, force_terminal=False))
+    monkeypatch.setattr(harness.cli.list_policies, "console", Console(width=1000, force_terminal=False))
     result = runner.invoke(app, ["policies"])
     assert result.exit_code == 0
     for cls in registry().values():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from harness.lengths import length_ratio, ratio_of_totals
-from harness.metrics import generated_by_sample, summarize_samples
+from harness.results.lengths import length_ratio, ratio_of_totals
+from harness.results.summary import generated_by_sample, summarize_samples
 
 
 def test_the_ratio_is_of_means_over_the_problems_both_runs_finished() -> None:
@@ -56,7 +56,7 @@ def test_the_summary_keeps_each_samples_length_for_pairing() -> None:
 
 
 def test_the_run_table_cell_pairs_a_policy_with_full_by_sample_id() -> None:
-    from harness.tables import length_vs_full_cell
+    from harness.results.tables import length_vs_full_cell
 
     full = [{"sample_id": i, "generated_tokens": 100 + 10 * i} for i in range(5)]
     grown = [{"sample_id": i, "generated_tokens": round((100 + 10 * i) * 1.2)} for i in reversed(range(5))]

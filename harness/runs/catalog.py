@@ -1,0 +1,66 @@
+"""What the project ships for its own models, and the default comparison a model gets.
+
+A policy declares what model-specific artefact it needs (``Policy.requires``: ``"predictor"`` for DynTS, the
+tiny-reasoner task's vocabulary for the oracle). This catalog says which shipped model provides which, so the
+default comparison of ``dynts-bench run`` is every baseline plus every policy whose artefact comes with the
+model -- no hand-kept list of names.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from harness.runs.fingerprints import model_fingerprint, predictor_fingerprint
+from zoo import registry
+from zoo.predictor import CONFIG
+
+PREDICTOR = "predictor"
+TASK_VOCABULARY = "tiny-reasoner task vocabulary"
+
+#: shipped predictors by model alias, as package resources of ``harness``
+SHIPPED_PREDICTORS = {"tiny-reasoner": "tinyreasoner/predictor",
+                      "tiny-reasoner-control": "tinyreasoner/control-predictor",
+                      "smollm2-135m": "predictors/smollm2-135m"}
+#: models whose tokenizer has the tiny-reasoner task's words as single tokens (what the oracle reads)
+TASK_VOCABULARY_MODELS = frozenset({"tiny-reasoner", "tiny-reasoner-control"})
+
+
+def shipped_predictor(model_id: str) -> Path | None:
+    """The packaged DynTS predictor for ``model_id``, if the project ships one."""
+    if model_id not in SHIPPED_PREDICTORS:
+        return None
+    path = Path(str(files("harness") / SHIPPED_PREDICTORS[model_id]))
+    return path if (path / CONFIG).is_file() else None
+
+
+def provided(model_id: str) -> frozenset[str]:
+    """The model-specific artefacts that come ready with ``model_id``."""
+    found = set()
+    if shipped_predictor(model_id) is not None:
+        found.add(PREDICTOR)
+    if model_id in TASK_VOCABULARY_MODELS:
+        found.add(TASK_VOCABULARY)
+    return frozenset(found)
+
+
+def baselines() -> list[str]:
+    """Policies of the default comparison that run on any model (no artefact needed)."""
+    return [name for name, cls in registry().items() if cls.in_default_comparison and cls.requires is None]
+
+
+def default_policies(model_id: str) -> list[str]:
+    """The default comparison on ``model_id``: every baseline, then the policies whose artefact it ships."""
+    ready = provided(model_id)
+    return [name for name, cls in registry().items()
+            if cls.in_default_comparison and (cls.requires is None or cls.requires in ready)]
+
+
+def shipped_artefacts(model_id: str) -> dict[str, str]:
+    """Content hashes of what ships for ``model_id`` -- its weights and, where one ships, its DynTS predictor -- as
+    run configs record them (``artefacts``)."""
+    found = {"model": model_fingerprint(model_id)}
+    predictor = shipped_predictor(model_id)
+    if predictor is not None:
+        found[PREDICTOR] = predictor_fingerprint(predictor)
+    return found
