@@ -40,7 +40,7 @@ for s in sorted(pathlib.Path(sys.argv[1]).glob("*/summary.json")):
 PY
 
 step "paper latency setting, reduced length"
-timeout 420 $PY benchmarks/gpu_latency.py --new-tokens 1280 --trigger 640 --window 256 --repeats 2 \
+timeout 420 $PY -m benchmarks.gpu_latency --new-tokens 1280 --trigger 640 --window 256 --repeats 2 \
     --out "$DIR/latency.json" > "$DIR/latency.txt" 2>&1 || status=1
 cat "$DIR/latency.txt" | tee -a "$DIR/summary.txt"
 

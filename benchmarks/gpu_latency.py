@@ -7,8 +7,8 @@ the paper's schedule scaled from 16k to 4096 new tokens (trigger 5000 / window 2
 *including* compaction (the paper's figures exclude it, so both are shown), tokens/s, the KV bytes the cache
 really allocated, CUDA peak memory, and every ratio to ``full``.
 
-    python benchmarks/gpu_latency.py --out gpu-check/latency.json          # on one NVIDIA GPU
-    python benchmarks/gpu_latency.py --shape tiny --device cpu --new-tokens 24 --batch 2   # the CPU smoke test
+    python -m benchmarks.gpu_latency --out gpu-check/latency.json          # on one NVIDIA GPU
+    python -m benchmarks.gpu_latency --shape tiny --device cpu --new-tokens 24 --batch 2   # the CPU smoke test
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import argparse
 import gc
 import json
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,17 +24,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from backends.base import GenerationRequest, SamplingParams  # noqa: E402
-from backends.hf.backend import kv_bytes_per_token  # noqa: E402
-from backends.hf.decode import ModelParts, generate_batch  # noqa: E402
-from backends.hf.observe import register  # noqa: E402
-from zoo import build_policy  # noqa: E402
-from zoo.base import ModelInfo  # noqa: E402
-from zoo.predictor import ImportancePredictor, PredictorConfig  # noqa: E402
-from zoo.schedule import EvictionSchedule  # noqa: E402
+from backends.base import GenerationRequest, SamplingParams
+from backends.hf.backend import kv_bytes_per_token
+from backends.hf.decode import ModelParts, generate_batch
+from backends.hf.observe import register
+from zoo import build_policy
+from zoo.base import ModelInfo
+from zoo.predictor import ImportancePredictor, PredictorConfig
+from zoo.schedule import EvictionSchedule
 
 #: model shapes: the paper's 7B, and a tiny one for the CPU-side test of this script
 SHAPES = {

@@ -27,6 +27,7 @@ class RandomEviction(Policy):
     same draws whatever else shares its batch and however often it was compressed before."""
 
     name = "random"
+    kvpress = "RandomPress"
     seed: int = option(0, "seed of the draw (hashed with the token's position and the tokens held)")
 
     def score(self, view: CacheView) -> torch.Tensor:

@@ -19,6 +19,10 @@ class SnapKV(QueryWindowPolicy):
     compression during decoding. Heads and layers are averaged so that every layer keeps the same set."""
 
     name = "snapkv"
+    family = "attention-based"
+    step_cost = "stores the step's query in every layer (the last obs_window kept)"
+    compression_cost = "attention of obs_window queries over every cached key, per layer"
+    kvpress = "SnapKVPress"
     needs = frozenset({"queries"})
     obs_window: int = option(32, "last queries whose attention scores the cache (observation window)")
     kernel_size: int = option(7, "positions pooled together, so a token's neighbours are kept with it")

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from backends import BACKENDS
 from backends.base import BackendError
 from backends.hf.facts import ModelFacts
 from backends.serving import SERVE_ENV, ServeSpec, build_served_policy
+from harness.cli.app import console
 from harness.runs.fingerprints import model_fingerprint
 from harness.runs.options import OptionError, RunOptions, cli_parameters
 from harness.runs.runplan import build_policies, build_schedule, check_binding, parse_policy_args
@@ -47,44 +47,30 @@ def served_policy(o: RunOptions) -> tuple[str, dict[str, Any], dict[str, Any] | 
     return name, options, None if schedule is None else schedule.to_dict()
 
 
-def register(app: typer.Typer, console: Console) -> None:
-    """Add ``serve`` to ``app`` (whose error boundary turns user errors into one line)."""
-
-    def serve(**values: Any) -> None:
-        """Serve one policy through an engine's OpenAI-compatible server (vLLM or SGLang)."""
-        extra = {k: values.pop(k) for k in ("host", "port", "max_model_len", "stats", "dry_run")}
-        o = RunOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-        if o.backend not in BACKENDS:
-            raise BackendError(f"unknown backend {o.backend!r}: choose one of {', '.join(BACKENDS)}")
-        if o.backend not in SERVERS:
-            raise BackendError(f"serve supports --backend {', '.join(SERVERS)}; {o.backend} has no server here "
-                               "(use `dynts-bench run` for offline generation)")
-        reason = BACKENDS[o.backend].available()
-        if reason is not None:
-            raise BackendError(reason)
-        if o.device != "cpu":
-            raise BackendError(f"--device {o.device}: serve --backend {o.backend} is verified on CPU only")
-        name, options, schedule = served_policy(o)
-        command, env, shown = SERVERS[o.backend](o, name, options, schedule, **extra)
-        say = lambda text: console.print(Text(text), highlight=False, soft_wrap=True)  # noqa: E731
-        say(f"serving {o.model} with policy {name} (schedule: {schedule or 'none'}) on "
-            f"http://{extra['host']}:{extra['port']}/v1")
-        if extra["dry_run"]:
-            say("command: " + " ".join(command))
-            say(f"environment: {shown}={env[shown]}")
-            return
-        os.execve(command[0], command, env)
-
-    params = cli_parameters(SERVED_OPTIONS) + [
-        _param("host", str, "127.0.0.1", "Address to listen on."),
-        _param("port", int, 8000, "Port to listen on."),
-        _param("max_model_len", Optional[int], None, "Longest prompt + generation (default: the model's limit)."),
-        _param("stats", Optional[Path], None, "Append one JSON line per finished request (compactions, blocks "
-               "freed, peak blocks, policy seconds) to this file."),
-        _param("dry_run", bool, False, "Print the server command and exit.", "--dry-run"),
-    ]
-    serve.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    app.command()(serve)
+def serve(**values: Any) -> None:
+    """Serve one policy through an engine's OpenAI-compatible server (vLLM or SGLang)."""
+    extra = {k: values.pop(k) for k in ("host", "port", "max_model_len", "stats", "dry_run")}
+    o = RunOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    if o.backend not in BACKENDS:
+        raise BackendError(f"unknown backend {o.backend!r}: choose one of {', '.join(BACKENDS)}")
+    if o.backend not in SERVERS:
+        raise BackendError(f"serve supports --backend {', '.join(SERVERS)}; {o.backend} has no server here "
+                           "(use `dynts-bench run` for offline generation)")
+    reason = BACKENDS[o.backend].available()
+    if reason is not None:
+        raise BackendError(reason)
+    if o.device != "cpu":
+        raise BackendError(f"--device {o.device}: serve --backend {o.backend} is verified on CPU only")
+    name, options, schedule = served_policy(o)
+    command, env, shown = SERVERS[o.backend](o, name, options, schedule, **extra)
+    say = lambda text: console.print(Text(text), highlight=False, soft_wrap=True)  # noqa: E731
+    say(f"serving {o.model} with policy {name} (schedule: {schedule or 'none'}) on "
+        f"http://{extra['host']}:{extra['port']}/v1")
+    if extra["dry_run"]:
+        say("command: " + " ".join(command))
+        say(f"environment: {shown}={env[shown]}")
+        return
+    os.execve(command[0], command, env)
 
 
 def _param(name: str, hint: Any, default: Any, help: str, *flags: str) -> inspect.Parameter:
@@ -133,3 +119,15 @@ def _sglang_server(o: RunOptions, name: str, options: dict[str, Any], schedule: 
 
 #: backends that can serve, and what builds their server command
 SERVERS = {"vllm": _vllm_server, "sglang": _sglang_server}
+
+
+#: run's options that serve shares, then the server's own
+SERVE_PARAMETERS = cli_parameters(SERVED_OPTIONS) + [
+    _param("host", str, "127.0.0.1", "Address to listen on."),
+    _param("port", int, 8000, "Port to listen on."),
+    _param("max_model_len", Optional[int], None, "Longest prompt + generation (default: the model's limit)."),
+    _param("stats", Optional[Path], None, "Append one JSON line per finished request (compactions, blocks "
+           "freed, peak blocks, policy seconds) to this file."),
+    _param("dry_run", bool, False, "Print the server command and exit.", "--dry-run"),
+]
+serve.__signature__ = inspect.Signature(SERVE_PARAMETERS)  # type: ignore[attr-defined]
