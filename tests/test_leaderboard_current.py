@@ -62,9 +62,11 @@ def test_every_cell_of_the_grid_is_in_the_committed_runs() -> None:
     assert want <= have, f"missing cells {sorted(want - have, key=str)[:5]}; {REGENERATE}"
 
 
-def test_every_policy_on_the_grid_is_a_registered_one() -> None:
-    unknown = sorted(set(load_grid(GRID).axes["policy"]) - set(registry()))
-    assert not unknown, f"{unknown} on {GRID.relative_to(ROOT)} are not registered policies"
+def test_the_grid_is_every_registered_policy() -> None:
+    """A policy added to the zoo is on the leaderboard (and a renamed or removed one is off it)."""
+    on_grid, registered = set(load_grid(GRID).axes["policy"]), set(registry())
+    assert on_grid == registered, (f"on {GRID.relative_to(ROOT)} but not registered: {sorted(on_grid - registered)}; "
+                                   f"registered but not on it: {sorted(registered - on_grid)}")
 
 
 def test_the_committed_report_is_what_the_report_makes_of_the_committed_runs() -> None:
