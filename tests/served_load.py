@@ -54,8 +54,8 @@ def check_a_loaded_server(backend: str, workdir: Path, kv_tokens: int, engine: B
     offline = offline_texts(backend, "tiny-reasoner", "dynts", {"budget": 86, "window": 32, "interval": 16},
                             comparable, 600, 8, backend=engine)
     served = {r.request_id: o.texts.get(0, "") for r, o in result.replies if r.comparable and o.status == 200}
-    identical = {rid: compare(next(r for r in mix if r.request_id == rid), text, offline[rid])
-                 for rid, text in served.items()}
+    by_id = {r.request_id: r for r in mix}
+    identical = {rid: compare(by_id[rid], text, offline[rid]) for rid, text in served.items()}
     summary = summarize(result, identical, budgeted=True)
     summary.update(no_key=no_key.status, wrong_key=wrong_key.status, health_without_key=health, metrics=metrics,
                    hang_ups=sum(o.aborted for _, o in result.replies))
