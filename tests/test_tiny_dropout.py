@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from harness.tinyreasoner.dropout import RECIPE, VIEWS, batch_mask, parse_views, statement_spent_at, view_mask
-from harness.tinyreasoner.problems import DEF_NAME, DEF_VALUE, OTHER, Knobs, generate, token_roles
+from harness.tinyreasoner.dropout import RECIPE, VIEWS, batch_mask, parse_views, view_mask
+from harness.tinyreasoner.problems import DEF_NAME, DEF_VALUE, OTHER, Knobs, generate, statement_spent_at, token_roles
 from harness.tinyreasoner.vocab import prompt_tokens
 
 
@@ -178,10 +178,10 @@ def test_trainer_uses_drop_out_late_resumes_and_writes_a_loadable_model(tmp_path
     calls: list[int] = []
     real = trainer.dropout_mask
 
-    def counting(x, rng, views=RECIPE):
+    def counting(x, rng, views=RECIPE, task=None):
         calls.append(x.shape[0])
         assert views == RECIPE
-        return real(x, rng, views)
+        return real(x, rng, views, task)
 
     monkeypatch.setattr(trainer, "dropout_mask", counting)
     toy = dict(batch_size=2, hidden_size=32, layers=1, heads=2, intermediate=64, eval_problems=2, dropout_from=0.5)
@@ -254,16 +254,16 @@ def test_a_curriculum_extension_starts_from_the_given_weights_and_trains_only_th
     knobs_seen: list = []
     real_batch, masks = trainer.make_batch, []
 
-    def recording_batch(rng, size, knobs, seed):
+    def recording_batch(rng, size, knobs, seed, task=None):
         knobs_seen.append(knobs)
-        return real_batch(rng, size, knobs, seed)
+        return real_batch(rng, size, knobs, seed, task)
 
     monkeypatch.setattr(trainer, "make_batch", recording_batch)
     real_mask = trainer.dropout_mask
 
-    def counting_mask(x, rng, views=RECIPE):
+    def counting_mask(x, rng, views=RECIPE, task=None):
         masks.append(1)
-        return real_mask(x, rng, views)
+        return real_mask(x, rng, views, task)
 
     monkeypatch.setattr(trainer, "dropout_mask", counting_mask)
     first_losses: list[float] = []

@@ -10,6 +10,7 @@ from rich.text import Text
 from harness.cli.app import console
 from harness.cli.progress import progress_for
 from harness.tinyreasoner import train as training
+from harness.tinyreasoner.tasks import TASKS
 
 
 def make_tiny_reasoner(
@@ -28,6 +29,8 @@ def make_tiny_reasoner(
     init_from: Path = typer.Option(None, help="Curriculum extension: start from this trained model directory "
                                    "and train only the last stage (with --extra-vars)."),
     extra_vars: int = typer.Option(0, min=0, help="Variables beyond the training defaults in the last stage."),
+    task: str = typer.Option("sum", help="Embedded task: "
+                             + "; ".join(f"{t.name}: {t.summary}" for t in TASKS.values()) + "."),
 ) -> None:
     """Train the tiny reasoning model from scratch (about an hour on 2 CPU cores), or extend a trained one
     (--init-from, --extra-vars), and write its model card."""
@@ -35,7 +38,9 @@ def make_tiny_reasoner(
         raise typer.BadParameter(f"{init_from} is not a model directory (no config.json): pass the directory "
                                  "of a trained tiny reasoner, e.g. harness/tinyreasoner/model",
                                  param_hint="--init-from")
-    cfg = training.TrainConfig(seed=seed, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
+    if task not in TASKS:
+        raise typer.BadParameter(f"unknown task {task!r}: choose one of {', '.join(TASKS)}", param_hint="--task")
+    cfg = training.TrainConfig(task=task, seed=seed, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                                hidden_size=hidden_size, layers=layers, threads=threads, dropout_views=dropout_views,
                                init_from=str(init_from or ""), extra_vars=extra_vars)
     with progress_for(console, "training") as progress:

@@ -28,7 +28,8 @@ from collections.abc import Sequence
 
 import torch
 
-from harness.tinyreasoner.problems import DEF_NAME, DEF_VALUE, OTHER, STEP, token_roles
+from harness.tinyreasoner.problems import DEF_NAME, DEF_VALUE, OTHER
+from harness.tinyreasoner.tasks import SUM, EmbeddedTask
 
 VIEWS = ("full", "oracle", "random", "random-any")
 RECIPE = "full:0.3,oracle:0.4,random:0.3"  # the shipped model's views and weights
@@ -52,30 +53,16 @@ def parse_views(spec: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
     return tuple(views), tuple(weights)
 
 
-def statement_spent_at(words: Sequence[str], roles: Sequence[int]) -> list[int]:
-    """Per token: the position of the step operand that reads this result statement (``r7`` in a later
-    ``step r7 5 + ...``), after which it is not needed; ``len(words)`` if never read, -1 if not a statement."""
-    spent = [-1] * len(words)
-    for k, role in enumerate(roles):
-        if role != DEF_NAME:
-            continue
-        reader = next((c for c in range(k + 2, len(words)) if words[c] == words[k] and roles[c] == STEP),
-                      len(words))
-        spent[k] = reader
-        if k + 1 < len(words) and roles[k + 1] == DEF_VALUE:
-            spent[k + 1] = reader
-    return spent
-
-
-def view_mask(words: Sequence[str], prompt_length: int, view: str, rng: random.Random) -> torch.Tensor:
-    """Bool [L, L] (query, key): which earlier tokens each position may attend to under ``view``."""
+def view_mask(words: Sequence[str], prompt_length: int, view: str, rng: random.Random,
+              task: EmbeddedTask = SUM) -> torch.Tensor:
+    """Bool [L, L] (query, key): which earlier tokens each position may attend to under ``view`` on ``task``."""
     length = len(words)
     q = torch.arange(length)[:, None]
     k = torch.arange(length)[None, :]
     causal = k <= q
     if view == "full":
         return causal
-    roles = [OTHER] * prompt_length + token_roles(words[prompt_length:])
+    roles = [OTHER] * prompt_length + task.token_roles(words[prompt_length:])
     statement = torch.tensor([r in (DEF_NAME, DEF_VALUE) for r in roles])
     if view in ("random", "random-any"):
         spare = statement if view == "random" else torch.zeros(length, dtype=torch.bool)
@@ -86,8 +73,8 @@ def view_mask(words: Sequence[str], prompt_length: int, view: str, rng: random.R
         return causal & (q < vanish[None, :])
     if view != "oracle":
         raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
-    spent = torch.tensor(statement_spent_at(words, roles))
-    starts = torch.tensor([w == "step" and r != OTHER for w, r in zip(words, roles)])
+    spent = torch.tensor(task.statement_dead_at(words, roles))
+    starts = torch.tensor([w in task.line_starts and r != OTHER for w, r in zip(words, roles)])
     line = torch.cumsum(starts.long(), 0)  # index of the latest step line at each position
     in_line = torch.tensor([r != OTHER for r in roles])
     window = rng.randint(16, 64)
@@ -102,7 +89,8 @@ def view_mask(words: Sequence[str], prompt_length: int, view: str, rng: random.R
 
 def batch_mask(rows: Sequence[Sequence[str]], prompt_lengths: Sequence[int], width: int, rng: random.Random,
                weights: Sequence[float] = (0.3, 0.4, 0.3),
-               views: Sequence[str] = ("full", "oracle", "random")) -> tuple[torch.Tensor, list[str]]:
+               views: Sequence[str] = ("full", "oracle", "random"),
+               task: EmbeddedTask = SUM) -> tuple[torch.Tensor, list[str]]:
     """Additive float mask [B, 1, width, width] for a right-padded batch, and the view drawn per row
     (``views[i]`` with probability proportional to ``weights[i]``)."""
     mask = torch.full((len(rows), 1, width, width), float("-inf"))
@@ -110,6 +98,6 @@ def batch_mask(rows: Sequence[Sequence[str]], prompt_lengths: Sequence[int], wid
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     for b, (words, prompt_length, view) in enumerate(zip(rows, prompt_lengths, drawn)):
         allowed = causal.clone()  # padding rows stay causal (their targets are ignored)
-        allowed[: len(words), : len(words)] = view_mask(words, prompt_length, view, rng)
+        allowed[: len(words), : len(words)] = view_mask(words, prompt_length, view, rng, task)
         mask[b, 0].masked_fill_(allowed, 0.0)
     return mask, drawn

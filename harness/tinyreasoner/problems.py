@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from zoo.errors import UserError
@@ -218,17 +218,24 @@ def is_result_name(token: str) -> bool:
     return len(token) > 1 and token[0] == "r" and token[1:].isdigit()
 
 
-def next_role(token: str, previous_role: int, previous_token: str) -> int:
+def next_role(token: str, previous_role: int, previous_token: str, starts: Sequence[str] = ("step",),
+              is_name: Callable[[str], bool] = is_result_name, counter_starts: Sequence[str] = ()) -> int:
     """The role of ``token`` from the previous token and its role: the rules are local, so they can be
-    applied online, one generated token at a time (the oracle does), or over a whole trace."""
-    in_step = token == "step" or (previous_role != OTHER and previous_token != ".")
+    applied online, one generated token at a time (the oracle does), or over a whole trace.
+
+    ``starts`` are the words that open a line, ``is_name`` tells the names a line may state after its sum;
+    a word of ``counter_starts`` opens a line and is itself a stated name (the second task's ``iter 3``).
+    The defaults are this task's."""
+    if token in counter_starts:
+        return DEF_NAME
+    in_step = token in starts or (previous_role != OTHER and previous_token != ".")
     if not in_step:
         return OTHER
     if token == "=":
         return EQUALS
     if previous_role == EQUALS and token in DIGITS:
         return SUM
-    if previous_role == SUM and is_result_name(token):
+    if previous_role == SUM and is_name(token):
         return DEF_NAME
     if previous_role == DEF_NAME and token in DIGITS:
         return DEF_VALUE
@@ -246,6 +253,21 @@ def token_roles(tokens: Sequence[str]) -> list[int]:
     for i, token in enumerate(tokens):
         roles.append(next_role(token, roles[-1] if roles else OTHER, tokens[i - 1] if i else ""))
     return roles
+
+
+def statement_spent_at(words: Sequence[str], roles: Sequence[int]) -> list[int]:
+    """Per token: the position of the step operand that reads this result statement (``r7`` in a later
+    ``step r7 5 + ...``), after which it is not needed; ``len(words)`` if never read, -1 if not a statement."""
+    spent = [-1] * len(words)
+    for k, role in enumerate(roles):
+        if role != DEF_NAME:
+            continue
+        reader = next((c for c in range(k + 2, len(words)) if words[c] == words[k] and roles[c] == STEP),
+                      len(words))
+        spent[k] = reader
+        if k + 1 < len(words) and roles[k + 1] == DEF_VALUE:
+            spent[k + 1] = reader
+    return spent
 
 
 def critical_mask(tokens: Sequence[str]) -> list[bool]:

@@ -23,16 +23,25 @@ import torch
 from torch import nn
 
 from harness.tinyreasoner.dropout import RECIPE, batch_mask, parse_views
-from harness.tinyreasoner.problems import DIGITS, Knobs, generate, is_result_name, problems, task_facts
-from harness.tinyreasoner.vocab import EOS, PAD, TOKEN_ID, VOCAB, encode, prompt_tokens, save_tokenizer
+from harness.tinyreasoner.problems import DIGITS, Knobs, is_result_name
+from harness.tinyreasoner.tasks import EmbeddedTask, embedded_task
+from harness.tinyreasoner.vocab import EOS, PAD, Vocabulary, prompt_tokens
 from zoo.errors import UserError
 
 IGNORE = -100
+TASK_SOURCES = {"sum": "`harness/tinyreasoner/problems.py`", "program": "`harness/tinyreasoner/program.py`"}
 # token types of the per-type loss
 RETRIEVED, COMPUTED, FORMAT = 0, 1, 2
 TYPE_NAMES = ("retrieved", "computed", "format")
-_DIGIT_IDS = {TOKEN_ID[d] for d in DIGITS}
-_NAME_IDS = {TOKEN_ID[t] for t in VOCAB if len(t) <= 3 and (t.isalpha() and len(t) == 1 or is_result_name(t))}
+
+
+def _digit_ids(vocabulary: Vocabulary) -> set[int]:
+    return {vocabulary.token_id[d] for d in DIGITS}
+
+
+def _name_ids(vocabulary: Vocabulary) -> set[int]:
+    """Ids of the names a value follows: one-letter variables and registers, ``r1``.. results."""
+    return {i for i, t in enumerate(vocabulary.tokens) if len(t) == 1 and t.isalpha() or is_result_name(t)}
 
 
 @dataclass
@@ -56,22 +65,30 @@ class TrainConfig:
     # widened to ``extra_vars`` more variables than the training defaults, context drop-out on throughout
     init_from: str = ""
     extra_vars: int = 0
+    task: str = "sum"  # the embedded task (``tasks.TASKS``): sum (the shipped tiny reasoner's) or program
 
 
 def model_config(cfg: TrainConfig):
     from transformers import LlamaConfig
 
+    vocabulary = embedded_task(cfg.task).vocabulary
+    token_id = vocabulary.token_id
     return LlamaConfig(
-        vocab_size=len(VOCAB), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate,
+        vocab_size=len(vocabulary.tokens), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate,
         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
         max_position_embeddings=1024, rope_theta=10000.0, tie_word_embeddings=False,
-        bos_token_id=TOKEN_ID[EOS], eos_token_id=TOKEN_ID[EOS], pad_token_id=TOKEN_ID[PAD],
+        bos_token_id=token_id[EOS], eos_token_id=token_id[EOS], pad_token_id=token_id[PAD],
     )
 
 
-def final_stage(cfg: TrainConfig) -> Knobs:
-    """The curriculum's last stage: the training defaults, with ``cfg.extra_vars`` more variables at most."""
-    return Knobs(max_vars=Knobs().max_vars + cfg.extra_vars)
+def final_stage(cfg: TrainConfig):
+    """The curriculum's last stage: the task's training defaults (the sum task: with ``cfg.extra_vars`` more
+    variables at most)."""
+    if cfg.task == "sum":
+        return Knobs(max_vars=Knobs().max_vars + cfg.extra_vars)
+    if cfg.extra_vars:
+        raise UserError(f"--extra-vars widens the sum task only; the {cfg.task} task has no variables to add")
+    return embedded_task(cfg.task).knobs()
 
 
 def dropout_start(cfg: TrainConfig) -> float:
@@ -79,61 +96,69 @@ def dropout_start(cfg: TrainConfig) -> float:
     return 0.0 if cfg.init_from else cfg.dropout_from * cfg.steps
 
 
-def curriculum(progress: float, cfg: TrainConfig) -> Knobs:
+def curriculum(progress: float, cfg: TrainConfig):
     """An arithmetic warm-up on short problems with random filler (20%), then short problems with the
     deterministic filler, then the full distribution from 35% of training on. An extension (``cfg.init_from``)
     starts from a model that went through all of it, so it trains only the (widened) last stage."""
     if cfg.init_from:
         return final_stage(cfg)
+    task = embedded_task(cfg.task)
     if progress < 0.2:
-        return Knobs(min_vars=4, max_vars=8, gap_lines=0, random_filler=True, filler_ratio=1.0)
+        return task.warmup_stage()
     if progress < 0.35:
-        return Knobs(min_vars=6, max_vars=Knobs().max_vars, filler_lines=1, gap_lines=1)
+        return task.middle_stage()
     return final_stage(cfg)
 
 
-def token_types(ids: list[int]) -> list[int]:
+def token_types(ids: list[int], vocabulary: Vocabulary) -> list[int]:
     """Type of each token as a prediction target: a value after a name is retrieved, after '=' computed."""
+    digits, names = _digit_ids(vocabulary), _name_ids(vocabulary)
     types = []
     for i, token in enumerate(ids):
         previous = ids[i - 1] if i else -1
-        if token in _DIGIT_IDS and previous in _NAME_IDS:
+        if token in digits and previous in names:
             types.append(RETRIEVED)
-        elif token in _DIGIT_IDS:
+        elif token in digits:
             types.append(COMPUTED)
         else:
             types.append(FORMAT)
     return types
 
 
-def make_batch(rng: random.Random, size: int, knobs: Knobs, seed: int) -> tuple[torch.Tensor, ...]:
+def make_batch(rng: random.Random, size: int, knobs, seed: int,
+               task: EmbeddedTask | None = None) -> tuple[torch.Tensor, ...]:
     """Right-padded inputs, labels (prompt and padding ignored) and per-target token types."""
+    task = task or embedded_task("sum")
+    encode = task.vocabulary.encode
     rows, labels, types = [], [], []
     for _ in range(size):
-        problem = generate(rng.getrandbits(48), seed, "train", knobs)
+        problem = task.generate(rng.getrandbits(48), seed, "train", knobs)
         prompt = encode(prompt_tokens(problem.prompt))
         completion = encode([*problem.completion, EOS])
         ids = prompt + completion
         rows.append(ids)
         labels.append([IGNORE] * len(prompt) + completion)
-        types.append([FORMAT] * len(prompt) + token_types(ids)[len(prompt):])
+        types.append([FORMAT] * len(prompt) + token_types(ids, task.vocabulary)[len(prompt):])
     width = max(map(len, rows))
-    pad = TOKEN_ID[PAD]
+    pad = task.vocabulary.token_id[PAD]
     x = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
     y = torch.tensor([r + [IGNORE] * (width - len(r)) for r in labels])
     t = torch.tensor([r + [FORMAT] * (width - len(r)) for r in types])
     return x, y, t
 
 
-def dropout_mask(x: torch.Tensor, rng: random.Random, views: str = RECIPE) -> torch.Tensor:
+def dropout_mask(x: torch.Tensor, rng: random.Random, views: str = RECIPE,
+                 task: EmbeddedTask | None = None) -> torch.Tensor:
     """Context drop-out for a right-padded batch (see ``dropout.py``): the contexts eviction leaves."""
+    task = task or embedded_task("sum")
+    tokens, pad = task.vocabulary.tokens, task.vocabulary.token_id[PAD]
     names, weights = parse_views(views)
     rows, prompt_lengths = [], []
     for ids in x.tolist():
-        words = [VOCAB[i] for i in ids if i != TOKEN_ID[PAD]]
+        words = [tokens[i] for i in ids if i != pad]
         rows.append(words)
         prompt_lengths.append(words.index("<think>") + 1)
-    return batch_mask(rows, prompt_lengths, x.shape[1], rng, weights=weights, views=names)[0]
+    return batch_mask(rows, prompt_lengths, x.shape[1], rng, weights=weights, views=names, task=task)[0]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -144,23 +169,25 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 @torch.no_grad()
-def greedy_accuracy(model: nn.Module, count: int, seed: int, max_new_tokens: int = 600,
-                    split: str = "heldout", batch_size: int = 32) -> dict[str, float]:
+def greedy_accuracy(model: nn.Module, count: int, seed: int, max_new_tokens: int = 700,
+                    split: str = "heldout", batch_size: int = 32, task: EmbeddedTask | None = None) -> dict[str, float]:
     """Exact-match accuracy of free greedy generation on held-out problems (full cache, nothing forced)."""
+    task = task or embedded_task("sum")
+    vocabulary = task.vocabulary
     model.eval()
     correct, lengths = 0, []
-    items = list(problems(count, seed, split))
+    items = list(task.problems(count, seed, split))
     for start in range(0, count, batch_size):
         chunk = items[start : start + batch_size]
-        prompts = [encode(prompt_tokens(p.prompt)) for p in chunk]
+        prompts = [vocabulary.encode(prompt_tokens(p.prompt)) for p in chunk]
         width = max(map(len, prompts))
-        pad = TOKEN_ID[PAD]
+        pad = vocabulary.token_id[PAD]
         x = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = (x != pad).long()
         out = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=pad, eos_token_id=TOKEN_ID[EOS])
+                             pad_token_id=pad, eos_token_id=vocabulary.token_id[EOS])
         for problem, row in zip(chunk, out[:, width:].tolist()):
-            words = [VOCAB[i] for i in row]
+            words = [vocabulary.tokens[i] for i in row]
             if EOS in words:
                 words = words[: words.index(EOS)]
             got = words[-1] if len(words) >= 2 and words[-2] == "answer" else None
@@ -175,6 +202,7 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print,
           on_step: Callable[[int], None] | None = None) -> dict:
     """Train from scratch (or resume ``out/checkpoint.pt``); writes the model directory and returns metrics."""
     parse_views(cfg.dropout_views)  # fail before training, not at 40% of it
+    final_stage(cfg)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -205,11 +233,12 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print,
             log(json.dumps(row))
             window = [[], [], []]
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            quick = greedy_accuracy(model, cfg.eval_problems, seed=cfg.seed, split="validation")
+            quick = greedy_accuracy(model, cfg.eval_problems, seed=cfg.seed, split="validation",
+                                    task=embedded_task(cfg.task))
             history.append({"step": step + 1, **quick})
             log(json.dumps({"step": step + 1, **quick}))
             _save_checkpoint(checkpoint, model, optimizer, rng, step + 1, history)
-    _save_model(out, model)
+    _save_model(out, model, embedded_task(cfg.task).vocabulary)
     return {"history": history, "train_seconds": round(time.time() - began, 1), "train_tokens": tokens_seen,
             "parameters": sum(p.numel() for p in model.parameters()), "config": asdict(cfg)}
 
@@ -247,12 +276,13 @@ def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, rng: random.
                 cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimiser step on a fresh batch (context drop-out after its start); (loss, per-token losses, which
     targets count, target token types)."""
-    x, y, types = make_batch(rng, cfg.batch_size, knobs, cfg.seed)
+    task = embedded_task(cfg.task)
+    x, y, types = make_batch(rng, cfg.batch_size, knobs, cfg.seed, task)
     for group in optimizer.param_groups:
         group["lr"] = lr_at(step, cfg)
     mask = None
     if step >= dropout_start(cfg):
-        mask = dropout_mask(x, rng, cfg.dropout_views)
+        mask = dropout_mask(x, rng, cfg.dropout_views, task)
     logits = model(input_ids=x, attention_mask=mask).logits[:, :-1]
     target, target_types = y[:, 1:], types[:, 1:]
     losses = nn.functional.cross_entropy(
@@ -275,12 +305,12 @@ def _save_checkpoint(checkpoint: Path, model: nn.Module, optimizer: torch.optim.
     tmp.replace(checkpoint)
 
 
-def _save_model(out: Path, model: nn.Module) -> None:
+def _save_model(out: Path, model: nn.Module, vocabulary: Vocabulary) -> None:
     """Weights, tokenizer and a generation config that stops at the task's end token."""
     model.save_pretrained(out)
-    save_tokenizer(out)
+    vocabulary.save_tokenizer(out)
     generation = model.generation_config
-    generation.eos_token_id, generation.pad_token_id = TOKEN_ID[EOS], TOKEN_ID[PAD]
+    generation.eos_token_id, generation.pad_token_id = vocabulary.token_id[EOS], vocabulary.token_id[PAD]
     generation.save_pretrained(out)
 
 
@@ -295,6 +325,8 @@ def write_card(out: Path, cfg: TrainConfig, trained: dict, heldout: dict, facts:
              "eviction policy kept") if not control else (
              f"views `{cfg.dropout_views}` (no oracle-like view; `random-any` gaps may hide result statements)")
     title = "tiny-reasoner-control" if control else "tiny-reasoner"
+    if cfg.task != "sum":
+        title = f"{title}-{cfg.task}"
     when = "throughout" if cfg.init_from else f"from {cfg.dropout_from:.0%} of training on"
     if cfg.init_from:
         title = f"{title}-extended"
@@ -304,9 +336,9 @@ def write_card(out: Path, cfg: TrainConfig, trained: dict, heldout: dict, facts:
     lines = [
         f"# {title}",
         "",
-        "A Llama-architecture model trained by `dynts-bench make-tiny-reasoner` on the synthetic",
-        "pairwise-sum task (`harness/tinyreasoner/problems.py`). It thinks in a `<think> ... </think>` trace whose",
-        "later steps retrieve results stated once, far back; filler lines in between are never needed again.",
+        f"A Llama-architecture model trained by `dynts-bench make-tiny-reasoner --task {cfg.task}` on the "
+        f"embedded task `{cfg.task}` ({TASK_SOURCES[cfg.task]}): {embedded_task(cfg.task).summary}. It thinks in a "
+        "`<think> ... </think>` trace; filler lines between the lines that matter are never needed again.",
         "",
         f"- parameters: {trained['parameters']:,}; layers {cfg.layers}, width {cfg.hidden_size}, heads {cfg.heads}",
         f"- seed {cfg.seed}; {cfg.steps} steps of {cfg.batch_size} problems; lr {cfg.lr} (cosine, warm-up "
@@ -315,8 +347,8 @@ def write_card(out: Path, cfg: TrainConfig, trained: dict, heldout: dict, facts:
         f"- context drop-out (`dropout.py`) {when}: {views}",
         f"- held-out ({heldout['problems']} problems, split `heldout`, never trained on), greedy, full cache: "
         f"exact match {heldout['exact_match']:.1%}, median thinking {heldout['median_thinking_tokens']:.0f} tokens",
-        f"- reference traces: median {facts['median_thinking_tokens']:.0f} thinking tokens; result statements "
-        f"(the long-range critical tokens) are {facts['critical_fraction']:.1%} of them, step lines "
+        f"- reference traces: median {facts['median_thinking_tokens']:.0f} thinking tokens; statements a later "
+        f"line reads (the long-range critical tokens) are {facts['critical_fraction']:.1%} of them, work lines "
         f"{facts['step_line_fraction']:.1%}",
         "",
         "The loss per step (overall, and per token type: retrieved values, computed sums, format) is in",
@@ -331,8 +363,10 @@ def make_tiny_reasoner(out: Path, cfg: TrainConfig, heldout_problems: int = 500,
     from transformers import LlamaForCausalLM
 
     model = LlamaForCausalLM.from_pretrained(out)
-    heldout = {"problems": heldout_problems, **greedy_accuracy(model, heldout_problems, seed=0, split="heldout")}
-    facts = task_facts(list(problems(heldout_problems, seed=0, split="heldout")))
+    task = embedded_task(cfg.task)
+    heldout = {"problems": heldout_problems,
+               **greedy_accuracy(model, heldout_problems, seed=0, split="heldout", task=task)}
+    facts = task.task_facts(list(task.problems(heldout_problems, seed=0, split="heldout")))
     write_card(out, cfg, trained, heldout, facts)
     (out / "checkpoint.pt").unlink(missing_ok=True)
     return {"heldout": heldout, "task": facts, "train_seconds": trained["train_seconds"]}
