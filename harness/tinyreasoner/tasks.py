@@ -33,6 +33,7 @@ class EmbeddedTask:
     task_facts: Callable[[Sequence[Problem]], dict[str, float]]
     warmup_stage: Callable[[], Any]  # the curriculum's first 20%
     middle_stage: Callable[[], Any]  # the curriculum's 20-35%
+    stage_size: Callable[[Any], dict[str, str]]  # how big a stage's problems are, for the training log
 
     def problems(self, count: int, seed: int = 0, split: str = "heldout", knobs: Any = None) -> Iterator[Problem]:
         for index in range(count):
@@ -56,6 +57,7 @@ SUM = EmbeddedTask(
     warmup_stage=lambda: sum_task.Knobs(min_vars=4, max_vars=8, gap_lines=0, random_filler=True, filler_ratio=1.0),
     middle_stage=lambda: sum_task.Knobs(min_vars=6, max_vars=sum_task.Knobs().max_vars, filler_lines=1,
                                         gap_lines=1),
+    stage_size=lambda knobs: {"n_vars": f"{knobs.min_vars}-{knobs.max_vars}"},
 )
 
 PROGRAM = EmbeddedTask(
@@ -71,6 +73,7 @@ PROGRAM = EmbeddedTask(
     task_facts=program.task_facts,
     warmup_stage=lambda: program.ProgramKnobs(min_iterations=1, max_iterations=4, filler_lines=1),
     middle_stage=lambda: program.ProgramKnobs(min_iterations=3, max_iterations=7, filler_lines=2),
+    stage_size=lambda knobs: {"iterations": f"{knobs.min_iterations}-{knobs.max_iterations}"},
 )
 
 TASKS = {task.name: task for task in (SUM, PROGRAM)}

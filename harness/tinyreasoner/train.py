@@ -228,7 +228,7 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print,
         if (step + 1) % 100 == 0:
             means = {TYPE_NAMES[k]: round(sum(v) / len(v), 4) for k, v in enumerate(window) if v}
             row = {"step": step + 1, "loss": round(float(loss.detach()), 4), **means, "lr": round(lr_at(step, cfg), 6),
-                   "elapsed_s": round(time.time() - began, 1), "n_vars": f"{knobs.min_vars}-{knobs.max_vars}"}
+                   "elapsed_s": round(time.time() - began, 1), **embedded_task(cfg.task).stage_size(knobs)}
             history.append(row)
             log(json.dumps(row))
             window = [[], [], []]
