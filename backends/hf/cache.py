@@ -257,18 +257,14 @@ class CompactingCache(Cache):
     def compact_rows(self, rows: torch.Tensor, order: torch.Tensor, kept: torch.Tensor,
                      kept_valid: torch.Tensor) -> None:
         """Keep, of sequences ``rows``, the generation-order positions ``kept`` ``[F, K]`` (see ``compact``),
-        moved to the end of each sequence's run of slots. One gather of the stacked keys and values of those
-        sequences, one per metadata dtype; the other sequences are not touched."""
+        moved to the end of each sequence's run of slots. Only slots that change place move: one copy of every
+        layer's keys and values together (one readback of how many move), one per metadata dtype; the other
+        sequences are not touched."""
         assert self.kv is not None and self.flags is not None and self.ids is not None
         c, k = self.capacity, kept.shape[1]
         src = order[kept]  # [F, K] physical slots kept
         dst = order[c - k :].expand_as(src)  # right-aligned: the newest kept token stays the newest slot
-        layers, two, _, heads, _, dim = self.kv.shape
-        sub = self.kv.index_select(2, rows)
-        index = src[None, None, :, None, :, None].expand(layers, two, -1, heads, -1, dim)
-        moved = sub.gather(4, index)
-        sub.scatter_(4, dst[None, None, :, None, :, None].expand_as(index), moved)
-        self.kv.index_copy_(2, rows, sub)
+        self._move_kv(rows, src, dst, kept_valid)
 
         flags = self.flags.index_select(1, rows)
         new_flags = torch.zeros_like(flags)
@@ -286,6 +282,19 @@ class CompactingCache(Cache):
             s = len(self.state_names)
             kept_scores = scores.gather(2, src.expand(s, -1, -1)).masked_fill(~kept_valid, 0.0)
             self.scores.index_copy_(1, rows, torch.zeros_like(scores).scatter_(2, dst.expand(s, -1, -1), kept_scores))
+
+    def _move_kv(self, rows: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, kept_valid: torch.Tensor) -> None:
+        """Copy slot ``src[f, k]`` to ``dst[f, k]`` of sequence ``rows[f]`` in every layer's keys and values, for
+        the kept entries that change place: as rows of ``D`` values of a ``[layers * 2, B * KVH * C, D]`` view."""
+        assert self.kv is not None
+        layers, two, batch, heads, c, dim = self.kv.shape
+        f, k = (kept_valid & (src != dst)).nonzero(as_tuple=True)
+        if f.numel() == 0:
+            return
+        base = (rows[f, None] * heads + torch.arange(heads, device=rows.device)) * c  # [N, KVH]
+        flat = self.kv.view(layers * two, batch * heads * c, dim)
+        moved = flat.index_select(1, (base + src[f, k, None]).flatten())
+        flat.index_copy_(1, (base + dst[f, k, None]).flatten(), moved)
 
     def shrink(self, capacity: int) -> None:
         """Reallocate every buffer to ``capacity`` slots (after a long prompt was compressed below it). Every

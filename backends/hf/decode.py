@@ -131,15 +131,19 @@ def decode_forward(parts: ModelParts, cache: CompactingCache, observer: KVObserv
     return hidden, parts.lm_head(hidden[:, -1]).float()
 
 
-def _forward(parts: ModelParts, cache: CompactingCache, observer: KVObserver, input_ids, positions, valid, prompt):
+def _forward(parts: ModelParts, cache: CompactingCache, observer: KVObserver, input_ids, positions, valid, prompt,
+             clock: Clock = NO_CLOCK):
     """One forward of the incoming tokens into the cache; returns (first slot written, hidden, last logits)."""
     q = input_ids.shape[1]
-    start = cache.append(input_ids, positions, valid, is_prompt=prompt)
-    observer.begin(valid, cache.state.get(ATTENTION_STATE))
+    with clock.section("cache write"):
+        start = cache.append(input_ids, positions, valid, is_prompt=prompt)
+        observer.begin(valid, cache.state.get(ATTENTION_STATE))
     watching = observer if observer.watches else None
     step = parts.compiled_step if parts.compiled_step is not None and q == 1 else decode_forward
-    hidden, logits = step(parts, cache, watching, input_ids, positions)
-    cache.advance(q)
+    with clock.section("model"):
+        hidden, logits = step(parts, cache, watching, input_ids, positions)
+    with clock.section("cache write"):
+        cache.advance(q)
     return start, hidden, logits
 
 
@@ -245,10 +249,10 @@ class BatchDecoder:
 
     def forward_step(self, input_ids: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
         """One decode forward of every active row's last token; returns (slot, hidden, logits)."""
-        with self.clock.section("forward"):
-            valid = torch.ones_like(input_ids, dtype=torch.bool)
-            start, hidden, logits = _forward(self.parts, self.cache, self.observer, input_ids, self.positions,
-                                             valid, False)
+        valid = torch.ones_like(input_ids, dtype=torch.bool)
+        start, hidden, logits = _forward(self.parts, self.cache, self.observer, input_ids, self.positions, valid,
+                                         False, self.clock)
+        with self.clock.section("cache write"):
             self.positions.add_(1)
         for i in self.active:
             self.rows[i].live += 1
@@ -433,28 +437,36 @@ def _decode(decoder: BatchDecoder, prefill: Prefill | None, on_forward: OnForwar
     if log is not None:
         log.start()
     start, ids, hidden, logits = decoder.forward_prompt(prefill)
-    prompt = True
-    while True:
-        if on_forward is not None:
-            on_forward(decoder.cache, logits, [decoder.rows[i].request.request_id for i in decoder.active])
-        observe_s = decoder.observe(ids, start, hidden, prompt)
-        next_ids, tokens = decoder.choose(logits)
+    next_ids = _after_forward(decoder, start, ids, hidden, logits, True, prefill, on_forward, log)
+    while next_ids is not None:
+        with decoder.clock.section("decode step"):
+            ids = next_ids.unsqueeze(1)
+            start, hidden, logits = decoder.forward_step(ids)
+            next_ids = _after_forward(decoder, start, ids, hidden, logits, False, None, on_forward, log)
+
+
+def _after_forward(decoder: BatchDecoder, start: int, ids: torch.Tensor, hidden: torch.Tensor, logits: torch.Tensor,
+                   prompt: bool, prefill: Prefill | None, on_forward: OnForward | None,
+                   log: StepLog | None) -> torch.Tensor | None:
+    """Everything a step does after its forward; returns the next step's tokens, None once every row is done."""
+    if on_forward is not None:
+        on_forward(decoder.cache, logits, [decoder.rows[i].request.request_id for i in decoder.active])
+    observe_s = decoder.observe(ids, start, hidden, prompt)
+    next_ids, tokens = decoder.choose(logits)
+    if prompt:
+        decoder.ttft = time.perf_counter() - decoder.started + (prefill.seconds if prefill is not None else 0.0)
+    going = decoder.finish_rows(tokens, observe_s)
+    if not going:
+        return None
+    next_ids = decoder.drop_finished(going, next_ids)
+    held = decoder.cache.length  # the step's largest cache, before any compression
+    compress_s = decoder.compress()
+    if log is not None:
         if prompt:
-            decoder.ttft = time.perf_counter() - decoder.started + (prefill.seconds if prefill is not None else 0.0)
-        going = decoder.finish_rows(tokens, observe_s)
-        if not going:
-            return
-        next_ids = decoder.drop_finished(going, next_ids)
-        held = decoder.cache.length  # the step's largest cache, before any compression
-        compress_s = decoder.compress()
-        if log is not None:
-            if prompt:
-                log.start()
-            else:
-                log.record(observe_s + compress_s, held)
-        ids = next_ids.unsqueeze(1)
-        start, hidden, logits = decoder.forward_step(ids)
-        prompt = False
+            log.start()
+        else:
+            log.record(observe_s + compress_s, held)
+    return next_ids
 
 
 def _result(row: _Row, ttft: float, t0: float, parts: ModelParts, stopper: StopChecker) -> SequenceResult:
