@@ -17,6 +17,7 @@ from typing import Any
 
 from backends.base import BackendError
 from backends.hf.facts import ModelFacts
+from zoo import build_policy
 from zoo.base import Policy
 
 SERVE_ENV = "DYNTS_BENCH_SERVE"
@@ -58,8 +59,6 @@ def served_spec() -> ServeSpec | None:
 
 def build_served_policy(spec: ServeSpec, facts: ModelFacts) -> tuple[Policy, int | None]:
     """The served policy, prepared for the model as ``run`` prepares it; with the model's ``</think>`` id."""
-    from zoo import build_policy
-
     policy = build_policy(spec.policy, **spec.options)
     policy.prepare(facts.model_info())
     return policy, facts.think_end_id

@@ -21,9 +21,9 @@ from typing import Any
 
 from backends.base import GenerationRequest, SamplingParams
 from backends.hf.backend import TransformersBackend
-from harness.answers import is_correct
-from harness.passk import wilson_ci
-from harness.prompts import PromptItem, default_prompts_path, load_prompts
+from harness.scoring.answers import is_correct
+from harness.scoring.passk import wilson_ci
+from harness.workloads.prompt_file import PromptItem, default_prompts_path, load_prompts
 from zoo.base import Policy
 from zoo.dynts import DynTS
 from zoo.schedule import EvictionSchedule

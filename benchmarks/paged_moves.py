@@ -19,6 +19,9 @@ from collections.abc import Callable
 
 import torch
 
+from backends.paged import merge_plans, plan_compaction
+from backends.vllm.layouts import SlabStore, VecStore, layout_for
+
 
 def timed(fn: Callable[[], object], reset: Callable[[], None]) -> float:
     reset()
@@ -42,9 +45,6 @@ def main() -> None:
 
     from rich.console import Console
     from rich.table import Table
-
-    from backends.paged import merge_plans, plan_compaction
-    from backends.vllm.layouts import SlabStore, VecStore, layout_for
 
     bs, d = args.block_size, args.head_dim
     per_request = -(-args.length // bs)

@@ -25,9 +25,9 @@ from rich.console import Console
 from rich.table import Table
 
 from backends.hf.backend import TransformersBackend
-from harness.bench import run_bench
-from harness.catalog import shipped_predictor
-from harness.importance.fit import PRESETS
+from harness.predictor_pipeline.fit import PRESETS
+from harness.runs.catalog import shipped_predictor
+from harness.timing.latency_bench import run_bench
 from zoo.predictor import ImportancePredictor, PredictorConfig
 
 

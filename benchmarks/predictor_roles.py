@@ -24,11 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.importance.eviction import fine_roles, statements  # noqa: E402
-from harness.importance.fit import pool_labels, transform_labels  # noqa: E402
-from harness.importance.labels import load_labels  # noqa: E402
-from harness.importance.traces import TraceStore, TraceStoreError  # noqa: E402
-from harness.tinyreasoner.task import token_roles  # noqa: E402
+from backends.hf.facts import model_directory
+from harness.predictor_pipeline.eviction import fine_roles, statements  # noqa: E402
+from harness.predictor_pipeline.fit import pool_labels, transform_labels  # noqa: E402
+from harness.predictor_pipeline.labels import load_labels  # noqa: E402
+from harness.predictor_pipeline.traces import TraceStore, TraceStoreError  # noqa: E402
+from harness.tinyreasoner.problems import token_roles  # noqa: E402
 from zoo.predictor import ImportancePredictor, PredictorConfig  # noqa: E402
 
 NAME = "statement-name"
@@ -124,8 +125,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
-
-    from backends.hf.facts import model_directory
 
     store = TraceStore(args.store)
     tokenizer = AutoTokenizer.from_pretrained(model_directory(store.meta["model"])[0])

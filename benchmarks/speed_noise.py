@@ -3,7 +3,7 @@
 Runs ``dynts-bench sweep GRID --out OUT --allow-stale`` ``--runs`` times (the first run makes the cells, later
 runs reuse them and only rerun the probe), keeps each ``speed.json`` as ``OUT/probe-N.json``, then prints, per
 figure, the worst cell's run-to-run spread of the median (max / min - 1 over the runs), the within-run spread of
-the repeats, and the gate's verdicts (``harness.check.speed_verdict``, and beside them the median rule it
+the repeats, and the gate's verdicts (``harness.results.regression.speed_verdict``, and beside them the median rule it
 replaced) for every ordered pair of runs (one as the baseline, the other as the current run) -- unchanged, and
 with the current decode times doubled (the fault the reference figure exists to catch). ``--load N`` runs N
 neighbours beside the probes: steady busy loops (``--load-kind cpu``) or bursts of 0.05-2 s of copying 400 MB
@@ -38,8 +38,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.check import speed_verdict  # noqa: E402
-from harness.speed import figures  # noqa: E402
+from harness.results.regression import speed_verdict  # noqa: E402
+from harness.timing.speed_probe import figures  # noqa: E402
 
 FIGURES = ("vs_reference", "vs_full")
 LOADS = {

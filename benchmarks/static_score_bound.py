@@ -4,7 +4,7 @@
 
 DynTS scores each token once, when it is written, and never revises the score. This bound keeps that constraint
 and replaces the learned head with the task's rules: a token that states a result (``r7 6`` after a step's sum,
-``harness.tinyreasoner.task``) scores 4, every other token its write position (later = higher, below 1). Unlike
+``harness.tinyreasoner.problems``) scores 4, every other token its write position (later = higher, below 1). Unlike
 the oracle policy it never learns that a statement was read (spent), so spent statements stay as DynTS's would.
 Its accuracy is what a predictor that told statements from everything else, at write time, would reach: the gap
 to DynTS is then a matter of what the head learns, not of scoring at write time.
@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backends.hf.backend import TransformersBackend  # noqa: E402
 from benchmarks.dynts_budget_curve import accuracy  # noqa: E402
-from harness.passk import wilson_ci  # noqa: E402
-from harness.prompts import default_prompts_path, load_prompts  # noqa: E402
+from harness.scoring.passk import wilson_ci  # noqa: E402
 from harness.tinyreasoner.oracle import ROLE, SPENT, Oracle  # noqa: E402
-from harness.tinyreasoner.task import DEF_NAME, DEF_VALUE  # noqa: E402
+from harness.tinyreasoner.problems import DEF_NAME, DEF_VALUE  # noqa: E402
+from harness.workloads.prompt_file import default_prompts_path, load_prompts  # noqa: E402
 from zoo.base import CacheView  # noqa: E402
 
 

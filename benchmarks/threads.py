@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backends.base import GenerationRequest, SamplingParams  # noqa: E402
 from backends.hf.backend import TransformersBackend  # noqa: E402
-from harness.prompts import default_prompts_path, load_prompts  # noqa: E402
+from harness.workloads.prompt_file import default_prompts_path, load_prompts  # noqa: E402
 from zoo import build_policy  # noqa: E402
 from zoo.schedule import EvictionSchedule  # noqa: E402
 

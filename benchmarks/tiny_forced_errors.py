@@ -17,6 +17,9 @@ import random
 
 import torch
 
+from harness.tinyreasoner.problems import Knobs, generate
+from harness.tinyreasoner.vocab import EOS, VOCAB, encode, prompt_tokens
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -27,9 +30,6 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from transformers import LlamaForCausalLM
-
-    from harness.tinyreasoner.task import Knobs, generate
-    from harness.tinyreasoner.vocab import EOS, VOCAB, encode, prompt_tokens
 
     unseen = {chr(c) for c in range(ord("n"), ord("z") + 1)}
     models = {name: LlamaForCausalLM.from_pretrained(path).eval()

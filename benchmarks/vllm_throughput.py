@@ -40,10 +40,10 @@ PROMPT = "Count from one to ten thousand, one number per line."
 
 def default_prompt(model: str) -> str:
     """A prompt the model's tokenizer can encode: the tiny reasoners know only their task's words."""
-    from harness.catalog import TASK_VOCABULARY_MODELS
+    from harness.runs.catalog import TASK_VOCABULARY_MODELS
 
     if model in TASK_VOCABULARY_MODELS:
-        from harness.tinyreasoner.task import problems
+        from harness.tinyreasoner.problems import problems
 
         return " ".join(next(iter(problems(1, 0, "heldout"))).prompt)
     return PROMPT
@@ -60,7 +60,7 @@ def untrained_predictor(hidden_size: int, model_id: str) -> str:
 
 def build(name: str, backend: VLLMBackend, model: str) -> tuple[Policy, str]:
     """The policy, and where DynTS's predictor came from."""
-    from harness.catalog import shipped_predictor
+    from harness.runs.catalog import shipped_predictor
     from zoo import build_policy
 
     if name != "dynts":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.answers import GeneratedText, extract_choice, extract_math, last_boxed, score
+from harness.scoring.answers import GeneratedText, extract_choice, extract_math, last_boxed, score
 
 MATH_CASES = [
     # (gold, output, correct, reason)
@@ -80,7 +80,7 @@ def test_number_scoring_reads_only_after_think(gold, output, correct, reason):
 
 
 def test_prompt_file_scoring_requires_a_closed_trace_from_thinking_models():
-    from harness.answers import is_correct
+    from harness.scoring.answers import is_correct
 
     assert is_correct("4", "r1 4 . </think> answer 4", thinking=True)
     assert not is_correct("4", "step a 1 + b 3 = 4 r1 4", thinking=True)

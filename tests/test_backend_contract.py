@@ -23,8 +23,8 @@ from backends.base import (
     SequenceResult,
     check_schedules,
 )
-from harness.options import RunOptions
-from harness.runplan import execute_plan, prepare
+from harness.runs.options import RunOptions
+from harness.runs.runplan import execute_plan, prepare
 from zoo import build_policy
 from zoo.base import ModelInfo, Policy
 from zoo.schedule import EvictionSchedule

@@ -6,8 +6,8 @@ import importlib.util
 
 import pytest
 
-from harness.catalog import PREDICTOR, SHIPPED_PREDICTORS, default_policies, provided, shipped_predictor
-from harness.fingerprints import model_fingerprint
+from harness.runs.catalog import PREDICTOR, SHIPPED_PREDICTORS, default_policies, provided, shipped_predictor
+from harness.runs.fingerprints import model_fingerprint
 from zoo.predictor import ImportancePredictor
 
 

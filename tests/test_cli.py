@@ -167,7 +167,7 @@ def test_bench_prints_ratios_against_full(tmp_path):
 
 def test_bench_times_dynts_on_the_tiny_reasoner(tmp_path):
     """A 75-token vocabulary (random prompts must fit it) and the shipped predictor: dynts next to window."""
-    from harness.catalog import shipped_predictor
+    from harness.runs.catalog import shipped_predictor
 
     out = tmp_path / "bench.json"
     result = run_cli("bench", "--model", "tiny-reasoner", "--context", "96", "--steps", "12", "--repeats", "1",

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from backends.base import SamplingParams
 from backends.hf.backend import TransformersBackend
 from harness.cli import app
-from harness.importance.eviction import (
+from harness.predictor_pipeline.eviction import (
     Compression,
     SequenceLog,
     analyze_sequence,
@@ -20,8 +20,8 @@ from harness.importance.eviction import (
     summarize,
     tiny_policies,
 )
-from harness.prompts import PromptItem
-from harness.tinyreasoner.task import generate, token_roles
+from harness.tinyreasoner.problems import generate, token_roles
+from harness.workloads.prompt_file import PromptItem
 from zoo.predictor import ImportancePredictor, PredictorConfig
 from zoo.schedule import EvictionSchedule
 

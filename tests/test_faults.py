@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.results import ResultsError, RunDir
+from harness.results.rundir import ResultsError, RunDir
 
 runner = CliRunner()
 GRID = """name: faults
@@ -151,7 +151,7 @@ def test_a_run_made_by_other_code_is_not_reused(gate, tmp_path) -> None:
 
 
 def test_a_changed_predictor_gives_a_new_run_not_a_reused_one(gate, tmp_path) -> None:
-    from harness.catalog import shipped_predictor
+    from harness.runs.catalog import shipped_predictor
 
     predictor = tmp_path / "predictor"
     shutil.copytree(shipped_predictor("tiny-reasoner"), predictor)
@@ -193,7 +193,7 @@ def test_a_second_writer_of_one_run_directory_is_refused(tmp_path) -> None:
 def test_a_predictor_is_refused_for_other_weights_under_the_same_name(random_reasoner, tmp_path) -> None:
     """The shipped predictor records its model's fingerprint: a random model saved as ``.../tiny-reasoner``
     passes the name check but not the weights check."""
-    from harness.catalog import shipped_predictor
+    from harness.runs.catalog import shipped_predictor
 
     impostor = tmp_path / "tiny-reasoner"
     shutil.copytree(random_reasoner, impostor)
@@ -203,7 +203,7 @@ def test_a_predictor_is_refused_for_other_weights_under_the_same_name(random_rea
 
 
 def test_a_truncated_predictor_is_one_line(tmp_path) -> None:
-    from harness.catalog import shipped_predictor
+    from harness.runs.catalog import shipped_predictor
 
     broken = tmp_path / "predictor"
     shutil.copytree(shipped_predictor("tiny-reasoner"), broken)
@@ -266,8 +266,8 @@ def _reprobe(tmp_path: Path) -> None:
 
 def _speed_findings(sweep: Path, baseline: Path) -> dict[str, list[str]]:
     """The gate's speed verdicts by metric kind, from the same code the command ran."""
-    from harness.check import compare, load_speed
-    from harness.leaderboard import load_runs
+    from harness.results.leaderboard import load_runs
+    from harness.results.regression import compare, load_speed
 
     found: dict[str, list[str]] = {"reference": [], "full": []}
     for f in compare(json.loads(baseline.read_text()), load_runs(sweep), speed=load_speed(sweep)):
@@ -291,9 +291,9 @@ def test_a_decode_loop_twice_as_slow_for_every_policy_fails_the_speed_gate(gate,
 
 def _slow_rounds(sweep: Path, how_many: int) -> None:
     """Double the decode time of each cell's ``how_many`` slowest rounds (by decode time over the reference) in the
-    probe's own record, figures recomputed by ``harness.speed.figures``: bursts of load, made deterministic (the
+    probe's own record, figures recomputed by ``speed_probe.figures``: bursts of load, made deterministic (the
     baseline sweep's own timings, edited), so the verdict does not depend on how busy this machine is."""
-    from harness.speed import figures
+    from harness.timing.speed_probe import figures
 
     probe = json.loads((sweep / "speed.json").read_text())
     raws = {key: entry["raw"] for key, entry in probe["entries"].items()}
@@ -334,7 +334,7 @@ def test_speed_timed_on_another_cpu_is_inconclusive_not_compared(gate, tmp_path)
     """A baseline timed on another CPU model: the decode and the reference computation need not scale alike there,
     so even a 2x slower probe (every round doubled in the probe record; on this CPU it fails, see above) is
     reported inconclusive with the reason, never failed or passed on figures that do not transfer."""
-    from harness.env import hardware
+    from harness.runs.environment import hardware
 
     sweep = _copy(gate, tmp_path)
     _slow_rounds(sweep, json.loads((sweep / "speed.json").read_text())["spec"]["rounds"])  # every round
@@ -348,8 +348,8 @@ def test_speed_timed_on_another_cpu_is_inconclusive_not_compared(gate, tmp_path)
     assert result.exit_code == 0 and "speed checks inconclusive" in text, result.output
     assert "another CPU" in text and "Other CPU 9000" in text and str(hardware()["cpu_model"]) in text
 
-    from harness.check import compare, load_speed
-    from harness.leaderboard import load_runs
+    from harness.results.leaderboard import load_runs
+    from harness.results.regression import compare, load_speed
 
     verdicts = [f for f in compare(moved, load_runs(sweep), speed=load_speed(sweep), machine=hardware())
                 if f.metric.startswith("decode time vs")]
@@ -388,7 +388,7 @@ def test_a_bad_speed_section_is_one_line(speed, message, tmp_path) -> None:
 
 
 def test_a_runaway_math_check_is_killed_and_leaves_no_thread() -> None:
-    from harness.verifier import Verifier
+    from harness.scoring.verifier import Verifier
 
     verifier = Verifier()
     try:
@@ -407,7 +407,7 @@ def _collect(out: Path):
 
 
 def test_a_partial_last_trace_index_line_is_repaired_and_a_bad_line_is_one_line(tmp_path) -> None:
-    from harness.importance.traces import TraceStore
+    from harness.predictor_pipeline.traces import TraceStore
 
     store = tmp_path / "traces"
     assert _collect(store).exit_code == 0
@@ -447,8 +447,8 @@ def _sized_run(root: Path, policy: str, budget: int | None, n: int) -> None:
 
 
 def test_plots_never_join_runs_of_different_sizes(tmp_path) -> None:
-    from harness.leaderboard import load_runs
-    from harness.plots import all_plots, plot_groups
+    from harness.results.leaderboard import load_runs
+    from harness.results.plots import all_plots, plot_groups
 
     for n in (100, 200):
         for policy, budget in (("full", None), ("window", 64), ("window", 96)):

@@ -7,7 +7,7 @@ import torch
 
 from backends.base import GenerationRequest, SamplingParams
 from backends.hf.decode import generate_batch
-from harness.measure import NvmlSampler, cuda_memory
+from harness.runs.resources import NvmlSampler, cuda_memory
 from tests.conftest import EVICTING_POLICIES, make_policy
 from zoo.schedule import EvictionSchedule
 

@@ -1,4 +1,4 @@
-"""Tests for harness.env, harness.metrics and harness.results (CPU only, no GPU needed)."""
+"""Tests for harness.runs.environment, harness.results.summary and harness.results.rundir (CPU only, no GPU needed)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
-from harness import env, measure, results
-from harness.measure import NvmlSampler, peak_rss_bytes
-from harness.metrics import percentile, summarize_samples
-from harness.results import ResultsError, RunDir, atomic_write_json, config_hash, default_run_id
+from harness.results import rundir as results
+from harness.results.rundir import ResultsError, RunDir, atomic_write_json, config_hash, default_run_id
+from harness.results.summary import percentile, summarize_samples
+from harness.runs import environment as env
+from harness.runs import resources as measure
+from harness.runs.resources import NvmlSampler, peak_rss_bytes
 
 # --- results: atomic writes and hashing --------------------------------------------------------------------
 

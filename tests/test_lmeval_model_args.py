@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.lmeval import TASKS_DIR, DyntsLM
-from harness.prompts import DataError, TaskError
+from harness.lmeval import DyntsLM
+from harness.workloads.lmeval_tasks import TASKS_DIR, TaskError
+from harness.workloads.prompt_file import DataError
 
 ARGS = "model=tiny-reasoner,policy=window,budget=96,window=32,interval=16,batch_size=4"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.passk import bootstrap_ci, majority_correct, pass_at_k, summarize_problems, wilson_ci
+from harness.scoring.passk import bootstrap_ci, majority_correct, pass_at_k, summarize_problems, wilson_ci
 
 
 @pytest.mark.parametrize(

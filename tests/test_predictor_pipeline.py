@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from backends.base import SamplingParams
 from backends.hf.backend import TransformersBackend
 from harness.cli import app
-from harness.importance.evaluate import analyze, concentration, evaluate
-from harness.importance.fit import FitConfig, fit, pool_labels, transform_labels
-from harness.importance.labels import (
+from harness.predictor_pipeline.evaluate import analyze, concentration, evaluate
+from harness.predictor_pipeline.fit import FitConfig, fit, pool_labels, transform_labels
+from harness.predictor_pipeline.labels import (
     attention_label,
     copy_label,
     far_copies,
@@ -23,10 +23,10 @@ from harness.importance.labels import (
     load_labels,
     lookback_label,
 )
-from harness.importance.rankers import ranking_metrics, top_set
-from harness.importance.traces import TraceStore, TraceStoreError, collect
-from harness.replay import TraceRow
-from harness.tinyreasoner.task import generate
+from harness.predictor_pipeline.rankers import ranking_metrics, top_set
+from harness.predictor_pipeline.traces import TraceStore, TraceStoreError, collect
+from harness.tinyreasoner.problems import generate
+from harness.workloads.replay_traces import TraceRow
 from zoo.predictor import ImportancePredictor
 
 runner = CliRunner()
@@ -133,8 +133,8 @@ def test_copy_label_equals_eager_attention_of_the_far_copying_reads(random_reaso
 
 
 def test_on_policy_collection_stores_the_hidden_states_dynts_saw(random_reasoner, tmp_path) -> None:
-    from harness.importance.traces import final_hidden
-    from harness.prompts import PromptItem
+    from harness.predictor_pipeline.traces import final_hidden
+    from harness.workloads.prompt_file import PromptItem
     from zoo.dynts import DynTS
     from zoo.predictor import PredictorConfig
     from zoo.schedule import EvictionSchedule
@@ -156,7 +156,7 @@ def test_on_policy_collection_stores_the_hidden_states_dynts_saw(random_reasoner
 
 
 def test_on_policy_collection_over_several_budgets_runs_each_prompt_at_its_own(random_reasoner, tmp_path) -> None:
-    from harness.prompts import PromptItem
+    from harness.workloads.prompt_file import PromptItem
     from zoo.dynts import DynTS
     from zoo.predictor import PredictorConfig
     from zoo.schedule import EvictionSchedule
@@ -246,7 +246,7 @@ def test_training_on_two_stores_trains_on_both_and_keeps_a_problem_on_one_side(s
     import hashlib
     import shutil
 
-    from harness.importance.labels import labels_path
+    from harness.predictor_pipeline.labels import labels_path
 
     twin = TraceStore(tmp_path / "twin")
     shutil.copytree(store.path, twin.path)  # a second round of the same problems

@@ -8,13 +8,14 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.importance.traces import TraceStore
-from harness.tinyreasoner.task import generate
+from harness.predictor_pipeline.traces import TraceStore
+from harness.tinyreasoner.problems import generate
 from tests.benchmark_scripts import load_benchmark
 
 runner = CliRunner()
 roles_bench = load_benchmark("predictor_roles")
 bound_bench = load_benchmark("static_score_bound")
+
 
 def test_statement_roles_are_the_generators_critical_tokens_split_by_reader() -> None:
     for index in range(5):
@@ -60,7 +61,7 @@ def test_write_time_scores_that_rank_statements_first_keep_the_model_answering()
     """Scores fixed at write time, statements first (spent ones too): at a quarter of the median trace the shipped
     model still answers (measured: 100% of 500 held-out problems at every budget from 72 to 176)."""
     from backends.hf.backend import TransformersBackend
-    from harness.prompts import default_prompts_path
+    from harness.workloads.prompt_file import default_prompts_path
 
     engine = TransformersBackend("tiny-reasoner", batch_size=16)
     correct, n = bound_bench.bound(engine, default_prompts_path(), 16, 86)

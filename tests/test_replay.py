@@ -10,10 +10,10 @@ import torch
 from backends.base import GenerationRequest, SamplingParams
 from backends.hf.backend import TransformersBackend
 from backends.hf.decode import generate_batch
-from harness.options import RunOptions
-from harness.replay import TraceRow, build_items, load_trace_rows, retrieval_pairs
-from harness.runplan import execute_plan, prepare
-from harness.tinyreasoner.task import generate
+from harness.runs.options import RunOptions
+from harness.runs.runplan import execute_plan, prepare
+from harness.tinyreasoner.problems import generate
+from harness.workloads.replay_traces import TraceRow, build_items, load_trace_rows, retrieval_pairs
 from zoo import build_policy
 from zoo.full import FullCache
 from zoo.schedule import EvictionSchedule
@@ -73,7 +73,7 @@ def test_replay_full_has_zero_kl_and_evicting_policies_lose_retrievals(random_re
 def test_rows_without_traces_are_refused_for_replay(tmp_path) -> None:
     bad = tmp_path / "plain.jsonl"
     bad.write_text('{"prompt": "no trace here"}\n')
-    from harness.prompts import PromptFileError
+    from harness.workloads.prompt_file import PromptFileError
 
     with pytest.raises(PromptFileError, match="needs rows with 'prompt', 'trace' and 'answer'"):
         load_trace_rows(bad)

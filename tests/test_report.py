@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.leaderboard import load_runs
-from harness.plots import pareto_front
-from harness.results import RunDir
+from harness.results.leaderboard import load_runs
+from harness.results.plots import pareto_front
+from harness.results.rundir import RunDir
 
 
 def _run(root: Path, policy: str, budget: int | None, quality: float, kv: int, tps: float) -> None:

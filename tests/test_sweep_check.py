@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.prompts import DataError
-from harness.sweep import expand, load_grid
+from harness.runs.grid import expand, load_grid
+from harness.workloads.prompt_file import DataError
 from tests.test_report import _run
 
 runner = CliRunner()
@@ -88,7 +88,7 @@ def test_local_and_ray_sweeps_give_identical_rows_and_skip_done_cells(tmp_path):
 def _synthetic(root: Path, policy: str, budget: int | None, quality: float, allocated: int, tps: float,
                predictor: str = "sha256:aaaa") -> None:
     """A finished sampled run of 2000 trials (enough power to see a 5-point drop) without generating it."""
-    from harness.results import RunDir
+    from harness.results.rundir import RunDir
 
     schedule = None if budget is None else {"mode": "budget", "budget": budget, "interval": 8, "window": 16,
                                             "trigger_len": None, "ratio": 0.4, "protect_prompt": True}
@@ -176,7 +176,7 @@ def test_gate_on_real_runs_fails_when_dynts_degrades_to_a_window(tmp_path, monke
     ((1.25, 1.26, 1.27), "FAIL"),  # tightly measured, every repeat just above 1.2175
 ])
 def test_speed_verdict_fails_only_when_every_repeat_is_slower(values, verdict):
-    from harness.check import speed_verdict
+    from harness.results.regression import speed_verdict
 
     low, mid, high = values
     assert speed_verdict(0.974, {"min": low, "median": mid, "max": high}, 0.25)[0] == verdict

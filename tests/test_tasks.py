@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import pytest
 
 from backends.base import SamplingParams, SequenceResult
-from harness.lmeval import DyntsLM, NotSupportedError, build_task, sampling_from, shipped_tasks
-from harness.prompts import TaskError
-from harness.workloads.task import deterministic_subset
+from harness.lmeval import DyntsLM
+from harness.workloads.lmeval_model import NotSupportedError, sampling_from
+from harness.workloads.lmeval_tasks import TaskError, build_task, shipped_tasks
+from harness.workloads.lmeval_workload import deterministic_subset
 from zoo import build_policy
 
 FIXTURES = Path(__file__).parent / "fixtures" / "math"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.tinyreasoner.dropout import RECIPE, VIEWS, batch_mask, parse_views, statement_spent_at, view_mask
-from harness.tinyreasoner.task import DEF_NAME, DEF_VALUE, OTHER, Knobs, generate, token_roles
+from harness.tinyreasoner.problems import DEF_NAME, DEF_VALUE, OTHER, Knobs, generate, token_roles
 from harness.tinyreasoner.vocab import prompt_tokens
 
 

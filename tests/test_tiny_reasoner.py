@@ -11,13 +11,13 @@ from typer.testing import CliRunner
 from backends.base import GenerationRequest, SamplingParams
 from backends.hf.backend import TransformersBackend
 from backends.hf.loading import tiny_reasoner_dir
-from harness.answers import is_correct
-from harness.catalog import shipped_predictor
 from harness.cli import app
-from harness.options import RunOptions
-from harness.prompts import default_prompts_path, load_prompts
-from harness.runplan import build_policies
-from harness.tinyreasoner.task import generate
+from harness.runs.catalog import shipped_predictor
+from harness.runs.options import RunOptions
+from harness.runs.runplan import build_policies
+from harness.scoring.answers import is_correct
+from harness.tinyreasoner.problems import generate
+from harness.workloads.prompt_file import default_prompts_path, load_prompts
 from zoo import build_policy
 from zoo.schedule import EvictionSchedule
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from harness.tinyreasoner.oracle import ROLE, SPENT, TOKEN, Oracle
-from harness.tinyreasoner.task import (
+from harness.tinyreasoner.problems import (
     DEF_NAME,
     DEF_VALUE,
     Knobs,

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from harness.answers import score
-from harness.passk import majority_correct, pass_at_k
-from harness.prompts import DataError
+from harness.scoring.answers import score
+from harness.scoring.passk import majority_correct, pass_at_k
+from harness.workloads.prompt_file import DataError, default_prompts_path
 
 R1_MATH = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 R1_CHOICE = (
@@ -127,7 +127,6 @@ def load(
     import datasets
 
     if data_dir is None and hub_path is None:  # shipped with the package (the tiny reasoner's problems)
-        from harness.prompts import default_prompts_path
 
         data_dir, name = str(default_prompts_path().parent), default_prompts_path().stem
     if data_dir is not None:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
-from harness.tinyreasoner.task import DEF_NAME, DEF_VALUE, OTHER, STEP, token_roles
+from harness.tinyreasoner.problems import DEF_NAME, DEF_VALUE, OTHER, STEP, token_roles
 
 VIEWS = ("full", "oracle", "random", "random-any")
 RECIPE = "full:0.3,oracle:0.4,random:0.3"  # the shipped model's views and weights

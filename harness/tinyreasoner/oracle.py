@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness.tinyreasoner.task import DEF_NAME, DEF_VALUE, DIGITS, EQUALS, OTHER, STEP, SUM, is_result_name
+from harness.tinyreasoner.problems import DEF_NAME, DEF_VALUE, DIGITS, EQUALS, OTHER, STEP, SUM, is_result_name
 from zoo.base import CacheView, ModelInfo, Policy, PolicyError, StepObservation
 
 TOKEN, ROLE, LINE = "oracle_token", "oracle_role", "oracle_line"
@@ -17,7 +17,7 @@ SPENT = 9  # a stated result that a later step has read: no longer needed
 class Oracle(Policy):
     """Keeps, by the task's own rules, every stated result (``= r7 6``) that no step has consumed yet, then the
     latest step lines, then the most recent filler: what a perfect importance predictor would keep on the
-    embedded tiny-reasoner task (``harness/tinyreasoner/task.py``). It reads tokens as they are generated (the
+    embedded tiny-reasoner task (``harness/tinyreasoner/problems.py``). It reads tokens as they are generated (the
     rules of ``task.token_roles``, applied online), so it works on the model's own traces, not only on the
     generator's. Needs a tokenizer with the task's words as single tokens (the tiny reasoner's)."""
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from harness.tinyreasoner.dropout import RECIPE, batch_mask, parse_views
-from harness.tinyreasoner.task import DIGITS, Knobs, generate, is_result_name, problems, task_facts
+from harness.tinyreasoner.problems import DIGITS, Knobs, generate, is_result_name, problems, task_facts
 from harness.tinyreasoner.vocab import EOS, PAD, TOKEN_ID, VOCAB, encode, prompt_tokens, save_tokenizer
 from zoo.errors import UserError
 
@@ -277,7 +277,7 @@ def write_card(out: Path, cfg: TrainConfig, trained: dict, heldout: dict, facts:
         f"# {title}",
         "",
         "A Llama-architecture model trained by `dynts-bench make-tiny-reasoner` on the synthetic",
-        "pairwise-sum task (`harness/tinyreasoner/task.py`). It thinks in a `<think> ... </think>` trace whose",
+        "pairwise-sum task (`harness/tinyreasoner/problems.py`). It thinks in a `<think> ... </think>` trace whose",
         "later steps retrieve results stated once, far back; filler lines in between are never needed again.",
         "",
         f"- parameters: {trained['parameters']:,}; layers {cfg.layers}, width {cfg.hidden_size}, heads {cfg.heads}",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.tinyreasoner.task import DIGITS, PROMPT_NAMES, RESULT_NAMES, THINK_CLOSE, THINK_OPEN, WORDS
+from harness.tinyreasoner.problems import DIGITS, PROMPT_NAMES, RESULT_NAMES, THINK_CLOSE, THINK_OPEN, WORDS
 
 PAD, EOS, UNK, USER, ASSISTANT = "<pad>", "<eos>", "<unk>", "<user>", "<assistant>"
 SPECIALS = (PAD, EOS, UNK, USER, ASSISTANT)

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import Backend, GenerationRequest, SequenceResult, check_schedules
-from harness.answers import is_correct
-from harness.config import file_sha256
-from harness.lifecycle import ActiveRun
-from harness.prompts import PromptItem, default_prompts_path, load_prompts
-from harness.workloads.base import OnSample, request_seed
+from harness.runs.config import file_sha256
+from harness.runs.lifecycle import ActiveRun
+from harness.scoring.answers import is_correct
+from harness.workloads.interface import OnSample, request_seed
+from harness.workloads.prompt_file import PromptItem, default_prompts_path, load_prompts
 from zoo.base import Policy
 from zoo.schedule import EvictionSchedule
 

@@ -1,6 +1,7 @@
 """Trace replay (``--protocol replay``): every reference trace is forced token by token through the decode loop
 with the policy active, then the model answers; rows carry KL / top-1 agreement with the full cache on the same
-prefix and the share of far-back reads still cached and predicted right (mechanics: ``harness.replay``).
+prefix and the share of far-back reads still cached and predicted right (mechanics:
+``replay_traces``).
 
 Transformers only: it needs forced tokens and a per-forward hook on the decode loop.
 """
@@ -13,10 +14,12 @@ from typing import Any
 
 from backends.base import Backend, BackendError, GenerationRequest, check_schedules
 from backends.hf.backend import TransformersBackend
-from harness.config import file_sha256
-from harness.lifecycle import ActiveRun
-from harness.prompts import default_prompts_path
-from harness.replay import (
+from backends.hf.decode import generate_batch
+from harness.runs.config import file_sha256
+from harness.runs.lifecycle import ActiveRun
+from harness.workloads.interface import OnSample, request_seed
+from harness.workloads.prompt_file import default_prompts_path
+from harness.workloads.replay_traces import (
     Recorder,
     ReferenceCache,
     ReplayItem,
@@ -26,7 +29,6 @@ from harness.replay import (
     mean,
     replay_sampling,
 )
-from harness.workloads.base import OnSample, request_seed
 from zoo.base import Policy
 from zoo.schedule import EvictionSchedule
 
@@ -64,8 +66,6 @@ class ReplayWorkload:
             check_schedules(encoded, policy, schedule)
 
     def generate(self, run: ActiveRun, backend: Backend, policy: Policy, on_sample: OnSample | None) -> None:
-        from backends.hf.decode import generate_batch
-
         engine = _transformers(backend)
         config = run.config
         todo = [i for i in self.items(engine) if i.id not in run.done]

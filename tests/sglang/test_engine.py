@@ -19,7 +19,7 @@ GREEDY = SamplingParams(max_new_tokens=600)
 def make_policy(name: str):
     """A fresh policy; DynTS gets the predictor shipped for the tiny reasoner (the harness passes it the same)."""
     if name == "dynts":
-        from harness.catalog import shipped_predictor
+        from harness.runs.catalog import shipped_predictor
 
         return build_policy(name, predictor=str(shipped_predictor("tiny-reasoner")))
     return build_policy(name)

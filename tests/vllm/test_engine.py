@@ -29,7 +29,7 @@ VANILLA = Path(__file__).with_name("vanilla_vllm.py")
 def make_policy(name: str):
     """A fresh policy; DynTS gets the predictor shipped for the tiny reasoner (the harness passes it the same)."""
     if name == "dynts":
-        from harness.catalog import shipped_predictor
+        from harness.runs.catalog import shipped_predictor
 
         return build_policy(name, predictor=str(shipped_predictor("tiny-reasoner")))
     return build_policy(name)

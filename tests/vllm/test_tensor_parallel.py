@@ -71,8 +71,8 @@ def test_run_tensor_parallel_is_recorded_and_one_rank_hashes_do_not_move(tmp_pat
     config = json.loads((run_dir / "config.json").read_text())["config"]
     assert config["extra"]["tensor_parallel"] == 2
 
-    from harness.options import RunOptions
-    from harness.runplan import prepare
+    from harness.runs.options import RunOptions
+    from harness.runs.runplan import prepare
 
     one_rank = prepare(RunOptions(backend="vllm", policy=("window",), prompts=prompts, max_new_tokens=64,
                                   batch_size=2)).config_for("window")

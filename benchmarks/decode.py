@@ -1,6 +1,0 @@
-"""Decode benchmark, the same as ``dynts-bench bench``: python benchmarks/decode.py [--context 8192 ...]."""
-
-from harness.cli import app
-
-if __name__ == "__main__":
-    app(["bench", *__import__("sys").argv[1:]])

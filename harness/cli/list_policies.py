@@ -1,0 +1,11 @@
+"""``dynts-bench policies``: the registered policies, what they need and their options."""
+from __future__ import annotations
+
+from harness.cli.app import console
+from harness.results.tables import policies_table
+from zoo import describe, policy_options, registry
+
+
+def policies() -> None:
+    """List the policies with one-line descriptions, what they need and their options."""
+    console.print(policies_table(registry(), describe, policy_options))

@@ -1,0 +1,1 @@
+"""Speed: the sweep's speed probe and the per-step decode latency bench."""
