@@ -131,3 +131,36 @@ def test_the_cuda_step_never_synchronises(tiny, name):
     finally:
         decode.decode_forward = plain
     assert len(steps) >= 20
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+@pytest.mark.parametrize("name", ["full", "window", "dynts"])
+def test_the_captured_step_gives_the_eager_logits(tiny, name):
+    """``--compile``: every step's logits within 1e-5 of the eager step's (fp32), compactions in between."""
+    import dataclasses
+
+    from backends.hf.compiled import compile_parts
+
+    model, parts, info, predictor = tiny
+    model.to("cuda")
+    cuda = torch.device("cuda")
+    schedule = EvictionSchedule(budget=14, interval=3, window=4)
+    requests = [GenerationRequest(f"r{i}", p) for i, p in enumerate(PROMPTS)]
+    logits: dict[str, list[torch.Tensor]] = {"eager": [], "graphs": []}
+    for mode, run_parts in (("eager", parts), ("graphs", compile_parts(dataclasses.replace(parts), cuda))):
+        policy = make_policy(name, info, predictor)
+        generate_batch(run_parts, requests, policy, schedule if policy.evicts else None,
+                       SamplingParams(max_new_tokens=24), cuda,
+                       on_forward=lambda _c, out, _ids, mode=mode: logits[mode].append(out.cpu()))
+    assert len(logits["eager"]) == len(logits["graphs"]) >= 24
+    for eager, graphs in zip(logits["eager"], logits["graphs"]):
+        torch.testing.assert_close(graphs, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_compile_is_refused_off_cuda_in_one_line():
+    from backends.base import BackendError
+    from backends.hf.compiled import check_compile
+
+    with pytest.raises(BackendError, match="needs --device cuda"):
+        check_compile(CPU)

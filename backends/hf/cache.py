@@ -288,13 +288,15 @@ class CompactingCache(Cache):
         the kept entries that change place: as rows of ``D`` values of a ``[layers * 2, B * KVH * C, D]`` view."""
         assert self.kv is not None
         layers, two, batch, heads, c, dim = self.kv.shape
-        f, k = (kept_valid & (src != dst)).nonzero(as_tuple=True)
-        if f.numel() == 0:
+        moving = (kept_valid & (src != dst)).flatten().nonzero().squeeze(1)  # flat (f, k) entries that move
+        if moving.numel() == 0:
             return
-        base = (rows[f, None] * heads + torch.arange(heads, device=rows.device)) * c  # [N, KVH]
+        row = rows.index_select(0, moving // src.shape[1])
+        first = (row[:, None] * heads + torch.arange(heads, device=rows.device)) * c  # [N, KVH] slot 0 of each head
         flat = self.kv.view(layers * two, batch * heads * c, dim)
-        moved = flat.index_select(1, (base + src[f, k, None]).flatten())
-        flat.index_copy_(1, (base + dst[f, k, None]).flatten(), moved)
+        moved = flat.index_select(1, (first + src.view(-1).index_select(0, moving)[:, None]).flatten())
+        to = dst[0].index_select(0, moving % src.shape[1])  # every row's destinations are the same slots
+        flat.index_copy_(1, (first + to[:, None]).flatten(), moved)
 
     def shrink(self, capacity: int) -> None:
         """Reallocate every buffer to ``capacity`` slots (after a long prompt was compressed below it). Every

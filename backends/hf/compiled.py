@@ -39,7 +39,9 @@ def compile_parts(parts: ModelParts, device: torch.device) -> ModelParts:
     import torch._dynamo
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, CAPTURED_SHAPES)
-    compiled = torch.compile(decode_forward, mode="reduce-overhead", dynamic=False)
+    # dynamic shapes after the first change of span or batch: one compile serves them all, each shape is then
+    # recorded as its own CUDA graph (a recompile per span would cost minutes on a 7B model)
+    compiled = torch.compile(decode_forward, mode="reduce-overhead")
 
     def step(parts, cache, observer, input_ids, positions):
         for tensor in (cache.kv, cache.flags, cache.ids, cache.scores, cache.slot, positions):
