@@ -19,8 +19,11 @@ from backends.base import BackendError
 from backends.hf.facts import ModelFacts
 from zoo import build_policy
 from zoo.base import Policy
+from zoo.schedule import EvictionSchedule, ScheduleError
 
 SERVE_ENV = "DYNTS_BENCH_SERVE"
+#: the API key ``serve --api-key`` hands the server process (each engine's launcher passes it to its server)
+API_KEY_ENV = "DYNTS_BENCH_API_KEY"
 
 
 @dataclass(frozen=True)
@@ -70,3 +73,27 @@ def write_stats(spec: ServeSpec, row: dict[str, Any]) -> None:
         return
     with open(spec.stats, "a", encoding="utf-8") as f:
         f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def prompt_refusal(spec: ServeSpec | None, prompt_len: int) -> str | None:
+    """Why the served schedule cannot take a prompt of ``prompt_len`` tokens, or None when it can.
+
+    With the prompt protected, a sequence keeps its whole prompt plus the recent window; a prompt that leaves no
+    room for them inside the budget cannot be served as scheduled (``run`` refuses it the same way, before any
+    work: ``EvictionSchedule.check_prompt``). Each engine's server calls this where it validates a request's
+    length, so such a request gets a 400 naming the limit instead of a silently broken window.
+    """
+    if spec is None or spec.schedule is None:
+        return None
+    schedule = EvictionSchedule(**spec.schedule)
+    if not schedule.protect_prompt:
+        return None
+    try:
+        schedule.check_prompt(prompt_len)
+    except ScheduleError:
+        limit = schedule.budget if schedule.mode == "budget" else schedule.trigger_len
+        assert limit is not None
+        return (f"the prompt has {prompt_len} tokens; this server keeps the whole prompt plus a {schedule.window}-"
+                f"token window within a KV budget of {limit} tokens, so prompts may have at most "
+                f"{limit - schedule.window - 1} tokens")
+    return None

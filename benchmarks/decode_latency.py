@@ -1,4 +1,4 @@
-"""Decode benchmark, the same as ``dynts-bench bench``: python benchmarks/decode_latency.py [--context 8192 ...]."""
+"""Decode benchmark, the same as ``dynts-bench bench``: python -m benchmarks.decode_latency [--context 8192 ...]."""
 
 from harness.cli import app
 

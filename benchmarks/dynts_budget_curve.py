@@ -6,7 +6,7 @@ cell (recipe screening on a validation split). Wilson 95% intervals per cell; a 
 CI* when no budget's accuracy lies above a larger budget's upper bound.
 
 Usage:
-  python benchmarks/dynts_budget_curve.py --prompts val.jsonl --predictor old=DIR --predictor new=DIR2 \\
+  python -m benchmarks.dynts_budget_curve --prompts val.jsonl --predictor old=DIR --predictor new=DIR2 \\
       --budget 72 --budget 86 --budget 128 --json out.json --markdown out.md
 """
 

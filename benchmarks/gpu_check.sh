@@ -42,7 +42,7 @@ for s in sorted(pathlib.Path(sys.argv[1]).glob("*/summary.json")):
 PY
 
 step "paper latency setting, reduced length"
-timeout 420 $PY benchmarks/gpu_latency.py --new-tokens 768 --trigger 512 --window 256 --repeats 2 --capture both \
+timeout 420 $PY -m benchmarks.gpu_latency --new-tokens 768 --trigger 512 --window 256 --repeats 2 --capture both \
     --out "$DIR/latency.json" > "$DIR/latency.txt" 2>&1 || status=1
 cat "$DIR/latency.txt" | tee -a "$DIR/summary.txt"
 

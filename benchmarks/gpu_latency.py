@@ -11,8 +11,8 @@ bandwidth limit of its step: the bytes it must read at least -- every weight onc
 holds -- over the GPU's memory bandwidth (``--bandwidth-gbs``, known for H100 / H200 / A100), and the step's
 ratio to it.
 
-    python benchmarks/gpu_latency.py --out gpu-check/latency.json          # on one NVIDIA GPU
-    python benchmarks/gpu_latency.py --shape tiny --device cpu --new-tokens 24 --batch 2   # the CPU smoke test
+    python -m benchmarks.gpu_latency --out gpu-check/latency.json          # on one NVIDIA GPU
+    python -m benchmarks.gpu_latency --shape tiny --device cpu --new-tokens 24 --batch 2   # the CPU smoke test
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import argparse
 import gc
 import json
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,18 +28,15 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from backends.base import GenerationRequest, SamplingParams  # noqa: E402
-from backends.hf.backend import kv_bytes_per_token  # noqa: E402
-from backends.hf.compiled import compile_parts  # noqa: E402
-from backends.hf.decode import ModelParts, generate_batch  # noqa: E402
-from backends.hf.observe import register  # noqa: E402
-from zoo import build_policy  # noqa: E402
-from zoo.base import ModelInfo  # noqa: E402
-from zoo.predictor import ImportancePredictor, PredictorConfig  # noqa: E402
-from zoo.schedule import EvictionSchedule  # noqa: E402
+from backends.base import GenerationRequest, SamplingParams
+from backends.hf.backend import kv_bytes_per_token
+from backends.hf.compiled import compile_parts
+from backends.hf.decode import ModelParts, generate_batch
+from backends.hf.observe import register
+from zoo import build_policy
+from zoo.base import ModelInfo
+from zoo.predictor import ImportancePredictor, PredictorConfig
+from zoo.schedule import EvictionSchedule
 
 #: model shapes: the paper's 7B, and a tiny one for the CPU-side test of this script
 SHAPES = {

@@ -1,6 +1,6 @@
 """Token moves and key reads in vLLM's CPU KV layout: the element map vs the strided store, side by side.
 
-    OMP_NUM_THREADS=1 python benchmarks/paged_moves.py --requests 64 --length 576 --keep 512 --heads 3 --head-dim 64
+    OMP_NUM_THREADS=1 python -m benchmarks.paged_moves --requests 64 --length 576 --keep 512 --heads 3 --head-dim 64
 
 One layer's cache in the ``vec`` layout (AVX2 / AVX-512 without AMX), a batch of requests on shuffled blocks,
 each compacted as a window policy compacts (the prompt and the newest tokens kept, everything after the first
@@ -30,7 +30,7 @@ def timed(fn: Callable[[], object], reset: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--length", type=int, default=576, help="physical tokens per request before compaction")
@@ -40,7 +40,11 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--block-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
     from rich.console import Console

@@ -7,7 +7,7 @@ Two measurements per model and predictor head:
 2. whole decode steps of ``dynts`` vs ``window`` under the same eviction schedule (``dynts-bench bench``),
    whose difference is the predictor plus its score bookkeeping.
 
-Usage:  python benchmarks/predictor_overhead.py [--model tiny-reasoner] [--head default|paper] [--context N ...]
+Usage:  python -m benchmarks.predictor_overhead [--model tiny-reasoner] [--head default|paper] [--context N ...]
 With no predictor for the model (anything but the tiny reasoner), a predictor of the requested shape with
 random weights is written to a temporary directory: timing does not depend on the weights.
 """

@@ -1,6 +1,6 @@
 """What a DynTS predictor scores high, by the tiny task's token roles, beside what its labels asked for.
 
-    OMP_NUM_THREADS=2 python benchmarks/predictor_roles.py STORE --label-method attention --pool prev \
+    OMP_NUM_THREADS=2 python -m benchmarks.predictor_roles STORE --label-method attention --pool prev \
         --predictor shipped=harness/tinyreasoner/predictor [--predictor NAME=DIR ...] [--limit 200] [--probe]
 
 STORE is a trace store of a tiny reasoner (``dynts-bench collect-traces``) labelled with ``--label-method``
@@ -16,21 +16,18 @@ classifier, scored on the rest.)
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from backends.hf.facts import model_directory
-from harness.predictor_pipeline.eviction import fine_roles, statements  # noqa: E402
-from harness.predictor_pipeline.fit import pool_labels, transform_labels  # noqa: E402
-from harness.predictor_pipeline.labels import load_labels  # noqa: E402
-from harness.predictor_pipeline.traces import TraceStore, TraceStoreError  # noqa: E402
-from harness.tinyreasoner.problems import token_roles  # noqa: E402
-from zoo.predictor import ImportancePredictor, PredictorConfig  # noqa: E402
+from harness.predictor_pipeline.eviction import fine_roles, statements
+from harness.predictor_pipeline.fit import pool_labels, transform_labels
+from harness.predictor_pipeline.labels import load_labels
+from harness.predictor_pipeline.traces import TraceStore, TraceStoreError
+from harness.tinyreasoner.problems import token_roles
+from zoo.predictor import ImportancePredictor, PredictorConfig
 
 NAME = "statement-name"
 TOP = "statements in the top k"  # the table's last row (its count: traces)

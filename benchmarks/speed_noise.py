@@ -10,9 +10,9 @@ neighbours beside the probes: steady busy loops (``--load-kind cpu``) or bursts 
 between pauses of 0.05-2 s (``--load-kind bursty-memory``: a shared runner's neighbours come and go, and contend
 for caches and memory bandwidth, which CPU time does not exclude).
 
-    python benchmarks/speed_noise.py --runs 5 --out /tmp/speed-noise [--grid harness/grids/cpu-default.yaml]
-    python benchmarks/speed_noise.py --analyse /tmp/speed-noise/probe-*.json [--tolerance 0.25,0.5]
-    python benchmarks/speed_noise.py --simulate 4000 [--rounds 9] [--burst-prob 0.4 --burst-max 0.5]
+    python -m benchmarks.speed_noise --runs 5 --out /tmp/speed-noise [--grid harness/grids/cpu-default.yaml]
+    python -m benchmarks.speed_noise --analyse /tmp/speed-noise/probe-*.json [--tolerance 0.25,0.5]
+    python -m benchmarks.speed_noise --simulate 4000 [--rounds 9] [--burst-prob 0.4 --burst-max 0.5]
 
 ``--simulate`` is a model, not a measurement: when the machine at hand is quieter than a shared CI runner, it
 draws probes whose every timed piece (each round's decode, ``full``'s, the reference's best of three bursts) is
@@ -36,10 +36,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from harness.results.regression import speed_verdict  # noqa: E402
-from harness.timing.speed_probe import figures  # noqa: E402
+from harness.results.regression import speed_verdict
+from harness.timing.speed_probe import figures
 
 FIGURES = ("vs_reference", "vs_full")
 LOADS = {

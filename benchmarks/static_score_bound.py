@@ -1,6 +1,6 @@
 """How far scores fixed at write time can go on the tiny task: statements first, by the task's own rules.
 
-    OMP_NUM_THREADS=2 python benchmarks/static_score_bound.py --limit 200 --budget 72 --budget 86 --budget 176
+    OMP_NUM_THREADS=2 python -m benchmarks.static_score_bound --limit 200 --budget 72 --budget 86 --budget 176
 
 DynTS scores each token once, when it is written, and never revises the score. This bound keeps that constraint
 and replaces the learned head with the task's rules: a token that states a result (``r7 6`` after a step's sum,
@@ -13,20 +13,17 @@ to DynTS is then a matter of what the head learns, not of scoring at write time.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from backends.hf.backend import TransformersBackend  # noqa: E402
-from benchmarks.dynts_budget_curve import accuracy  # noqa: E402
-from harness.scoring.passk import wilson_ci  # noqa: E402
-from harness.tinyreasoner.oracle import ROLE, SPENT, Oracle  # noqa: E402
-from harness.tinyreasoner.problems import DEF_NAME, DEF_VALUE  # noqa: E402
-from harness.workloads.prompt_file import default_prompts_path, load_prompts  # noqa: E402
-from zoo.base import CacheView  # noqa: E402
+from backends.hf.backend import TransformersBackend
+from benchmarks.dynts_budget_curve import accuracy
+from harness.scoring.passk import wilson_ci
+from harness.tinyreasoner.oracle import ROLE, SPENT, Oracle
+from harness.tinyreasoner.problems import DEF_NAME, DEF_VALUE
+from harness.workloads.prompt_file import default_prompts_path, load_prompts
+from zoo.base import CacheView
 
 
 class WriteTimeStatements(Oracle):

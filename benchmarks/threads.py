@@ -5,7 +5,7 @@ machine load; prints generated tokens/s (median, min, max) per count and the rat
 quiet machine and next to other jobs (``--load N`` starts N busy-looping processes for the duration): intra-op
 threads spin at barriers when the cores are oversubscribed, which is what a shared CI runner does.
 
-    python benchmarks/threads.py [--model tiny-reasoner] [--limit 16] [--repeats 3] [--load 0] [--budget 96]
+    python -m benchmarks.threads [--model tiny-reasoner] [--limit 16] [--repeats 3] [--load 0] [--budget 96]
 """
 
 from __future__ import annotations
@@ -14,19 +14,15 @@ import argparse
 import multiprocessing
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from backends.base import GenerationRequest, SamplingParams  # noqa: E402
-from backends.hf.backend import TransformersBackend  # noqa: E402
-from harness.workloads.prompt_file import default_prompts_path, load_prompts  # noqa: E402
-from zoo import build_policy  # noqa: E402
-from zoo.schedule import EvictionSchedule  # noqa: E402
+from backends.base import GenerationRequest, SamplingParams
+from backends.hf.backend import TransformersBackend
+from harness.workloads.prompt_file import default_prompts_path, load_prompts
+from zoo import build_policy
+from zoo.schedule import EvictionSchedule
 
 
 def _spin(stop) -> None:

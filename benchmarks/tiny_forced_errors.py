@@ -1,6 +1,6 @@
 """Where a tiny reasoner breaks on more variables: teacher-forced next-token errors on its reference traces.
 
-    OMP_NUM_THREADS=1 python benchmarks/tiny_forced_errors.py --model shipped=harness/tinyreasoner/model \
+    OMP_NUM_THREADS=1 python -m benchmarks.tiny_forced_errors --model shipped=harness/tinyreasoner/model \
         --model extended=DIR --variables 13,14,15,17 --problems 50
 
 For each number of variables, ``--problems`` generated problems (split ``forced``, seed 100 + variables) are fed

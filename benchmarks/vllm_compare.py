@@ -1,8 +1,8 @@
 """Compare two run directories sample by sample (an engine backend vs ``--backend transformers``; any two).
 
-    python benchmarks/vllm_compare.py RUN_DIR_A RUN_DIR_B            # two runs
-    python benchmarks/vllm_compare.py OUT_A OUT_B                    # two --out roots: every policy they share
-    python benchmarks/vllm_compare.py OUT_A OUT_B --detail [--points 3]
+    python -m benchmarks.vllm_compare RUN_DIR_A RUN_DIR_B            # two runs
+    python -m benchmarks.vllm_compare OUT_A OUT_B                    # two --out roots: every policy they share
+    python -m benchmarks.vllm_compare OUT_A OUT_B --detail [--points 3]
 
 Prints accuracy of both, the share of problems with identical output tokens, and for the others where the
 first differing token is (greedy runs: fp32 reduction order is the usual cause under a full cache). ``--detail``

@@ -1,6 +1,6 @@
 """Throughput of vLLM with and without eviction under a fixed KV memory (issue 15's engine benchmark).
 
-    OMP_NUM_THREADS=1 python benchmarks/vllm_throughput.py --model smollm2-135m --requests 64 \
+    OMP_NUM_THREADS=1 python -m benchmarks.vllm_throughput --model smollm2-135m --requests 64 \
         --new-tokens 2048 --budget 256 --kv-mib 1024 --rounds 2 --json results/bench/vllm-throughput-cpu.json
 
 One engine, policies side by side: ``full`` (vanilla vLLM: once the block pool is full the scheduler queues the
@@ -143,7 +143,7 @@ def print_table(title: str, summary: dict[str, dict[str, Any]]) -> None:
     Console(width=200).print(table)
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--requests", type=int, default=64)
@@ -157,7 +157,11 @@ def main() -> None:
     parser.add_argument("--prompt", help="prompt of every request (default: a counting instruction; for the tiny "
                         "reasoners, held-out problem 0)")
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     import torch

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from harness.scoring.answers import GeneratedText, extract_choice, extract_math, last_boxed, score
@@ -85,3 +90,14 @@ def test_prompt_file_scoring_requires_a_closed_trace_from_thinking_models():
     assert is_correct("4", "r1 4 . </think> answer 4", thinking=True)
     assert not is_correct("4", "step a 1 + b 3 = 4 r1 4", thinking=True)
     assert is_correct("4", "the answer is 4")  # a model that does not think: the last number
+
+
+def test_a_script_piped_to_python_scores_with_math_verify(tmp_path: Path) -> None:
+    """``python - <<EOF``: the caller's ``__main__`` is stdin, which a re-importing worker cannot read; 0.5 equals
+    1/2 only symbolically, so the check needs the worker."""
+    script = ("from harness.scoring.answers import score\n"
+              "print(score('math', '\\\\frac{1}{2}', '</think> \\\\boxed{0.5}').correct)\n")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0 and done.stdout.split() == ["True"], done.stdout + done.stderr

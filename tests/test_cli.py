@@ -108,6 +108,7 @@ def test_predictor_for_another_model_is_refused(prompts, tmp_path):
     assert "trained for some-org/other-model, not tiny-reasoner" in " ".join(result.output.split())
 
 
+@pytest.mark.slow
 @pytest.mark.smollm2
 def test_run_writes_results_and_resumes(prompts, tmp_path):
     out = tmp_path / "runs"
@@ -143,12 +144,14 @@ def test_run_writes_results_and_resumes(prompts, tmp_path):
     assert "already complete, reused" in second.output  # the full run was complete and is not redone
 
 
+@pytest.mark.slow
 def test_console_script_is_installed():
     script = shutil.which("dynts-bench") or str(Path(sys.executable).with_name("dynts-bench"))
     result = subprocess.run([script, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "run" in result.stdout and "sweep" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.smollm2
 def test_bench_prints_ratios_against_full(tmp_path):
     out = tmp_path / "bench.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.benchmark_scripts import load_benchmark
+from benchmarks import vllm_compare
 
 
 def write_run(root: Path, name: str, rows: list[dict]) -> None:
@@ -24,7 +24,7 @@ def test_detail_rows_name_the_first_difference_and_the_accuracy_gap(tmp_path, ca
                                     row("p3", [6], True)])
     write_run(reference, "dynts-bbb", [row("p1", [1, 2, 3], True), row("p2", [4, 5, 6], True), row("p3", [6], True)])
     write_run(engine, "window-ccc", [row("p1", [1], False)])  # no counterpart in the reference: not compared
-    load_benchmark("vllm_compare").main(str(engine), str(reference), detail=True, points=3)
+    vllm_compare.main(str(engine), str(reference), detail=True, points=3)
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3  # header, rule, one shared policy
     cells = [c.strip() for c in lines[2].strip("|").split("|")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -128,6 +129,7 @@ def test_cli_eviction_mode_and_its_errors(random_reasoner, tmp_path, monkeypatch
     assert len(bad.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_cli_eviction_mode_on_the_shipped_reasoner(tmp_path) -> None:
     out, md = tmp_path / "ev.json", tmp_path / "ev.md"
     result = runner.invoke(app, ["analyze", "--mode", "eviction", "--limit", "4", "--budget", "128", "--policy",

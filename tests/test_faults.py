@@ -277,6 +277,7 @@ def _speed_findings(sweep: Path, baseline: Path) -> dict[str, list[str]]:
     return found
 
 
+@pytest.mark.slow
 def test_a_decode_loop_twice_as_slow_for_every_policy_fails_the_speed_gate(gate, tmp_path, monkeypatch) -> None:
     """Every policy, full included, 2x slower: the ratios to full do not move, the reference figure does."""
     sweep = _copy(gate, tmp_path)
@@ -425,6 +426,7 @@ def test_a_partial_last_trace_index_line_is_repaired_and_a_bad_line_is_one_line(
     assert "Traceback" not in bad.output
 
 
+@pytest.mark.slow
 def test_an_offline_hub_task_is_one_line_without_retries(tmp_path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--task", "aime24", "--limit", "1", "--out",

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks import gpu_latency
 
-import gpu_latency  # noqa: E402
+ROOT = Path(__file__).parents[1]
 
 
 @pytest.mark.parametrize("args,message", [
@@ -35,6 +33,7 @@ def test_cuda_without_a_gpu_is_refused(capsys) -> None:
     assert "needs an NVIDIA GPU" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_side_by_side_table_on_a_tiny_model(tmp_path, capsys) -> None:
     out = tmp_path / "latency.json"
     assert gpu_latency.main(["--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--batch", "2",

@@ -23,6 +23,7 @@ def _task_manager():
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
 
 
+@pytest.mark.slow
 def test_simple_evaluate_builds_dynts_bench_from_model_args() -> None:
     from lm_eval.evaluator import simple_evaluate
 
@@ -46,6 +47,7 @@ def test_model_args_are_checked_like_cli_options() -> None:
         DyntsLM.create_from_arg_string("model=tiny-reasoner")
 
 
+@pytest.mark.slow
 def test_lm_evals_own_cli_runs_our_model(tmp_path: Path) -> None:
     """``python -m harness.lmeval`` is lm-eval's ``cli_evaluate`` with ``dynts-bench`` registered."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

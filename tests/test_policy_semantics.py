@@ -96,6 +96,86 @@ def test_rkv_prefers_a_unique_token_to_a_second_copy_of_a_repeated_one() -> None
     assert 6 in chosen and len(chosen & {3, 4, 5}) == 1
 
 
+def scaled(norms: dict[int, float], default: float = 10.0) -> list[torch.Tensor]:
+    """Orthogonal keys (slot ``s`` along ``e_s``) with the L2 norm ``norms.get(s, default)``."""
+    return [unit(s) * norms.get(s, default) / 10.0 for s in range(T)]
+
+
+def test_knorm_keeps_the_smallest_keys() -> None:
+    keys = scaled({4: 1.0, 7: 2.0, 5: 30.0})
+    assert kept(build_policy("knorm"), view(keys=keys)) == PROMPT | RECENT | {4, 7}
+
+
+def test_knorm_averages_the_norms_over_heads_and_layers() -> None:
+    # layer 0, head 0 finds slot 3 the smallest (1); head 1 finds it large (25): mean norm 13. Slot 6 is 8 in every
+    # head of both layers; slot 9 is 2 and 12 in layer 0 (mean 7) and 10 in layer 1: mean 8.5. Everything else 10.
+    # Mean norms: 3 -> (13 + 10) / 2 = 11.5, 6 -> 8, 9 -> 8.5: kept 6 and 9 (3 would win in one head alone).
+    head0, head1, other = scaled({3: 1.0, 6: 8.0, 9: 2.0}), scaled({3: 25.0, 6: 8.0, 9: 12.0}), scaled({6: 8.0})
+    cache = view()
+    cache.keys = [torch.stack([torch.stack(head0), torch.stack(head1)])[None],
+                  torch.stack([torch.stack(other), torch.stack(other)])[None]]
+    assert kept(build_policy("knorm"), cache) == PROMPT | RECENT | {6, 9}
+
+
+def test_keydiff_keeps_the_keys_farthest_from_the_mean_direction() -> None:
+    # ten keys share the direction e_0 (with a small private component); slots 3 and 8 point along e_1 and -e_0:
+    # the least similar to the average key, so they are the ones kept
+    keys = [10.0 * torch.eye(D)[0] + 0.5 * unit(s) / 10.0 for s in range(T)]
+    keys[3], keys[8] = 10.0 * torch.eye(D)[1], -10.0 * torch.eye(D)[0]
+    assert kept(build_policy("keydiff"), view(keys=keys)) == PROMPT | RECENT | {3, 8}
+
+
+def test_keydiff_ranks_like_a_numpy_cosine_to_the_mean_unit_key_of_the_valid_slots() -> None:
+    """Random keys in 2 KV heads, a left-padded row whose padding holds large keys that would pull the anchor:
+    the kept set equals numpy's, which averages only the valid unit keys."""
+    import numpy as np
+
+    torch.manual_seed(1)
+    keys = torch.randn(1, 2, T, D)
+    keys[0, :, :3] = 50.0  # padding
+    valid = torch.ones(1, T, dtype=torch.bool)
+    valid[0, :3] = False
+    positions = (torch.arange(T) - 3).clamp(min=-1)[None]
+    cache = CacheView(valid=valid, positions=positions, token_ids=torch.zeros(1, T, dtype=torch.long),
+                      is_prompt=torch.zeros(1, T, dtype=torch.bool), keys=[keys])
+    k = keys[0].numpy()[:, 3:]  # [KVH, 9, D] valid slots
+    unit_k = k / np.linalg.norm(k, axis=-1, keepdims=True)
+    anchor = unit_k.mean(axis=1, keepdims=True)
+    cosine = (unit_k * anchor).sum(-1) / np.linalg.norm(anchor, axis=-1)
+    mean_cosine = {3 + i: c for i, c in enumerate(cosine.mean(0))}  # slot -> cosine averaged over the heads
+    window = {T - 2, T - 1}
+    evictable = sorted(set(mean_cosine) - window, key=mean_cosine.get)  # least similar first
+    expected = window | set(evictable[: KEEP - len(window)])
+    policy = build_policy("keydiff")
+    chosen, ok = policy.select(policy.score(cache), cache, torch.tensor([KEEP]), WINDOW, True)
+    assert set(chosen[ok].tolist()) == expected
+
+
+def test_curdkv_keeps_the_largest_keys_relative_to_their_local_window() -> None:
+    # windows of 4 slots: {0-3} squared norms 1, 1, 1, 9 -> slot 3 has 9/12 = 0.75 of its window; {4-7} norms
+    # 9..12 -> at most 144/446 = 0.32; {8-11} 25, 1, 1, 1 -> slot 8 has 25/28 = 0.89. Kept: 8 and 3, not the
+    # globally largest keys (6, 7) that a plain norm ranking keeps.
+    norms = {0: 1.0, 1: 1.0, 2: 1.0, 3: 3.0, 4: 9.0, 5: 10.0, 6: 11.0, 7: 12.0, 8: 5.0, 9: 1.0, 10: 1.0, 11: 1.0}
+    keys = scaled(norms)
+    assert kept(build_policy("curdkv", sinks=0, local_window=4), view(keys=keys)) == PROMPT | RECENT | {3, 8}
+    assert kept(build_policy("curdkv", sinks=0, local_window=0), view(keys=keys)) == PROMPT | RECENT | {6, 7}
+
+
+def test_curdkv_keeps_its_sinks_when_the_prompt_may_be_evicted() -> None:
+    keys = scaled({5: 30.0, 8: 40.0})
+    chosen = kept(build_policy("curdkv", sinks=2, local_window=0), view(keys=keys), protect_prompt=False)
+    assert chosen == {0, 1} | RECENT | {5, 8}
+
+
+def test_observed_divides_the_last_querys_attention_by_the_tokens_after_it() -> None:
+    # logits q.k / sqrt(16): 25 for slots 2 and 5, 24 for slot 9, 0 elsewhere, so attention ~0.42, 0.42, 0.155.
+    # Divided by the slots from each to the newest (10, 7, 3): 0.042, 0.060, 0.052 -> kept 5 and 9, where TOVA
+    # (attention alone) keeps 2 and 5.
+    query = (unit(2) + unit(5)) + 0.96 * unit(9)
+    assert kept(build_policy("observed"), view(queries=[query])) == PROMPT | RECENT | {5, 9}
+    assert kept(build_policy("tova"), view(queries=[query])) == PROMPT | RECENT | {2, 5}
+
+
 def test_dynts_keeps_the_highest_predicted_scores(tmp_path) -> None:
     # a hand-set head: score = softplus(softplus(hidden[0])), increasing in the first hidden feature
     head = ImportancePredictor(PredictorConfig("m", hidden_size=4, layer_sizes=[1]))

@@ -305,6 +305,7 @@ def test_cli_pipeline_and_its_errors(random_reasoner, tmp_path) -> None:
     assert bad.exit_code == 2 and "drop --forced" in " ".join(bad.output.split())
 
 
+@pytest.mark.slow
 @pytest.mark.smollm2
 def test_pipeline_runs_end_to_end_on_smollm2(tmp_path) -> None:
     engine = TransformersBackend("smollm2-135m", batch_size=2)

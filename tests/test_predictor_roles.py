@@ -7,14 +7,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from benchmarks import predictor_roles as roles_bench
+from benchmarks import static_score_bound as bound_bench
 from harness.cli import app
 from harness.predictor_pipeline.traces import TraceStore
 from harness.tinyreasoner.problems import generate
-from tests.benchmark_scripts import load_benchmark
 
 runner = CliRunner()
-roles_bench = load_benchmark("predictor_roles")
-bound_bench = load_benchmark("static_score_bound")
 
 
 def test_statement_roles_are_the_generators_critical_tokens_split_by_reader() -> None:
@@ -39,6 +38,7 @@ def shipped_store(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_the_answer_reads_its_last_result_and_a_head_can_tell_names_apart(shipped_store) -> None:
     """The paper's label puts the statement the answer reads near the top of its trace; and the shipped model's
     final hidden states tell a result's name from every other token (what the benchmark measured on 400
@@ -57,6 +57,7 @@ def test_the_answer_reads_its_last_result_and_a_head_can_tell_names_apart(shippe
     assert found["recall"] > 0.9 and found["precision"] > 0.5 and found["others left out"] > 0.95
 
 
+@pytest.mark.slow
 def test_write_time_scores_that_rank_statements_first_keep_the_model_answering() -> None:
     """Scores fixed at write time, statements first (spent ones too): at a quarter of the median trace the shipped
     model still answers (measured: 100% of 500 held-out problems at every budget from 72 to 176)."""

@@ -39,6 +39,7 @@ def smollm2_predictor(tmp_path_factory, smollm2):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", sorted(SCHEDULES))
 @pytest.mark.parametrize("name", ALL_POLICIES)
 def test_policy_runs_end_to_end(smollm2, smollm2_predictor, name, mode):

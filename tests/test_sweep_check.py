@@ -59,6 +59,7 @@ def _rows(root: Path) -> dict[str, list]:
     return found
 
 
+@pytest.mark.slow
 def test_local_and_ray_sweeps_give_identical_rows_and_skip_done_cells(tmp_path):
     """The #6 acceptance on the default workload (tiny reasoner, its held-out problems), sampled so that the
     seeds matter: 2 policies x 2 budgets x 2 seeds, identical rows from both executors."""
@@ -142,6 +143,7 @@ def test_check_input_errors(tmp_path):
     assert result.exit_code == 2 and "create one with --update" in result.output
 
 
+@pytest.mark.slow
 def test_gate_on_real_runs_fails_when_dynts_degrades_to_a_window(tmp_path, monkeypatch):
     """The #6 acceptance on real tiny-reasoner runs: a rerun of the baseline config passes; the same grid with
     the ``dynts`` policy's ranking inverted in the code (a regression) fails the accuracy check."""
@@ -185,9 +187,9 @@ def test_speed_verdict_fails_only_when_every_repeat_is_slower(values, verdict):
 def test_modelled_speed_noise_without_bursts_decides_every_check() -> None:
     """benchmarks/speed_noise.py --simulate with no load: an unchanged policy passes every check and a policy twice
     as slow fails every check, under the gate's rule (the model's arithmetic, before its noise is trusted)."""
-    from tests.benchmark_scripts import load_benchmark
+    from benchmarks import speed_noise
 
-    found, spread = load_benchmark("speed_noise").simulate(50, 5, burst_prob=0.0, burst_max=0.5, tolerance=0.25)
+    found, spread = speed_noise.simulate(50, 5, burst_prob=0.0, burst_max=0.5, tolerance=0.25)
     assert spread == 0.0
     for figure in ("vs_reference", "vs_full"):
         assert found[1.0][("gate rule", figure)] == {"ok": 50}

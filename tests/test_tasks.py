@@ -138,6 +138,7 @@ def test_registered_model_generates_k_samples_and_resumes():
         lm.loglikelihood(requests)
 
 
+@pytest.mark.slow
 @pytest.mark.smollm2
 def test_cli_runs_a_task_offline_with_pass_at_k_and_resumes(tmp_path):
     from typer.testing import CliRunner

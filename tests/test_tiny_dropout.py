@@ -235,6 +235,7 @@ def test_the_control_model_has_its_own_alias() -> None:
         assert source.kind == "alias" and source.path.endswith("control") and source.path != str(tiny_reasoner_dir())
 
 
+@pytest.mark.slow
 def test_a_curriculum_extension_starts_from_the_given_weights_and_trains_only_the_widened_last_stage(
         tmp_path, monkeypatch) -> None:
     """``make-tiny-reasoner --init-from DIR --extra-vars 4``: the first forward pass is the base model's (its

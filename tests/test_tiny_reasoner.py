@@ -42,6 +42,7 @@ def test_the_model_ships_as_a_standard_transformers_directory() -> None:
     assert prompt.rstrip().endswith("<think>")
 
 
+@pytest.mark.slow
 def test_it_answers_fixed_held_out_problems_with_the_full_cache(reasoner) -> None:
     items = load_prompts(default_prompts_path(), limit=8)
     requests = [GenerationRequest(i.id, reasoner.encode_prompt(i.prompt)) for i in items]
@@ -52,6 +53,7 @@ def test_it_answers_fixed_held_out_problems_with_the_full_cache(reasoner) -> Non
     assert results[0].text.split() == [*first.trace, "answer", first.answer]  # its own trace, token for token
 
 
+@pytest.mark.slow
 def test_window_forgets_what_the_oracle_keeps(reasoner) -> None:
     """The workload is eviction-sensitive: at ~25% of the median trace a window loses most answers, while
     the oracle, keeping the unread results, keeps them."""
@@ -76,6 +78,7 @@ def test_dynts_finds_its_shipped_predictor(reasoner) -> None:
     reasoner.prepare(policy)  # binds the packaged predictor, checked against the model
 
 
+@pytest.mark.slow
 def test_default_run_and_the_tiny_task_through_lm_eval(tmp_path) -> None:
     out = tmp_path / "runs"
     result = runner.invoke(app, ["run", "-p", "full", "-p", "oracle", "--limit", "4", "--out", str(out)])
@@ -94,6 +97,7 @@ def test_default_run_and_the_tiny_task_through_lm_eval(tmp_path) -> None:
     assert math.exit_code == 0, math.output  # an lm-eval task end to end on the tiny reasoner (it cannot solve it)
 
 
+@pytest.mark.slow
 def test_the_control_model_answers_and_its_dynts_keeps_answering_at_a_quarter_of_the_trace() -> None:
     """``tiny-reasoner-control`` (trained without the oracle-like drop-out view): full cache right, and DynTS with
     its shipped predictor still right at budget 86 where a window is not (95.2% vs 10.6% on 500 problems)."""

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import typing
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from zoo.base import Policy, PolicyError
+from zoo.curdkv import CurDKV
 from zoo.dynts import DynTS
 from zoo.full import FullCache
 from zoo.h2o import HeavyHitterOracle
+from zoo.keydiff import KeyDiff
+from zoo.knorm import KNorm
+from zoo.observed import ObservedAttention
+from zoo.overview import policy_overview
 from zoo.random import RandomEviction
 from zoo.rkv import RKV
 from zoo.sepllm import SepLLM
@@ -35,17 +41,40 @@ _BUILTIN: tuple[type[Policy], ...] = (
     SnapKV,
     TOVA,
     RKV,
+    ObservedAttention,
+    KNorm,
+    KeyDiff,
+    CurDKV,
     RandomEviction,
     DynTS,
 )
 
 
+_log = logging.getLogger(__name__)
+_REPORTED: set[str] = set()  # broken plugins already warned about in this process
+
+
+def _load_plugin(ep: EntryPoint) -> type[Policy] | None:
+    """The policy class an entry point names, or None after one warning line: a broken third-party plugin
+    (an import error, a missing name, not a ``Policy``) must not take every command down with it."""
+    try:
+        cls = ep.load()
+        if not (isinstance(cls, type) and issubclass(cls, Policy)):
+            raise TypeError(f"{cls!r} is not a zoo.base.Policy subclass")
+    except Exception as exc:  # noqa: BLE001 - whatever a plugin raises, it is skipped, not fatal
+        if ep.name not in _REPORTED:
+            _REPORTED.add(ep.name)
+            _log.warning("policy plugin %r (%s) skipped: %s: %s", ep.name, ep.value, type(exc).__name__, exc)
+        return None
+    return cls
+
+
 def registry() -> dict[str, type[Policy]]:
-    """Every available policy by name: built-ins, then entry-point plugins."""
+    """Every available policy by name: built-ins, then the entry-point plugins that load."""
     found = {cls.name: cls for cls in _BUILTIN}
     for ep in entry_points(group="dynts_bench.policies"):
-        if ep.name not in found:
-            found[ep.name] = ep.load()
+        if ep.name not in found and (cls := _load_plugin(ep)) is not None:
+            found[ep.name] = cls
     return found
 
 
@@ -101,4 +130,4 @@ def build_policy(name: str, **options: Any) -> Policy:
     return cls(**{k: _coerce(cls, k, v) for k, v in options.items()})
 
 
-__all__ = ["Policy", "PolicyError", "build_policy", "describe", "policy_options", "registry"]
+__all__ = ["Policy", "PolicyError", "build_policy", "describe", "policy_options", "policy_overview", "registry"]

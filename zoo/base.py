@@ -22,6 +22,9 @@ from zoo.errors import UserError
 
 Observation = str  # one of OBSERVATIONS
 OBSERVATIONS = frozenset({"hidden", "queries", "attention"})
+#: how ``dynts-bench policies`` groups the zoo: a trained scorer, attention of real queries, the cached keys
+#: alone, or position / token rules that read no model state
+FAMILIES = ("learned", "attention-based", "key-only", "structural")
 
 
 class PolicyError(UserError, ValueError):
@@ -112,6 +115,14 @@ class Policy:
     requires: ClassVar[str | None] = None
     #: part of ``dynts-bench run``'s default comparison (where its artefact, if any, is available)
     in_default_comparison: ClassVar[bool] = True
+    #: one of ``FAMILIES``
+    family: ClassVar[str] = "structural"
+    #: work added to every decoding step beyond the model's forward ("" when none)
+    step_cost: ClassVar[str] = ""
+    #: work of one compression to score the cache ("" when only positions or stored state are read)
+    compression_cost: ClassVar[str] = ""
+    #: the kvpress press this policy computes (``kvpress.presses``), when there is one
+    kvpress: ClassVar[str | None] = None
 
     @property
     def query_window(self) -> int:

@@ -23,6 +23,8 @@ class DynTS(Policy):
     (``selection`` in its ``predictor.json``), and the paper's ranking for a predictor without them."""
 
     name = "dynts"
+    family = "learned"
+    step_cost = "the importance predictor (a small MLP) on every new token's final hidden state"
     requires = "predictor"
     needs = frozenset({"hidden"})
     state_names = (SCORE,)

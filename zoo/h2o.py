@@ -17,6 +17,8 @@ class HeavyHitterOracle(Policy):
     The only policy that needs attention at every step, so it costs an extra attention pass per layer."""
 
     name = "h2o"
+    family = "attention-based"
+    step_cost = "an extra attention pass per layer, accumulating what every cached token receives"
     needs = frozenset({"attention"})
 
     def score(self, view: CacheView) -> torch.Tensor:

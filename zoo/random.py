@@ -27,6 +27,7 @@ class RandomEviction(Policy):
     same draws whatever else shares its batch and however often it was compressed before."""
 
     name = "random"
+    kvpress = "RandomPress"
     seed: int = 0
 
     def score(self, view: CacheView) -> torch.Tensor:

@@ -20,6 +20,10 @@ class RKV(QueryWindowPolicy):
     Compression for Reasoning Models", arXiv 2505.24133."""
 
     name = "rkv"
+    family = "attention-based"
+    step_cost = "stores the step's query in every layer (the last obs_window kept)"
+    compression_cost = ("attention of obs_window queries per layer, plus every key's cosine similarity to every "
+                        "other (T x T per KV head)")
     needs = frozenset({"queries"})
     obs_window: int = 8
     kernel_size: int = 7

@@ -19,6 +19,10 @@ class SnapKV(QueryWindowPolicy):
     compression during decoding. Heads and layers are averaged so that every layer keeps the same set."""
 
     name = "snapkv"
+    family = "attention-based"
+    step_cost = "stores the step's query in every layer (the last obs_window kept)"
+    compression_cost = "attention of obs_window queries over every cached key, per layer"
+    kvpress = "SnapKVPress"
     needs = frozenset({"queries"})
     obs_window: int = 32
     kernel_size: int = 7

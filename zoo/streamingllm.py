@@ -15,6 +15,7 @@ class StreamingLLM(SinkPolicy):
     "Efficient Streaming Language Models with Attention Sinks", arXiv 2309.17453 (4 sink tokens by default)."""
 
     name = "streamingllm"
+    kvpress = "StreamingLLMPress"
 
     def score(self, view: CacheView) -> torch.Tensor:
         return view.positions.float()

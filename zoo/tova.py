@@ -16,6 +16,10 @@ class TOVA(Policy):
     "Transformers are Multi-State RNNs", arXiv 2401.06104."""
 
     name = "tova"
+    family = "attention-based"
+    step_cost = "stores the step's query in every layer (the last one kept)"
+    compression_cost = "attention of the last query over every cached key, per layer"
+    kvpress = "TOVAPress"
     needs = frozenset({"queries"})
 
     @property

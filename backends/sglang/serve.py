@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backends.serving import SERVE_ENV, ServeSpec
+from backends.serving import API_KEY_ENV, SERVE_ENV, ServeSpec, prompt_refusal, served_spec
 from backends.sglang.backend import engine_args
 from backends.sglang.checks import check_engine_args
 
@@ -40,10 +40,14 @@ def server_flags(args: dict[str, Any]) -> list[str]:
 
 
 def server_command(spec: ServeSpec, path: str, host: str, port: int, batch_size: int, max_model_len: int,
-                   device: str = "cpu") -> tuple[list[str], dict[str, str]]:
-    """(argv, environment) of the server process: the adapter's flags set, never left to SGLang's defaults."""
-    args = engine_args(path, device, spec.dtype, batch_size, max_model_len, None)
-    args.update(host=host, port=port, served_model_name=spec.model, log_level="info")
+                   device: str = "cpu", kv_tokens: int | None = None) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of the server process: the adapter's flags set, never left to SGLang's defaults.
+
+    ``kv_tokens``: a pool of that many slots (default: room for ``batch_size`` requests of ``max_model_len``).
+    Prometheus metrics are on (``/metrics``: running requests, KV slots in use) for operators and load checks.
+    """
+    args = engine_args(path, device, spec.dtype, batch_size, max_model_len, kv_tokens)
+    args.update(host=host, port=port, served_model_name=spec.model, log_level="info", enable_metrics=True)
     check_engine_args(args)
     argv = [sys.executable, "-m", "backends.sglang.serve", *server_flags(args)]
     env = dict(os.environ)
@@ -71,6 +75,42 @@ def _freeze_gc_once_listening(original: Any, server_args: Any, *args: Any, **kwa
     return original(server_args, *args, **kwargs)
 
 
+def refuse_unschedulable_prompts() -> None:
+    """In the HTTP server process: SGLang's request-length check also applies the served schedule's limit
+    (``backends.serving.prompt_refusal``), so such a request gets a 400 before it reaches the scheduler."""
+    from sglang.srt.managers.tokenizer_manager import TokenizerManager
+
+    original = TokenizerManager._validate_one_request
+    spec = served_spec()
+
+    def validate(self: TokenizerManager, obj: Any, input_ids: list[int]) -> None:
+        original(self, obj, input_ids)
+        reason = prompt_refusal(spec, len(input_ids) if input_ids is not None else 0)
+        if reason is not None:
+            raise ValueError(reason)
+
+    TokenizerManager._validate_one_request = validate
+
+
+def refuse_unknown_models() -> None:
+    """In the HTTP server process: an OpenAI request naming a model this server does not serve gets a 404, as
+    from vLLM's server (SGLang 0.5.23 serves whatever name is given; a request that names none is served)."""
+    from sglang.srt.entrypoints.openai.protocol import DEFAULT_MODEL_NAME
+    from sglang.srt.entrypoints.openai.serving_base import OpenAIServingBase
+
+    original = OpenAIServingBase.handle_request
+
+    async def handle_request(self: OpenAIServingBase, request: Any, raw_request: Any) -> Any:
+        model = getattr(request, "model", None)
+        served = self.tokenizer_manager.served_model_name
+        if model and model != DEFAULT_MODEL_NAME and self._parse_model_parameter(model)[0] != served:
+            return self.create_error_response(f"The model `{model}` does not exist: this server serves `{served}`.",
+                                              err_type="NotFoundError", status_code=404)
+        return await original(self, request, raw_request)
+
+    OpenAIServingBase.handle_request = handle_request
+
+
 def main(argv: list[str]) -> None:
     if os.environ.get(CPU_ENV) == "1":
         from backends.sglang.backend import prepare_cpu
@@ -85,6 +125,10 @@ def main(argv: list[str]) -> None:
     HookRegistry.register("sglang.srt.entrypoints.http_server._freeze_gc_after_server_warmup",
                           _freeze_gc_once_listening, HookType.AROUND)
     load_plugins()  # applies the hooks, ours (entry point) and the one above
+    refuse_unschedulable_prompts()
+    refuse_unknown_models()
+    if os.environ.get(API_KEY_ENV):  # the key travels in the environment, off the process's command line
+        argv = [*argv, "--api-key", os.environ[API_KEY_ENV]]
     server_args = prepare_server_args(argv)
     check_engine_args(server_args)
     try:

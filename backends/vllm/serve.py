@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from backends.serving import SERVE_ENV, ServeSpec, build_served_policy
+from backends.serving import API_KEY_ENV, SERVE_ENV, ServeSpec, build_served_policy, prompt_refusal, served_spec
 from backends.vllm.checks import check_engine_config
 from zoo.base import Policy
 
@@ -44,9 +44,11 @@ def server_command(
     block_size: int = 32,
     extra: list[str] | None = None,
     tensor_parallel: int = 1,
+    kv_tokens: int | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """(argv, environment) of the server process: the flags the adapter needs, set, never left to defaults.
 
+    ``kv_tokens``: a pool of that many tokens (rounded up to whole blocks) instead of vLLM's own sizing.
     ``tensor_parallel`` > 1: that many ranks in worker processes (vLLM's ``mp`` executor), each bound to its own
     share of this process's CPUs, as ``VLLMBackend`` runs them.
 
@@ -71,6 +73,8 @@ def server_command(
         "--worker-cls", WORKER_CLS,
         *(extra or []),
     ]
+    if kv_tokens is not None:
+        argv += ["--num-gpu-blocks-override", str(-(-kv_tokens // block_size))]
     env = dict(os.environ)
     if tensor_parallel > 1:
         from backends.vllm.backend import cpu_bind
@@ -85,7 +89,28 @@ def server_command(
     return argv, env
 
 
+def refuse_unschedulable_prompts() -> None:
+    """In the API server process: vLLM's prompt-length check also applies the served schedule's limit
+    (``backends.serving.prompt_refusal``), so such a request gets a 400 before it reaches the engine."""
+    from vllm.exceptions import VLLMValidationError
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    original = InputProcessor._validate_prompt_len
+    spec = served_spec()
+
+    def validate(self: InputProcessor, prompt_len: int, prompt_type: str) -> None:
+        original(self, prompt_len, prompt_type)
+        reason = prompt_refusal(spec, prompt_len) if prompt_type == "decoder" else None
+        if reason is not None:
+            raise VLLMValidationError(reason, parameter="prompt", value=prompt_len)
+
+    InputProcessor._validate_prompt_len = validate
+
+
 if __name__ == "__main__":
     from vllm.entrypoints.launchers.api_server.entry import main
 
+    refuse_unschedulable_prompts()
+    if os.environ.get(API_KEY_ENV):  # vLLM's server reads its key from here when --api-key is not given
+        os.environ["VLLM_API_KEY"] = os.environ[API_KEY_ENV]
     main()

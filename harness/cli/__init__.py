@@ -3,11 +3,25 @@
 
 from __future__ import annotations
 
-from harness.cli import bench, gate, list_backends, list_policies, list_tasks, report, run, sweep
-from harness.cli.app import BoundedTyper, console
-from harness.cli.predictor_commands import register as register_predictor_commands
-from harness.cli.serve_policy import register as register_serve_command
-from harness.cli.tinyreasoner_commands import register as register_tiny_commands
+from harness.cli import (
+    analyze,
+    bench,
+    collect_traces,
+    eval_predictor,
+    gate,
+    label_traces,
+    list_backends,
+    list_policies,
+    list_tasks,
+    make_task,
+    make_tiny_reasoner,
+    report,
+    run,
+    serve_policy,
+    sweep,
+    train_predictor,
+)
+from harness.cli.app import BoundedTyper
 
 app = BoundedTyper(add_completion=False, no_args_is_help=True, help="Run, compare and deploy KV-cache eviction.")
 app.command()(run.run)
@@ -18,9 +32,15 @@ app.command()(report.report)
 app.command()(list_policies.policies)
 app.command()(list_backends.backends)
 app.command()(bench.bench)
-register_tiny_commands(app, console)
-register_predictor_commands(app, console)
-register_serve_command(app, console)
+app.command("make-task")(make_task.make_task)
+app.command("make-tiny-reasoner")(make_tiny_reasoner.make_tiny_reasoner)
+# the DynTS predictor pipeline: collect-traces -> label -> train-predictor -> eval-predictor, and analyze
+app.command("collect-traces")(collect_traces.collect_traces)
+app.command()(label_traces.label)
+app.command("train-predictor")(train_predictor.train_predictor)
+app.command("eval-predictor")(eval_predictor.eval_predictor)
+app.command()(analyze.analyze)
+app.command()(serve_policy.serve)
 
 
 def main() -> None:

@@ -137,51 +137,20 @@ def fit(store: TraceStore | Sequence[TraceStore], out: Path, cfg: FitConfig,
     generator = torch.Generator().manual_seed(cfg.seed)
     meta = stores[0].meta
     data = _training_data(stores, cfg)
-    val = [d for d in data if is_validation(d[0], cfg.val_fraction)]
-    train = [d for d in data if not is_validation(d[0], cfg.val_fraction)]
-    if not train or not val:
-        where = ", ".join(str(s.path) for s in stores)
-        raise TraceStoreError(f"{where} has {len(data)} usable labelled traces: need enough for a "
-                              f"training and a validation part (collect more, or change --val-fraction)")
+    train, val = _split(data, cfg.val_fraction, stores)
     hidden = meta["hidden_size"]
     sizes = cfg.layer_sizes or PredictorConfig.default_sizes(hidden)
     pconfig = PredictorConfig(meta["model"], hidden, list(sizes), cfg.label_method, cfg.transform,
                               selection=dict(cfg.selection))
     model = ImportancePredictor(pconfig)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_traces)
-    total = steps_per_epoch * cfg.epochs
-    warm = max(1, int(cfg.warmup * total))
-
-    def lr_factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    schedule = _warmup_cosine(optimizer, math.ceil(len(train) / cfg.batch_traces) * cfg.epochs, cfg.warmup)
     best: tuple[float, dict[str, torch.Tensor], int, dict[str, float]] | None = None
     history = []
     for epoch in range(cfg.epochs):
-        model.train()
-        order = torch.randperm(len(train), generator=generator).tolist()
-        losses = []
-        for start in range(0, len(order), cfg.batch_traces):
-            batch = [train[i] for i in order[start : start + cfg.batch_traces]]
-            mse, pairs = [], []
-            for _, h, y in batch:
-                s = model(h)
-                mse.append(((s - y) ** 2).mean())
-                pairs.append(_pair_loss(s, y, cfg.pairs_per_trace, generator))
-            loss = cfg.mse_weight * torch.stack(mse).mean() + cfg.rank_weight * torch.stack(pairs).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(float(loss.detach()))
-        model.eval()
-        with torch.no_grad():
-            metrics = mean_metrics([ranking_metrics(model(h), y) for _, h, y in val])
-        row = {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), **metrics}
+        loss = _train_epoch(model, train, optimizer, schedule, cfg, generator)
+        metrics = _held_out_metrics(model, val)
+        row = {"epoch": epoch + 1, "train_loss": loss, **metrics}
         history.append(row)
         if on_epoch is not None:
             on_epoch(epoch + 1, row)
@@ -203,6 +172,61 @@ def fit(store: TraceStore | Sequence[TraceStore], out: Path, cfg: FitConfig,
     }
     model.save(out)
     return model.config.extra
+
+
+Example = tuple[str, torch.Tensor, torch.Tensor]  # (trace id, hidden states, transformed labels)
+
+
+def _split(data: list[Example], val_fraction: float, stores: list[TraceStore]) -> tuple[list[Example],
+                                                                                      list[Example]]:
+    """(training, validation) traces, by problem id; refused when either part would be empty."""
+    val = [d for d in data if is_validation(d[0], val_fraction)]
+    train = [d for d in data if not is_validation(d[0], val_fraction)]
+    if not train or not val:
+        where = ", ".join(str(s.path) for s in stores)
+        raise TraceStoreError(f"{where} has {len(data)} usable labelled traces: need enough for a "
+                              f"training and a validation part (collect more, or change --val-fraction)")
+    return train, val
+
+
+def _warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over the first ``warmup`` share of the ``total`` steps, then a cosine decay to zero."""
+    warm = max(1, int(warmup * total))
+
+    def lr_factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
+def _train_epoch(model: ImportancePredictor, train: list[Example], optimizer: torch.optim.Optimizer,
+                 schedule: torch.optim.lr_scheduler.LambdaLR, cfg: FitConfig, generator: torch.Generator) -> float:
+    """One pass over the training traces in a fresh order, ``cfg.batch_traces`` per step; the mean loss."""
+    model.train()
+    order = torch.randperm(len(train), generator=generator).tolist()
+    losses = []
+    for start in range(0, len(order), cfg.batch_traces):
+        batch = [train[i] for i in order[start : start + cfg.batch_traces]]
+        mse, pairs = [], []
+        for _, h, y in batch:
+            s = model(h)
+            mse.append(((s - y) ** 2).mean())
+            pairs.append(_pair_loss(s, y, cfg.pairs_per_trace, generator))
+        loss = cfg.mse_weight * torch.stack(mse).mean() + cfg.rank_weight * torch.stack(pairs).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+    return sum(losses) / len(losses)
+
+
+def _held_out_metrics(model: ImportancePredictor, val: list[Example]) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        return mean_metrics([ranking_metrics(model(h), y) for _, h, y in val])
 
 
 def _fingerprint(model: str) -> str | None:

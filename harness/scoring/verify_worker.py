@@ -1,10 +1,20 @@
-"""The math-verify worker process's code (``harness.scoring.verifier``): light imports only, it is what a fresh worker
-imports before its first check."""
+"""The math-verify worker process (``harness.scoring.verifier`` starts it as ``python -m
+harness.scoring.verify_worker``): light imports only, it is what a fresh worker imports before its first check.
+
+Protocol, one JSON value per line: the worker writes ``"ready"`` once math-verify is imported, then reads
+``[gold, answer]`` and writes ``true`` or ``false`` until its input closes. Anything else the checks print goes to
+stderr, so the reply stream holds replies only.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from collections.abc import Callable
-from multiprocessing.connection import Connection
+from typing import IO
+
+READY = "ready"
 
 
 def check_pair(gold: str, answer: str) -> bool:
@@ -19,18 +29,29 @@ def check_pair(gold: str, answer: str) -> bool:
     return bool(g and p and verify(g, p))
 
 
-def serve(conn: Connection, check: Callable[[str, str], bool] = check_pair) -> None:
-    """The worker's loop: says ``ready`` once math-verify is imported (slow: sympy), then one (gold, answer) in,
-    one bool out; an exception is a wrong answer."""
+def serve(requests: IO[str], replies: IO[str], check: Callable[[str, str], bool] = check_pair) -> None:
+    """The worker's loop: ``ready`` once math-verify is imported (slow: sympy), then one (gold, answer) in, one
+    bool out; an exception is a wrong answer."""
     import math_verify  # noqa: F401 - imported before the first time-out starts counting
 
-    conn.send("ready")
-    while True:
+    def reply(value: object) -> None:
+        replies.write(json.dumps(value) + "\n")
+        replies.flush()
+
+    reply(READY)
+    for line in requests:
         try:
-            gold, answer = conn.recv()
-        except EOFError:
-            return
-        try:
-            conn.send(bool(check(gold, answer)))
+            gold, answer = json.loads(line)
+            reply(bool(check(gold, answer)))
         except Exception:  # noqa: BLE001 - an unparseable answer is a wrong answer, never a crash
-            conn.send(False)
+            reply(False)
+
+
+def main() -> None:
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")  # the reply stream: the real stdout, kept aside
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints (sympy, math-verify) go to stderr
+    serve(sys.stdin, replies)
+
+
+if __name__ == "__main__":
+    main()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from zoo.errors import UserError
 
@@ -272,7 +272,3 @@ def task_facts(items: Sequence[Problem]) -> dict[str, float]:
         "critical_fraction": critical / thinking,
         "step_line_fraction": step_tokens / thinking,
     }
-
-
-def knobs_dict(knobs: Knobs) -> dict:
-    return asdict(knobs)

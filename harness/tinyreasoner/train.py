@@ -174,57 +174,22 @@ def greedy_accuracy(model: nn.Module, count: int, seed: int, max_new_tokens: int
 def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print,
           on_step: Callable[[int], None] | None = None) -> dict:
     """Train from scratch (or resume ``out/checkpoint.pt``); writes the model directory and returns metrics."""
-    from transformers import LlamaForCausalLM
-
     parse_views(cfg.dropout_views)  # fail before training, not at 40% of it
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.init_from:
-        model = LlamaForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
-        shape = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-        wanted = model_config(cfg)
-        if any(getattr(model.config, k) != getattr(wanted, k) for k in shape):
-            raise UserError(f"{cfg.init_from} is not a model of this shape (hidden {cfg.hidden_size}, "
-                             f"{cfg.layers} layers): pass the shape it was trained with")
-    else:
-        model = LlamaForCausalLM(model_config(cfg))
+    model = _initial_model(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     rng = random.Random(cfg.seed)
-    history: list[dict] = []
-    start = 0
     checkpoint = out / "checkpoint.pt"
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=True)  # tensors and plain data only: no code runs
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        start, history = state["step"], state["history"]
-        log(f"resumed at step {start}")
+    start, history = _resume(checkpoint, model, optimizer, rng, log)
     model.train()
     began = time.time()
     window: list[list[float]] = [[], [], []]
     tokens_seen = 0
     for step in range(start, cfg.steps):
         knobs = curriculum(step / cfg.steps, cfg)
-        x, y, types = make_batch(rng, cfg.batch_size, knobs, cfg.seed)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        mask = None
-        if step >= dropout_start(cfg):
-            mask = dropout_mask(x, rng, cfg.dropout_views)
-        logits = model(input_ids=x, attention_mask=mask).logits[:, :-1]
-        target, target_types = y[:, 1:], types[:, 1:]
-        losses = nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE, reduction="none"
-        ).view_as(target)
-        valid = target != IGNORE
-        loss = losses[valid].mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        loss, losses, valid, target_types = _train_step(model, optimizer, rng, step, knobs, cfg)
         tokens_seen += int(valid.sum())
         for kind in range(3):
             chosen = valid & (target_types == kind)
@@ -243,17 +208,80 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print,
             quick = greedy_accuracy(model, cfg.eval_problems, seed=cfg.seed, split="validation")
             history.append({"step": step + 1, **quick})
             log(json.dumps({"step": step + 1, **quick}))
-            tmp = checkpoint.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.getstate(),
-                        "torch_rng": torch.get_rng_state(), "step": step + 1, "history": history}, tmp)
-            tmp.replace(checkpoint)
+            _save_checkpoint(checkpoint, model, optimizer, rng, step + 1, history)
+    _save_model(out, model)
+    return {"history": history, "train_seconds": round(time.time() - began, 1), "train_tokens": tokens_seen,
+            "parameters": sum(p.numel() for p in model.parameters()), "config": asdict(cfg)}
+
+
+def _initial_model(cfg: TrainConfig) -> nn.Module:
+    """A fresh model of ``cfg``'s shape, or the trained one ``cfg.init_from`` names (refused if shaped otherwise)."""
+    from transformers import LlamaForCausalLM
+
+    if not cfg.init_from:
+        return LlamaForCausalLM(model_config(cfg))
+    model = LlamaForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
+    shape = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    wanted = model_config(cfg)
+    if any(getattr(model.config, k) != getattr(wanted, k) for k in shape):
+        raise UserError(f"{cfg.init_from} is not a model of this shape (hidden {cfg.hidden_size}, "
+                        f"{cfg.layers} layers): pass the shape it was trained with")
+    return model
+
+
+def _resume(checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rng: random.Random,
+            log: Callable[[str], None]) -> tuple[int, list[dict]]:
+    """(first step, history so far): a saved checkpoint's state restored into the model, optimizer and RNGs."""
+    if not checkpoint.is_file():
+        return 0, []
+    state = torch.load(checkpoint, weights_only=True)  # tensors and plain data only: no code runs
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    rng.setstate(state["rng"])
+    torch.set_rng_state(state["torch_rng"])
+    log(f"resumed at step {state['step']}")
+    return state["step"], state["history"]
+
+
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, rng: random.Random, step: int, knobs: Knobs,
+                cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimiser step on a fresh batch (context drop-out after its start); (loss, per-token losses, which
+    targets count, target token types)."""
+    x, y, types = make_batch(rng, cfg.batch_size, knobs, cfg.seed)
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    mask = None
+    if step >= dropout_start(cfg):
+        mask = dropout_mask(x, rng, cfg.dropout_views)
+    logits = model(input_ids=x, attention_mask=mask).logits[:, :-1]
+    target, target_types = y[:, 1:], types[:, 1:]
+    losses = nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE, reduction="none"
+    ).view_as(target)
+    valid = target != IGNORE
+    loss = losses[valid].mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss, losses, valid, target_types
+
+
+def _save_checkpoint(checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rng: random.Random,
+                     step: int, history: list[dict]) -> None:
+    tmp = checkpoint.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.getstate(),
+                "torch_rng": torch.get_rng_state(), "step": step, "history": history}, tmp)
+    tmp.replace(checkpoint)
+
+
+def _save_model(out: Path, model: nn.Module) -> None:
+    """Weights, tokenizer and a generation config that stops at the task's end token."""
     model.save_pretrained(out)
     save_tokenizer(out)
     generation = model.generation_config
     generation.eos_token_id, generation.pad_token_id = TOKEN_ID[EOS], TOKEN_ID[PAD]
     generation.save_pretrained(out)
-    return {"history": history, "train_seconds": round(time.time() - began, 1), "train_tokens": tokens_seen,
-            "parameters": sum(p.numel() for p in model.parameters()), "config": asdict(cfg)}
 
 
 def write_card(out: Path, cfg: TrainConfig, trained: dict, heldout: dict, facts: dict) -> None:

@@ -1,6 +1,7 @@
 """Plain JSONL prompt files: one object per line with ``prompt`` (or ``question``), optional ``id`` and ``answer``.
 
-This is the input of ``dynts-bench run --prompts`` until benchmark tasks come from lm-eval.
+The input of ``dynts-bench run --prompts`` (the default: the tiny reasoner's held-out problems) and of the
+predictor pipeline; benchmark tasks (``--task``) come from lm-eval instead (``lmeval_tasks``).
 """
 
 from __future__ import annotations

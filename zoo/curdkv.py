@@ -1,0 +1,45 @@
+"""CurDKV's key leverage: squared key norms, normalised within local windows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from zoo.base import CacheView, SinkPolicy
+
+
+def local_key_leverage(keys: torch.Tensor, valid: torch.Tensor, window: int) -> torch.Tensor:
+    """``[B, KVH, T]``: each key's squared norm over the sum in its window of ``window`` consecutive valid slots
+    (counted from the oldest; ``window`` 0: over the whole cache), then over the head's total, so the scores of
+    a head sum to 1. Invalid slots score 0."""
+    energy = keys.float().pow(2).sum(-1) * valid[:, None, :]
+    if window > 0:
+        group = ((valid.long().cumsum(-1) - 1).clamp(min=0) // window)[:, None, :].expand_as(energy)
+        totals = torch.zeros_like(energy).scatter_add_(-1, group, energy)
+        energy = energy / totals.gather(-1, group).clamp(min=torch.finfo(energy.dtype).tiny)
+    return energy / energy.sum(-1, keepdim=True).clamp(min=torch.finfo(energy.dtype).tiny)
+
+
+@dataclass
+class CurDKV(SinkPolicy):
+    """Keeps the tokens with the largest key leverage, approximated by the squared key norm relative to the
+    ``local_window`` keys around it (``local_window`` 0: relative to the whole cache), plus ``sinks`` attention
+    sinks. Sengupta et al., 2025, "Value-Guided KV Compression for LLMs via Approximated CUR Decomposition",
+    arXiv 2509.15038, as kvpress's ``CURPress(leverage_type="key")``. The paper's default multiplies in the value
+    leverage, which needs value vectors: no engine hands those to a policy, so only the key leverage is here.
+    Averaged over KV heads and layers so that every layer keeps the same set."""
+
+    name = "curdkv"
+    family = "key-only"
+    compression_cost = "one squared norm per cached key and a sum per window, per KV head and layer"
+    kvpress = "CURPress"
+    local_window: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._at_least("local_window", 0)
+
+    def score(self, view: CacheView) -> torch.Tensor:
+        per_layer = [local_key_leverage(keys, view.valid, self.local_window).mean(dim=1) for keys in view.keys]
+        return torch.stack(per_layer).mean(0)
