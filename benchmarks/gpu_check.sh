@@ -46,5 +46,6 @@ timeout 420 $PY -m benchmarks.gpu_latency --new-tokens 768 --trigger 512 --windo
     --out "$DIR/latency.json" > "$DIR/latency.txt" 2>&1 || status=1
 cat "$DIR/latency.txt" | tee -a "$DIR/summary.txt"
 
+step "paged compaction (vllm adapter, DenseStore) on CUDA vs CPU"; timeout 120 $PY -m benchmarks.paged_gpu_check > "$DIR/paged.txt" 2>&1 || status=1; tee -a "$DIR/summary.txt" < "$DIR/paged.txt"
 step "done: exit $status; everything is in $DIR"
 exit $status

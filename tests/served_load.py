@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from backends.base import Backend
 from benchmarks.serve_load.__main__ import load_prompts, parse_args, serve_args
 from benchmarks.serve_load.client import get, post
 from benchmarks.serve_load.drive import drive, refuse_and_recover
@@ -34,8 +35,10 @@ def _renamed(request, name):
     return replace(request, request_id=name)
 
 
-def check_a_loaded_server(backend: str, workdir: Path, kv_tokens: int) -> dict:
-    """Run the load; return the summary (the caller checks engine-specific pool facts)."""
+def check_a_loaded_server(backend: str, workdir: Path, kv_tokens: int, engine: Backend) -> dict:
+    """Run the load; return the summary (the caller checks engine-specific pool facts). ``engine``: the test
+    session's in-process backend, for the offline replay (closing a second in-process vLLM engine would tear down
+    the distributed groups the session's engine uses)."""
     args = parse_args(["--backend", backend, "-p", "dynts", "--concurrency", "8", "--kv-tokens", str(kv_tokens)])
     prompts, limit = load_prompts("tiny-reasoner", None)
     mix = small_mix(prompts)
@@ -49,10 +52,10 @@ def check_a_loaded_server(backend: str, workdir: Path, kv_tokens: int) -> dict:
         metrics = get(server.port, "/metrics")[1]
     comparable = [r for r in mix if r.comparable]
     offline = offline_texts(backend, "tiny-reasoner", "dynts", {"budget": 86, "window": 32, "interval": 16},
-                            comparable, 600, 8)
+                            comparable, 600, 8, backend=engine)
     served = {r.request_id: o.texts.get(0, "") for r, o in result.replies if r.comparable and o.status == 200}
-    identical = {rid: compare(next(r for r in mix if r.request_id == rid), text, offline[rid])
-                 for rid, text in served.items()}
+    by_id = {r.request_id: r for r in mix}
+    identical = {rid: compare(by_id[rid], text, offline[rid]) for rid, text in served.items()}
     summary = summarize(result, identical, budgeted=True)
     summary.update(no_key=no_key.status, wrong_key=wrong_key.status, health_without_key=health, metrics=metrics,
                    hang_ups=sum(o.aborted for _, o in result.replies))

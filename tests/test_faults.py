@@ -122,6 +122,71 @@ def test_twice_the_allocated_kv_fails(gate, tmp_path) -> None:
     assert result.exit_code == 1 and "KV allocated" in result.output
 
 
+def _grow_traces(run: Path, factor: float) -> None:
+    def grow(rows):
+        for row in rows:
+            row["generated_tokens"] = round(row["generated_tokens"] * factor)
+
+    _rewrite(run / "samples.jsonl", grow)
+
+
+def _length_rows(output: str) -> list[str]:
+    return [line for line in output.splitlines() if "length vs full" in line or "mean generated tokens" in line]
+
+
+def test_a_policy_whose_traces_grew_20_percent_fails_the_length_check(gate, tmp_path) -> None:
+    sweep = _copy(gate, tmp_path)
+    _grow_traces(_run_dir(sweep, "window"), 1.2)
+    result = _check(sweep, gate[1])
+    assert result.exit_code == 1, result.output
+    failed = [line for line in _length_rows(result.output) if "FAIL" in line]
+    assert len(failed) == 1 and "window" in failed[0] and "traces longer" in failed[0], result.output
+
+
+def test_traces_grown_5_percent_stay_within_the_length_tolerance(gate, tmp_path) -> None:
+    sweep = _copy(gate, tmp_path)
+    _grow_traces(_run_dir(sweep, "dynts"), 1.05)
+    result = _check(sweep, gate[1])
+    assert result.exit_code == 0, result.output
+    assert len(_length_rows(result.output)) == 3 and "FAIL" not in result.output
+
+
+def test_the_full_cache_growing_fails_its_own_length_check(gate, tmp_path) -> None:
+    sweep = _copy(gate, tmp_path)
+    _grow_traces(_run_dir(sweep, "full"), 1.2)
+    result = _check(sweep, gate[1])
+    failed = [line for line in _length_rows(result.output) if "FAIL" in line]
+    assert result.exit_code == 1 and len(failed) == 1 and "mean generated tokens" in failed[0], result.output
+
+
+def _baseline_without_lengths(gate, tmp_path) -> Path:
+    """The gate's baseline as one made before lengths were recorded (no per-sample token counts)."""
+    old = json.loads(gate[1].read_text())
+    for entry in old["entries"].values():
+        for sample in entry["samples"].values():
+            del sample["tokens"]
+    path = tmp_path / "old-baseline.json"
+    path.write_text(json.dumps(old))
+    return path
+
+
+def test_a_baseline_without_lengths_passes_identical_outputs_and_warns_on_changed_ones(gate, tmp_path) -> None:
+    old = _baseline_without_lengths(gate, tmp_path)
+    result = _check(gate[0], old)
+    assert result.exit_code == 0 and "inconclusive" not in result.output, result.output
+    assert len([line for line in _length_rows(result.output) if "same outputs" in line]) == 3
+    sweep = _copy(gate, tmp_path)
+
+    def change(rows):
+        rows[0]["output_ids"] = rows[0]["output_ids"][:-1]
+
+    _rewrite(_run_dir(sweep, "window") / "samples.jsonl", change)
+    result = _check(sweep, old)
+    assert result.exit_code == 0 and "1 checks inconclusive" in result.output, result.output
+    unsure = [line for line in _length_rows(result.output) if "inconclusive" in line]
+    assert len(unsure) == 1 and "window" in unsure[0] and "predates" in unsure[0], result.output
+
+
 @pytest.mark.parametrize("flag,value", [("--alpha", "0"), ("--alpha", "0.7"), ("--speed-tolerance", "1"),
                                         ("--kv-tolerance", "-0.1")])
 def test_gate_settings_that_switch_a_check_off_are_refused(gate, flag, value) -> None:
@@ -327,7 +392,7 @@ def test_a_median_slowdown_with_a_fast_repeat_left_is_inconclusive(gate, tmp_pat
     _slow_rounds(sweep, rounds - 1)
     result = _check(sweep, gate[1])
     text = " ".join(result.output.split())
-    assert result.exit_code == 0 and "speed checks inconclusive" in text, result.output
+    assert result.exit_code == 0 and "checks inconclusive" in text, result.output
     assert _speed_findings(sweep, gate[1])["reference"] == ["inconclusive"] * 3
 
 
@@ -346,7 +411,7 @@ def test_speed_timed_on_another_cpu_is_inconclusive_not_compared(gate, tmp_path)
     other.write_text(json.dumps(moved))
     result = _check(sweep, other)
     text = " ".join(result.output.split())
-    assert result.exit_code == 0 and "speed checks inconclusive" in text, result.output
+    assert result.exit_code == 0 and "checks inconclusive" in text, result.output
     assert "another CPU" in text and "Other CPU 9000" in text and str(hardware()["cpu_model"]) in text
 
     from harness.results.leaderboard import load_runs

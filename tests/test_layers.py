@@ -50,7 +50,6 @@ DEFERRED_IMPORTS = {
                                              "when a model directory must be made",
     ("backends/sglang/plugin.py", "backends.hf.facts"): "SGLang loads the plugin in every process it starts; the "
                                                         "tokenizer is read only once a policy is configured",
-    ("backends/sglang/try_cpu_engine.py", ""): "a one-off script the engines branch removes",
     ("harness/workloads/selection.py", "harness.workloads.lmeval_workload"): "lm-eval takes seconds to import; "
                                                                              "only --task runs need it",
     ("benchmarks/vllm_throughput.py", ""): "sets OMP_NUM_THREADS before anything imports torch",

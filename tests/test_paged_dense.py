@@ -76,3 +76,59 @@ def test_a_cache_that_is_not_the_dense_view_is_refused():
 
     with pytest.raises(BackendError, match="expected"):
         DenseStore(torch.zeros(4, 2, 8, 5), head_dim=3)
+
+
+def flash_write_loop(key, value, key_cache, value_cache, slots) -> None:
+    """``reshape_and_cache_flash``'s kernel body (``csrc/cache_kernels.cu``) one element at a time."""
+    block_size = key_cache.shape[1]
+    for token, slot in enumerate(slots.tolist()):
+        if slot < 0:
+            continue
+        for head in range(key.shape[1]):
+            for dim in range(key.shape[2]):
+                key_cache[slot // block_size, slot % block_size, head, dim] = key[token, head, dim]
+                value_cache[slot // block_size, slot % block_size, head, dim] = value[token, head, dim]
+
+
+@pytest.mark.parametrize("name", STRIDE_ORDERS)
+def test_the_torch_twin_of_reshape_and_cache_flash_writes_what_the_kernel_loop_writes(name):
+    from backends.vllm.layouts import reshape_and_cache_flash_reference
+
+    twin, loop = logical_cache(STRIDE_ORDERS[name])[1], logical_cache(STRIDE_ORDERS[name])[1]
+    key = torch.arange(5 * HEADS * D).view(5, HEADS, D) + 10_000
+    value = -key
+    slots = torch.tensor([9, 0, -1, 31, 14])  # one padding slot
+    for cache, write in ((twin, reshape_and_cache_flash_reference), (loop, flash_write_loop)):
+        key_cache, value_cache = cache.transpose(1, 2).split(D, dim=-1)
+        write(key, value, key_cache, value_cache, slots)
+    assert torch.equal(twin, loop)
+    assert torch.equal(twin[31 // BS, :, 31 % BS, :D], key[3]) and torch.equal(twin[31 // BS, :, 31 % BS, D:], -key[3])
+
+
+@pytest.mark.parametrize("name", STRIDE_ORDERS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_dense_layout_probe_accepts_the_kernels_writer_in_every_stride_order(name, dtype):
+    from backends.vllm.layouts import probe_dense_layout, scratch_like
+
+    layer = logical_cache(STRIDE_ORDERS[name]).to(dtype)[1]
+    scratch = scratch_like(layer)
+    assert scratch.shape[1:] == layer.shape[1:]
+    assert sorted(range(4), key=lambda a: -scratch.stride(a)) == sorted(range(4), key=lambda a: -layer.stride(a))
+    probe_dense_layout(layer, D, flash_write_loop)
+
+
+@pytest.mark.parametrize("mistake", ["keys and values swapped", "heads reversed", "slots reversed"])
+def test_the_dense_layout_probe_refuses_a_writer_that_disagrees(mistake):
+    from backends.base import BackendError
+    from backends.vllm.layouts import probe_dense_layout
+
+    def wrong(key, value, key_cache, value_cache, slots):
+        if mistake == "keys and values swapped":
+            flash_write_loop(value, key, key_cache, value_cache, slots)
+        elif mistake == "heads reversed":
+            flash_write_loop(key.flip(1), value.flip(1), key_cache, value_cache, slots)
+        else:
+            flash_write_loop(key, value, key_cache, value_cache, slots.flip(0))
+
+    with pytest.raises(BackendError, match="GPU KV cache layout differs"):
+        probe_dense_layout(logical_cache(STRIDE_ORDERS["LBNHC"])[0].float(), D, wrong)

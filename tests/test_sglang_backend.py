@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from backends import BACKENDS
 from backends.base import BackendError
 from backends.paged import PlanError
+from backends.paged.remap import apply_remap, plan_remap
 from backends.sglang.checks import PINNED_SGLANG, REQUIRED, check_version, refusal
-from backends.sglang.compaction import apply_remap, plan_remap
 from harness.cli import app
 from zoo import build_policy
 
@@ -72,9 +72,67 @@ def test_engine_arguments_the_adapter_needs_are_demanded_one_line_each(key, valu
 
 
 def test_cuda_graphs_are_refused_on_gpu_only():
-    assert "--disable-cuda-graph" in refusal({**REQUIRED, "device": "cuda"})
-    assert refusal({**REQUIRED, "device": "cuda", "disable_cuda_graph": True}) is None
+    assert "--disable-cuda-graph" in refusal({**REQUIRED, "device": "cuda", "attention_backend": "fa3"})
+    assert refusal({**REQUIRED, "device": "cuda", "disable_cuda_graph": True, "attention_backend": "fa3"}) is None
     assert refusal({**REQUIRED, "device": "cpu"}) is None
+
+
+CUDA = {**REQUIRED, "device": "cuda", "disable_cuda_graph": True}
+
+
+@pytest.mark.parametrize("backends,accepted", [
+    ({"attention_backend": "fa3"}, True),
+    ({"attention_backend": "flashinfer"}, True),
+    ({"attention_backend": "triton"}, True),
+    ({}, False),  # SGLang's own choice could be one whose pages are larger than one token
+    ({"attention_backend": "trtllm_mha"}, False),  # pages of 16-64
+    ({"attention_backend": "fa4"}, False),  # pages of 128
+    ({"attention_backend": "flashmla"}, False),
+    ({"attention_backend": "fa3", "decode_attention_backend": "trtllm_mha"}, False),
+    ({"attention_backend": "triton", "prefill_attention_backend": "flashinfer"}, True),
+])
+def test_cuda_attention_backends_outside_fa3_flashinfer_triton_are_refused(backends, accepted):
+    reason = refusal({**CUDA, **backends})
+    assert (reason is None) == accepted
+    if reason is not None:
+        assert "fa3, flashinfer, triton" in reason and "\n" not in reason
+
+
+def test_the_hnd_pool_layout_is_refused_on_cuda(monkeypatch):
+    args = {**CUDA, "attention_backend": "flashinfer"}
+    monkeypatch.setenv("SGLANG_USE_HND_KVCACHE", "1")
+    assert "SGLANG_USE_HND_KVCACHE" in refusal(args)
+    monkeypatch.setenv("SGLANG_USE_HND_KVCACHE", "0")
+    assert refusal(args) is None
+
+
+#: may a policy run with prefill (piecewise) CUDA graphs or torch.compile on? its queries come from a hook on
+#: RadixAttention.forward, which a replayed or compiled forward may skip
+PREFILL_GRAPHS_ALLOWED = {"full": True, "window": True, "streamingllm": True, "sepllm": True, "random": True,
+                          "oracle": True, "dynts": True, "snapkv": False, "tova": False, "rkv": False}
+
+
+@pytest.mark.parametrize("name", PREFILL_GRAPHS_ALLOWED)
+@pytest.mark.parametrize("mode", ["prefill graphs", "torch.compile"])
+def test_query_capturing_policies_need_prefill_graphs_and_torch_compile_off_on_cuda(name, mode):
+    from backends.sglang.checks import policy_refusal
+
+    needs = build_policy(name).needs
+    off = {**CUDA, "attention_backend": "fa3", "disable_prefill_cuda_graph": True, "enable_torch_compile": False}
+    switch = {"disable_prefill_cuda_graph": False} if mode == "prefill graphs" else {"enable_torch_compile": True}
+    on = {**off, **switch}
+    assert policy_refusal(off, needs) is None
+    assert (policy_refusal(on, needs) is None) == PREFILL_GRAPHS_ALLOWED[name]
+    assert policy_refusal({**on, "device": "cpu"}, needs) is None
+
+
+def test_the_backends_cuda_arguments_pass_every_check():
+    from backends.sglang.backend import engine_args
+    from backends.sglang.checks import policy_refusal
+
+    args = engine_args("/m", "cuda", "bfloat16", 8, 1024, None)
+    assert refusal(args) is None and policy_refusal(args, build_policy("snapkv").needs) is None
+    assert args["page_size"] == 1 and args["attention_backend"] in ("fa3", "flashinfer", "triton")
 
 
 def test_remap_keeps_the_survivors_pool_slots_in_order_and_frees_exactly_the_rest():

@@ -84,6 +84,19 @@ def describe(cls: type[Policy]) -> str:
     return doc.split(". ")[0].rstrip(".") + "."
 
 
+def option_help(cls: type[Policy]) -> dict[str, str]:
+    """Each public option's meaning, from its dataclass field (``zoo.base.option``); "" where none is given."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)
+            if f.init and not f.name.startswith("_")}
+
+
+def options_help() -> str:
+    """Every registered policy's options, defaults and meanings in one line: ``--policy-arg``'s help."""
+    parts = [f"{name}.{key}={default}: {option_help(cls)[key]}"
+             for name, cls in registry().items() for key, default in policy_options(cls).items()]
+    return "; ".join(parts) + "."
+
+
 def policy_options(cls: type[Policy]) -> dict[str, Any]:
     """Public options of a policy class with their defaults."""
     return {

@@ -215,11 +215,17 @@ class Policy:
         return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
 
+def option(default: Any, help: str) -> Any:
+    """A policy option: its default and what it means, which ``dynts-bench policies`` and ``run --help`` show
+    (``zoo.option_help``)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class SinkPolicy(Policy):
     """A policy that always keeps the first ``sinks`` tokens (attention sinks, StreamingLLM and SepLLM)."""
 
-    sinks: int = 4
+    sinks: int = option(4, "first tokens always kept (attention sinks)")
 
     def __post_init__(self) -> None:
         self._at_least("sinks", 0)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.base import CacheView, SinkPolicy
+from zoo.base import CacheView, SinkPolicy, option
 
 
 def local_key_leverage(keys: torch.Tensor, valid: torch.Tensor, window: int) -> torch.Tensor:
@@ -34,7 +34,7 @@ class CurDKV(SinkPolicy):
     family = "key-only"
     compression_cost = "one squared norm per cached key and a sum per window, per KV head and layer"
     kvpress = "CURPress"
-    local_window: int = 16
+    local_window: int = option(16, "keys around each token its leverage is relative to (0: the whole cache)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

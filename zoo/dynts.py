@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from zoo.base import CacheView, ModelInfo, Policy, PolicyError, StepObservation
+from zoo.base import CacheView, ModelInfo, Policy, PolicyError, StepObservation, option
 from zoo.predictor import ImportancePredictor
 
 SCORE = "dynts_score"
@@ -28,13 +28,13 @@ class DynTS(Policy):
     requires = "predictor"
     needs = frozenset({"hidden"})
     state_names = (SCORE,)
-    predictor: str | None = None
-    #: at compression a token's score is at least that of the ``pool_next`` tokens written right after it (a
-    #: statement's name goes with its value); None: what the predictor was validated with (0: the paper's)
-    pool_next: int | None = None
-    #: add ``recency`` x (the sequence's median score) x the token's age rank (0 oldest .. 1 newest): tokens the
-    #: head does not single out go oldest first; None: the predictor's setting (0: the paper's ranking)
-    recency: float | None = None
+    predictor: str | None = option(None, "importance predictor directory; None: the one shipped for the model")
+    pool_next: int | None = option(None, (
+        "a token's score is at least that of the pool_next tokens written right after it (a statement's name goes "
+        "with its value); None: the predictor's stored setting (0: the paper's ranking)"))
+    recency: float | None = option(None, (
+        "adds recency x the sequence's median score x the token's age rank (0 oldest .. 1 newest), so tokens the "
+        "head does not single out go oldest first; None: the predictor's stored setting (0: the paper's ranking)"))
     _model: ImportancePredictor | None = field(default=None, init=False, repr=False)
     _source: str | None = field(default=None, init=False, repr=False)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.base import CacheView, Policy
+from zoo.base import CacheView, Policy, option
 
 _MASK = (1 << 31) - 1
 
@@ -28,7 +28,7 @@ class RandomEviction(Policy):
 
     name = "random"
     kvpress = "RandomPress"
-    seed: int = 0
+    seed: int = option(0, "seed of the draw (hashed with the token's position and the tokens held)")
 
     def score(self, view: CacheView) -> torch.Tensor:
         held = view.valid.sum(-1, keepdim=True)

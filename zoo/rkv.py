@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zoo.base import CacheView, QueryWindowPolicy, query_attention
+from zoo.base import CacheView, QueryWindowPolicy, option, query_attention
 
 
 @dataclass
@@ -25,10 +25,11 @@ class RKV(QueryWindowPolicy):
     compression_cost = ("attention of obs_window queries per layer, plus every key's cosine similarity to every "
                         "other (T x T per KV head)")
     needs = frozenset({"queries"})
-    obs_window: int = 8
-    kernel_size: int = 7
-    mix_lambda: float = 0.1
-    threshold: float = 0.5
+    obs_window: int = option(8, "last queries whose attention gives the importance term")
+    kernel_size: int = option(7, "max-pooling kernel over positions for the importance term")
+    mix_lambda: float = option(0.1, "weight of importance; 1 - mix_lambda weighs redundancy (0..1)")
+    threshold: float = option(0.5, "cosine similarity above which a key's newest near-duplicate is not counted "
+                              "against it")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zoo.base import CacheView, QueryWindowPolicy, query_attention
+from zoo.base import CacheView, QueryWindowPolicy, option, query_attention
 
 
 @dataclass
@@ -24,9 +24,9 @@ class SnapKV(QueryWindowPolicy):
     compression_cost = "attention of obs_window queries over every cached key, per layer"
     kvpress = "SnapKVPress"
     needs = frozenset({"queries"})
-    obs_window: int = 32
-    kernel_size: int = 7
-    pooling: str = "avgpool"
+    obs_window: int = option(32, "last queries whose attention scores the cache (observation window)")
+    kernel_size: int = option(7, "positions pooled together, so a token's neighbours are kept with it")
+    pooling: str = option("avgpool", "avgpool | maxpool: how the kernel pools")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -28,6 +28,8 @@ TINY_REASONER_CONTROL_ALIAS = "tiny-reasoner-control"
 #: shipped tiny reasoners: alias -> (directory under harness/tinyreasoner/, make-tiny-reasoner options)
 TINY_REASONERS = {TINY_REASONER_ALIAS: ("model", ""),
                   TINY_REASONER_CONTROL_ALIAS: ("control", " --dropout-views full,random-any")}
+#: every alias ``--model`` accepts (what ``resolve`` maps to a shipped or cached model)
+MODEL_ALIASES = (*TINY_REASONERS, SMOLLM2_ALIAS)
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_DIR = Path.home() / ".cache" / "dynts-bench" / "models"
 

@@ -6,7 +6,10 @@ where (kept tokens move to the front, order preserved), which whole blocks becom
 length and the logical (RoPE) positions that stay. ``moves`` applies the copies to any cache whose per-block
 slab stores each token at a fixed set of element offsets (the CPU kernels' layouts), or to a dense
 ``[blocks, heads, block_size, channels]`` cache (the GPU kernels' logical view), overlapping moves included.
-Nothing here imports an engine.
+The rest of what both engine backends share: ``engine`` (the backend's generate loop), ``batch`` (the
+compaction's ``CacheView`` and selection), ``keys`` (lazy key reads), ``state`` (per-request slot maps, policy
+state, recent queries), ``remap`` (zero-copy compaction of a token-major pool), ``release`` (the pinned engine
+release). Nothing here imports an engine.
 """
 
 from backends.paged.moves import apply_dense_moves, apply_moves, gather_dense, gather_tokens

@@ -40,6 +40,18 @@ class CompactionPlan:
         return int(self.src_blocks.numel())
 
 
+def checked_kept(request_id: str, kept: torch.Tensor, length: int) -> torch.Tensor:
+    """``kept`` as a flat long CPU tensor, after checking it is strictly increasing within ``[0, length)``."""
+    kept = kept.to(torch.long).flatten().cpu()
+    k = int(kept.numel())
+    if k:
+        if int(kept[0]) < 0 or int(kept[-1]) >= length:
+            raise PlanError(f"request {request_id}: kept slots must lie in [0, {length})")
+        if k > 1 and not bool((kept[1:] > kept[:-1]).all()):
+            raise PlanError(f"request {request_id}: kept slots must be strictly increasing")
+    return kept
+
+
 def plan_compaction(
     request_id: str,
     block_ids: Sequence[int],
@@ -58,13 +70,8 @@ def plan_compaction(
         raise PlanError(f"block_size must be >= 1, got {block_size}")
     if length > len(block_ids) * block_size:
         raise PlanError(f"request {request_id}: {length} tokens do not fit in {len(block_ids)} blocks")
-    kept = kept.to(torch.long).flatten()
+    kept = checked_kept(request_id, kept, length)
     k = int(kept.numel())
-    if k:
-        if int(kept[0]) < 0 or int(kept[-1]) >= length:
-            raise PlanError(f"request {request_id}: kept slots must lie in [0, {length})")
-        if k > 1 and not bool((kept[1:] > kept[:-1]).all()):
-            raise PlanError(f"request {request_id}: kept slots must be strictly increasing")
     dst = torch.arange(k, dtype=torch.long)
     moving = kept != dst
     src, dst = kept[moving], dst[moving]

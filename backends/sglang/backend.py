@@ -23,14 +23,14 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
 from itertools import count
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backends.base import BackendError, GenerationRequest, OnBatch, SamplingParams, SequenceResult, check_schedules
+from backends.base import BackendError, GenerationRequest, SamplingParams, SequenceResult
 from backends.hf.facts import DTYPES, ModelFacts
-from backends.sglang.checks import CAPABILITIES, check_engine_args, check_version
+from backends.paged.engine import PagedEngine
+from backends.sglang.checks import CAPABILITIES, check_engine_args, check_version, policy_refusal
 from backends.sglang.runtime import request_options
 from zoo.base import Policy
 from zoo.schedule import EvictionSchedule
@@ -49,6 +49,9 @@ def engine_args(model: str, device: str, dtype: str, batch_size: int, max_model_
     )
     if device == "cpu":
         args.update(attention_backend="torch_native", sampling_backend="pytorch")
+    else:  # graphs replay without Python hooks; FlashInfer reads the NHD pool at page size 1 on every NVIDIA GPU
+        args.update(attention_backend="flashinfer", disable_prefill_cuda_graph=True, disable_decode_cuda_graph=True,
+                    enable_torch_compile=False)
     # SGLang sizes its pool from free memory (on CPU: a fraction of the machine's RAM); a full cache for every
     # running request is what any schedule can need, and keeps the engine from taking the machine
     args["max_total_tokens"] = kv_tokens if kv_tokens is not None else batch_size * max_model_len
@@ -100,7 +103,7 @@ def prepare_cpu() -> None:
     activate()
 
 
-class SGLangBackend(ModelFacts):
+class SGLangBackend(PagedEngine, ModelFacts):
     """``sglang.Engine`` with the dynts_bench plugin (module docstring)."""
 
     name = "sglang"
@@ -125,6 +128,7 @@ class SGLangBackend(ModelFacts):
         args = engine_args(self.path, self.device, dtype, batch_size, self.max_model_len, kv_tokens)
         args.update(engine_kwargs or {})
         check_engine_args(args)
+        self.engine_args = args
         import sglang
 
         self._stats_dir = Path(tempfile.mkdtemp(prefix="dynts-sglang-"))
@@ -144,17 +148,16 @@ class SGLangBackend(ModelFacts):
             "num_layers": self.config.num_hidden_layers, "hidden_size": self.config.hidden_size,
             "kv_bytes_per_token": self.kv_bytes_per_token, "batch_size": self.batch_size, "page_size": 1,
             "max_model_len": self.max_model_len,
-            "attention_backend": "torch_native" if self.device == "cpu" else "sglang default",
+            "attention_backend": self.engine_args.get("attention_backend"),
         }
 
     # ------------------------------------------------------------------ generation
-    def prepare(self, policy: Policy) -> None:
-        self.capabilities.require(self.name, policy)
-        policy.prepare(self.model_info())
-
     def _configure(self, policy: Policy) -> None:
         if policy is self._policy:
             return
+        reason = policy_refusal(self.engine_args, policy.needs)
+        if reason is not None:
+            raise BackendError(reason)
         # a policy that never evicts is configured too: the scheduler then tracks pool use and timing the same way
         blob = base64.b64encode(pickle.dumps(policy)).decode()
         try:
@@ -163,25 +166,6 @@ class SGLangBackend(ModelFacts):
         except AssertionError as err:  # SGLang asserts the RPC's success; its message is the scheduler's error
             raise BackendError(f"SGLang's scheduler refused the policy: {err}") from None
         self._policy = policy
-
-    def generate(self, requests: Sequence[GenerationRequest], policy: Policy, schedule: EvictionSchedule | None,
-                 sampling: SamplingParams, on_batch: OnBatch | None = None) -> list[SequenceResult]:
-        self.capabilities.require(self.name, policy)
-        if any(r.forced_ids for r in requests):
-            self.capabilities.require(self.name, policy, "replay")
-        check_schedules(requests, policy, schedule)
-        too_long = [r for r in requests if len(r.prompt_ids) + sampling.max_new_tokens > self.max_model_len]
-        if too_long:
-            raise BackendError(f"request {too_long[0].request_id}: prompt + --max-new-tokens exceeds the engine's "
-                               f"context length {self.max_model_len}: lower --max-new-tokens")
-        self._configure(policy)
-        results: list[SequenceResult] = []
-        for start in range(0, len(requests), self.batch_size):
-            done = self._run_group(list(requests[start : start + self.batch_size]), policy, schedule, sampling)
-            results.extend(done)
-            if on_batch is not None:
-                on_batch(done)
-        return results
 
     def _params(self, sampling: SamplingParams, request: GenerationRequest, key: str,
                 schedule: EvictionSchedule | None) -> dict[str, Any]:

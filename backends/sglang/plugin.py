@@ -30,7 +30,7 @@ from typing import Any
 
 from backends.base import BackendError
 from backends.serving import ServeSpec, build_served_policy, served_spec, write_stats
-from backends.sglang.checks import check_version, refusal
+from backends.sglang.checks import check_version, policy_refusal, refusal
 from backends.sglang.runtime import KVStats, SchedulerRuntime
 from zoo.base import Policy
 
@@ -65,7 +65,7 @@ def configure(policy: Policy | None, think_end_id: int | None, req_to_token_pool
         raise BackendError("the dynts_bench SGLang plugin is not loaded: pip install -e . in the SGLang environment "
                            "(entry point sglang.srt.plugins) and keep SGLANG_PLUGINS unset or naming dynts_bench")
     if server_args is not None:
-        reason = refusal(server_args)
+        reason = refusal(server_args) or (None if policy is None else policy_refusal(server_args, policy.needs))
         if reason is not None:
             raise BackendError(reason)
     _RUNTIME = None

@@ -9,7 +9,7 @@ Called by the plugin's hooks (``backends.sglang.plugin``), in step order:
 4. ``before_decode`` (BEFORE ``ScheduleBatch.prepare_for_decode``): every request whose last forward was a
    decode step and whose ``EvictionSchedule`` fires is scored, selected and compacted in one batch -- the same
    ``CacheView`` / ``Policy.score / select / evict`` as the transformers backend. Compaction is zero-copy
-   (``backends.sglang.compaction``): the row of ``req_to_token`` is rewritten, dropped slots go back to the
+   (``backends.paged.remap``): the row of ``req_to_token`` is rewritten, dropped slots go back to the
    token allocator, and ``seq_lens`` / ``seq_lens_cpu`` / ``orig_seq_lens`` / the request's committed and
    allocated KV lengths shrink to the physical length.
 5. ``on_release`` (BEFORE ``mem_cache.common.release_kv_cache``): a finished, aborted or retracted request's state
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,11 @@ from typing import Any
 import torch
 
 from backends.base import BackendError
-from backends.sglang.compaction import apply_remap, plan_remap
-from backends.sglang.state import QueryStore, RequestState, flush_observations, observe_tokens
-from zoo.base import CacheView, Policy
+from backends.paged.batch import DueBatch
+from backends.paged.keys import LazyLayerKeys
+from backends.paged.remap import apply_remap, plan_remap
+from backends.paged.state import QueryStore, RequestState, observe_tokens
+from zoo.base import Policy
 from zoo.schedule import EvictionSchedule
 
 #: SGLang's ``HEALTH_CHECK_RID_PREFIX``: ``/health`` generates one token; it is not a request to serve or count
@@ -75,26 +77,16 @@ class StepRow:
     prefill: bool
 
 
-class PoolKeys(Sequence):
-    """Per-layer keys ``[B, kv_heads, T, head_dim]`` gathered from the pool only when a policy reads them."""
+class PoolKeys(LazyLayerKeys):
+    """Keys read from SGLang's token pool through each request's slots (``backends.paged.keys``)."""
 
     def __init__(self, pool: Any, layer_ids: list[int], slots: torch.Tensor, valid: torch.Tensor) -> None:
-        self.pool, self.layer_ids, self.slots, self.valid = pool, layer_ids, slots, valid
-        self._cache: dict[int, torch.Tensor] = {}
+        super().__init__(len(layer_ids), valid)
+        self.pool, self.layer_ids, self.slots = pool, layer_ids, slots
 
-    def __len__(self) -> int:
-        return len(self.layer_ids)
-
-    def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if index not in self._cache:
-            buffer = self.pool.get_key_buffer(self.layer_ids[index])  # [size + 1, H, D]
-            keys = buffer[self.slots.to(buffer.device)].masked_fill(~self.valid[:, :, None, None].to(buffer.device), 0)
-            self._cache[index] = keys.permute(0, 2, 1, 3)
-        return self._cache[index]
+    def read(self, index: int) -> torch.Tensor:
+        buffer = self.pool.get_key_buffer(self.layer_ids[index])  # [size + 1, H, D]
+        return buffer[self.slots.to(buffer.device)]
 
 
 class SchedulerRuntime:
@@ -303,48 +295,26 @@ class SchedulerRuntime:
 
     def compact(self, batch: Any, due: list[tuple[int, Any, RequestState]]) -> None:
         t0 = time.perf_counter()
-        for _, _, st in due:
-            flush_observations(self.policy, st)
-        width = max(st.physical for _, _, st in due)
-        b = len(due)
-        valid = torch.zeros(b, width, dtype=torch.bool)
-        positions = torch.full((b, width), -1, dtype=torch.long)
-        token_ids = torch.zeros(b, width, dtype=torch.long)
-        is_prompt = torch.zeros(b, width, dtype=torch.bool)
-        slots = torch.zeros(b, width, dtype=torch.long)
-        state = {name: torch.zeros(b, width) for name in self.policy.state_names}
-        pads = []
+        reqs = [req for _, req, _ in due]
+
+        def token_ids(row: int, _: RequestState, logical: torch.Tensor) -> torch.Tensor:
+            req = reqs[row]
+            return torch.tensor(list(req.origin_input_ids) + list(req.output_ids), dtype=torch.long)[logical]
+
+        layout = DueBatch.build(self.policy, [st for _, _, st in due], token_ids)
         table = self.req_to_token_pool.req_to_token
+        slots = torch.zeros_like(layout.positions)
         for row, (_, req, st) in enumerate(due):
-            pad = width - st.physical
-            pads.append(pad)
-            logical = st.logical_map()
-            tokens = torch.tensor(list(req.origin_input_ids) + list(req.output_ids), dtype=torch.long)
-            valid[row, pad:] = True
-            positions[row, pad:] = logical
-            token_ids[row, pad:] = tokens[logical]
-            is_prompt[row, pad:] = logical < st.num_prompt
-            slots[row, pad:] = table[req.kv.req_pool_idx, : st.physical].to("cpu", torch.long)
-            for name in state:
-                state[name][row, pad:] = st.state[name][0, : st.physical]
+            slots[row, layout.pads[row]:] = table[req.kv.req_pool_idx, : st.physical].to("cpu", torch.long)
         queries = query_valid = None
         if self.queries is not None:
             rows = torch.tensor([st.query_row for _, _, st in due], dtype=torch.long)
             lengths = torch.tensor([st.logical for _, _, st in due], dtype=torch.long)
             queries, query_valid = self.queries.read(rows, lengths)
-        view = CacheView(valid=valid, positions=positions, token_ids=token_ids, is_prompt=is_prompt,
-                         keys=PoolKeys(self.pool, self.layer_ids, slots, valid), queries=queries,
-                         query_valid=query_valid, state=state, think_end_id=self.think_end_id)
-        live = valid.sum(-1)
-        prompt_counts = (is_prompt & valid).sum(-1)
-        keep = torch.tensor([st.schedule.keep_count(int(n), int(p)) for (_, _, st), n, p in
-                             zip(due, live, prompt_counts)])
-        sched = due[0][2].schedule
-        assert sched is not None
-        scores = self.policy.score(view)
-        kept, kept_valid = self.policy.select(scores, view, keep, sched.window, sched.protect_prompt)
-        cache = _TokenPoolCache(self, batch, due, pads)
-        self.policy.evict(cache, kept, kept_valid)
+        view = layout.view(PoolKeys(self.pool, self.layer_ids, slots, layout.valid), queries, query_valid,
+                           self.think_end_id)
+        kept, kept_valid = layout.select(self.policy, view)
+        self.policy.evict(_TokenPoolCache(self, batch, due, layout), kept, kept_valid)
         elapsed = time.perf_counter() - t0
         for _, _, st in due:
             self._charge(st, elapsed)
@@ -354,14 +324,14 @@ class _TokenPoolCache:
     """The ``CompactableCache`` a policy's ``evict`` compacts: kept slots -> ``req_to_token`` remaps."""
 
     def __init__(self, runtime: SchedulerRuntime, batch: Any, due: list[tuple[int, Any, RequestState]],
-                 pads: list[int]) -> None:
-        self.runtime, self.batch, self.due, self.pads = runtime, batch, due, pads
+                 layout: DueBatch) -> None:
+        self.runtime, self.batch, self.due, self.layout = runtime, batch, due, layout
 
     def compact(self, kept: torch.Tensor, kept_valid: torch.Tensor) -> None:
         rt, batch = self.runtime, self.batch
         table = rt.req_to_token_pool.req_to_token
         for b, (i, req, st) in enumerate(self.due):
-            real = kept[b][kept_valid[b]].cpu() - self.pads[b]
+            real = self.layout.survivors(kept, kept_valid, b)
             row = req.kv.req_pool_idx
             remap = plan_remap(req.rid, table[row, : st.physical], real)
             apply_remap(table, row, remap)

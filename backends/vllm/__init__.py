@@ -1,6 +1,8 @@
 """The vllm backend: policies run inside vLLM's paged KV cache (vLLM 0.32.0, CPU verified end to end).
 
-``backend.VLLMBackend`` implements ``backends.base.Backend``; ``scheduler`` and ``runner`` extend vLLM's
-scheduler and worker through its ``scheduler_cls`` / ``worker_cls`` hooks; ``runtime`` is the policy inside the
-worker; ``layouts`` the CPU attention kernels' KV layouts. Importing this package does not import vLLM.
+``backend.VLLMBackend`` implements ``backends.base.Backend`` (through ``backends.paged.engine.PagedEngine``);
+``scheduler`` and ``runner`` / ``gpu_worker`` extend vLLM's scheduler and CPU / CUDA workers through its
+``scheduler_cls`` / ``worker_cls`` hooks; ``runtime`` is the policy inside the worker; ``layouts`` the CPU attention
+kernels' KV layouts and the GPU backends' dense view; ``checks`` what is set or refused. Importing this package
+does not import vLLM.
 """

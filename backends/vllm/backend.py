@@ -10,27 +10,28 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
 from itertools import count
 from typing import Any
 
 from backends.base import (
     BackendError,
-    Capabilities,
     GenerationRequest,
-    OnBatch,
     SamplingParams,
     SequenceResult,
-    check_schedules,
 )
-from backends.vllm.checks import ENGINE_ENV, check_engine_config, check_version
+from backends.paged.engine import PagedEngine
+from backends.vllm.checks import (
+    CAPABILITIES,
+    ENGINE_ENV,
+    check_engine_config,
+    check_version,
+    engine_flags,
+    graphs_refusal,
+)
 from backends.vllm.model import VLLMModel
 from backends.vllm.runtime import EXTRA_KEY
 from zoo.base import Policy
 from zoo.schedule import EvictionSchedule
-
-#: what the adapter provides: hidden states and recent queries; H2O's per-step attention would need a kernel
-CAPABILITIES = Capabilities(observations=frozenset({"hidden", "queries"}), protocols=frozenset({"generate"}))
 
 
 def cpu_bind(ranks: int) -> str:
@@ -43,7 +44,34 @@ def cpu_bind(ranks: int) -> str:
     return "|".join(",".join(map(str, cpus[r * share:(r + 1) * share])) for r in range(ranks))
 
 
-class VLLMBackend(VLLMModel):
+def engine_device(device: str) -> str:
+    """``cpu`` or ``cuda`` (vLLM places ranks itself: pick a GPU with ``CUDA_VISIBLE_DEVICES``); one line when the
+    device is unknown or no GPU is visible."""
+    if device == "cpu":
+        return "cpu"
+    if device not in ("cuda", "cuda:0"):
+        raise BackendError(f"--device {device}: the vllm backend runs on cpu or cuda (choose the GPU with "
+                           "CUDA_VISIBLE_DEVICES and pass --device cuda)")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendError(f"--device {device} asked for, but no CUDA GPU is visible here (vLLM's CUDA build is "
+                           "needed too: pip install 'dynts-bench[vllm]'): use --device cpu")
+    return "cuda"
+
+
+def _cpu_kv_space(kv_cache_gib: int | None, engine_args: dict[str, Any] | None) -> None:
+    """vLLM's CPU platform sizes the KV pool from ``VLLM_CPU_KVCACHE_SPACE`` (GiB), which wins over any engine
+    argument when set."""
+    if (engine_args or {}).get("kv_cache_memory_bytes"):
+        os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+        return
+    if kv_cache_gib is not None:
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+class VLLMBackend(PagedEngine, VLLMModel):
     """vLLM ``LLM`` in this process with the compacting scheduler and worker (module docstring)."""
 
     name = "vllm"
@@ -64,34 +92,26 @@ class VLLMBackend(VLLMModel):
         check_version()
         if batch_size < 1:
             raise BackendError(f"--batch-size must be >= 1, got {batch_size}")
-        if device != "cpu" and not device.startswith("cuda"):
-            raise BackendError(f"--device {device}: the vllm backend runs on cpu (vllm-cpu) or cuda (vllm)")
-        if device.startswith("cuda"):
-            raise BackendError("the vllm backend is verified on CPU only (vllm-cpu); its GPU path (FlashAttention "
-                               "layout) is not wired yet: use --device cpu or --backend transformers")
+        self.device = engine_device(device)
         for key, value in ENGINE_ENV.items():
             os.environ[key] = value
-        if (engine_args or {}).get("kv_cache_memory_bytes"):
-            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)  # vLLM's CPU platform lets this env var win when set
-        else:
-            if kv_cache_gib is not None:
-                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if self.device == "cpu":
+            _cpu_kv_space(kv_cache_gib, engine_args)
         from vllm import LLM
 
         super().__init__(model, dtype)
         self.max_model_len = min(max_model_len or self.position_limit, self.position_limit)
         self.batch_size = batch_size
         self.block_size = block_size
-        args = dict(
-            model=self.path, tokenizer=self.path, dtype=dtype, max_model_len=self.max_model_len,
-            enforce_eager=True, block_size=block_size, enable_prefix_caching=False, max_num_seqs=batch_size,
-            seed=0, scheduler_cls="backends.vllm.scheduler.CompactingScheduler",
-            worker_cls="backends.vllm.runner.CompactingCPUWorker", disable_log_stats=True,
-        )
+        args = dict(model=self.path, tokenizer=self.path, dtype=dtype, max_model_len=self.max_model_len,
+                    block_size=block_size, max_num_seqs=batch_size, seed=0, disable_log_stats=True,
+                    **engine_flags(self.device))
+        if self.device == "cuda" and kv_cache_gib is not None:
+            args["kv_cache_memory_bytes"] = kv_cache_gib * 2**30
         if tensor_parallel > 1:
             args.update(tensor_parallel_size=tensor_parallel, distributed_executor_backend="mp")
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_bind(tensor_parallel))
+            if self.device == "cpu":
+                os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_bind(tensor_parallel))
         args.update(engine_args or {})
         check_engine_config(args)
         import vllm.envs
@@ -139,7 +159,7 @@ class VLLMBackend(VLLMModel):
             "model_path": self.path,
             "architecture": (self.config.architectures or ["?"])[0],
             "dtype": self.dtype,
-            "device": "cpu",
+            "device": self.device,
             "num_layers": self.config.num_hidden_layers,
             "hidden_size": self.config.hidden_size,
             "kv_bytes_per_token": self.kv_bytes_per_token,
@@ -153,13 +173,12 @@ class VLLMBackend(VLLMModel):
 
     # ------------------------------------------------------------------ prompts
     # ------------------------------------------------------------------ generation
-    def prepare(self, policy: Policy) -> None:
-        self.capabilities.require(self.name, policy)
-        policy.prepare(self.model_info())
-
     def _configure(self, policy: Policy) -> None:
         if policy is self._policy:
             return
+        reason = graphs_refusal(policy.needs, bool(self._core.vllm_config.model_config.enforce_eager))
+        if reason is not None:
+            raise BackendError(reason)
         self.llm.collective_rpc("dynts_configure", args=(policy if policy.evicts else None, self.think_end_id))
         self._policy = policy
 
@@ -179,31 +198,6 @@ class VLLMBackend(VLLMModel):
             skip_special_tokens=True,
             extra_args={EXTRA_KEY: {"id": key, "schedule": None if schedule is None else schedule.to_dict()}},
         )
-
-    def generate(
-        self,
-        requests: Sequence[GenerationRequest],
-        policy: Policy,
-        schedule: EvictionSchedule | None,
-        sampling: SamplingParams,
-        on_batch: OnBatch | None = None,
-    ) -> list[SequenceResult]:
-        self.capabilities.require(self.name, policy)
-        if any(r.forced_ids for r in requests):
-            self.capabilities.require(self.name, policy, "replay")
-        check_schedules(requests, policy, schedule)
-        too_long = [r for r in requests if len(r.prompt_ids) + sampling.max_new_tokens > self.max_model_len]
-        if too_long:
-            raise BackendError(f"request {too_long[0].request_id}: prompt + --max-new-tokens exceeds the engine's "
-                               f"max_model_len {self.max_model_len}: lower --max-new-tokens")
-        self._configure(policy)
-        results: list[SequenceResult] = []
-        for start in range(0, len(requests), self.batch_size):
-            done = self._run_group(list(requests[start : start + self.batch_size]), policy, schedule, sampling)
-            results.extend(done)
-            if on_batch is not None:
-                on_batch(done)
-        return results
 
     def _run_group(self, group: list[GenerationRequest], policy: Policy, schedule: EvictionSchedule | None,
                    sampling: SamplingParams, ignore_eos: bool = False) -> list[SequenceResult]:

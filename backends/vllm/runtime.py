@@ -1,6 +1,6 @@
 """The policy inside vLLM's worker: observe each step, compact due requests' KV blocks in place, report back.
 
-Per step (hooks called by ``runner.CompactingCPUModelRunner``):
+Per step (hooks called by ``runner.CompactingRunner``, on CPU and on CUDA alike):
 
 1. ``before_update`` / ``after_update`` (around ``GPUModelRunner._update_states``): drop finished requests,
    reset preempted / resumed ones (their resume recomputes every token), register new ones.
@@ -12,6 +12,11 @@ Per step (hooks called by ``runner.CompactingCPUModelRunner``):
    fires is scored, selected and compacted in one batch, exactly as the transformers backend does
    (``backends.hf.decode._maybe_compress``); the worker's block table loses the freed tail blocks and the
    scheduler is told (``ModelRunnerOutput.dynts_compactions``) so that it returns them to the block pool.
+
+The KV cache decides the device: the policy's state, the ``CacheView`` and the query store live where the caches
+do. A CPU kernel's cache (``CPU_ATTN``, one ISA) is moved through its ``TokenLayout``; a GPU backend's cache
+(FlashAttention, FlashInfer, Triton: a dense ``(blocks, heads, block_size, 2 * head_dim)`` view) through
+``DenseStore``. Either layout is checked against vLLM's own cache writer on a scratch block at start.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +32,12 @@ import torch
 
 from backends.base import BackendError
 from backends.paged import merge_plans, plan_compaction
-from backends.vllm.layouts import LayerStore, layout_for, probe_layout, store_for
-from backends.vllm.state import QueryStore, RequestState, flush_observations, observe_tokens
-from zoo.base import CacheView, Policy
+from backends.paged.batch import DueBatch
+from backends.paged.keys import LazyLayerKeys
+from backends.paged.state import QueryStore, RequestState, observe_tokens
+from backends.vllm.checks import check_attention_backends
+from backends.vllm.layouts import DenseStore, LayerStore, layout_for, probe_dense_layout, probe_layout, store_for
+from zoo.base import Policy
 from zoo.schedule import EvictionSchedule
 
 #: key of our per-request options in ``SamplingParams.extra_args``
@@ -57,6 +64,12 @@ class StepLayout:
     query_start: np.ndarray
 
 
+def _is_full_attention(spec: Any) -> bool:
+    from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+    return isinstance(spec, FullAttentionSpec)
+
+
 def _tensor_parallel_group() -> Any:
     """vLLM's tensor-parallel group when there is more than one rank, else None."""
     from vllm.distributed.parallel_state import get_tp_group
@@ -72,43 +85,69 @@ def _layer_index(name: str) -> int:
     return int(match.group(1))
 
 
-class LazyKeys(Sequence):
-    """Per-layer keys ``[B, kv_heads, T, head_dim]`` gathered from the blocks only when a policy reads them."""
+def _cpu_kernel_writer(key, value, key_cache, value_cache, slots, isa) -> None:
+    from vllm import _custom_ops as ops
+
+    ops.cpu_attn_reshape_and_cache(key, value, key_cache, value_cache, slots, isa)
+
+
+def _flash_writer(layer: Any):
+    """vLLM's ``reshape_and_cache_flash`` (the writer of FlashAttention, FlashInfer and Triton) for ``layer``."""
+    from vllm import _custom_ops as ops
+
+    def write(key, value, key_cache, value_cache, slots) -> None:
+        ops.reshape_and_cache_flash(key, value, key_cache, value_cache, slots, "auto", layer._k_scale, layer._v_scale)
+    return write
+
+
+def layer_stores(layers: list[Any], caches: list[torch.Tensor], head_dim: int,
+                 dense_writer: Any = None) -> tuple[list[LayerStore], str]:
+    """Each layer's token store and the layout's name, checked against vLLM's own writer on a scratch block.
+
+    ``CPU_ATTN`` layers carry the ISA their kernel picked (one for all layers); other layers are a GPU backend's
+    dense view, written by ``dense_writer`` (default: vLLM's ``reshape_and_cache_flash``; tests pass its twin).
+    """
+    isas = {getattr(layer, "isa", None) for layer in layers}
+    if isas != {None}:
+        if len(isas) != 1 or None in isas:
+            raise BackendError(f"the vllm backend needs one CPU attention ISA for all layers, got "
+                               f"{sorted(map(str, isas))}")
+        isa = str(isas.pop())
+        layout = layout_for(isa, caches[0].shape[2], head_dim, caches[0].dtype)
+        probe_layout(layout, caches[0].dtype, _cpu_kernel_writer)
+        return [store_for(c, layout) for c in caches], isa
+    check_attention_backends({layer.attn_backend.get_name() for layer in layers})
+    probe_dense_layout(caches[0], head_dim, dense_writer or _flash_writer(layers[0]))
+    return [DenseStore(c, head_dim) for c in caches], "dense"
+
+
+class LazyKeys(LazyLayerKeys):
+    """Keys read from the blocks through each layer's store (``backends.paged.keys``)."""
 
     def __init__(self, stores: list[LayerStore], blocks: torch.Tensor, offsets: torch.Tensor,
-                 valid: torch.Tensor, tp: Any = None) -> None:
-        self.stores, self.blocks, self.offsets, self.valid, self.tp = stores, blocks, offsets, valid, tp
-        self._cache: dict[int, torch.Tensor] = {}
+                 valid: torch.Tensor, tensor_group: Any = None) -> None:
+        super().__init__(len(stores), valid)
+        self.stores, self.blocks, self.offsets, self.tensor_group = stores, blocks, offsets, tensor_group
 
-    def __len__(self) -> int:
-        return len(self.stores)
-
-    def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if index not in self._cache:
-            keys = self.stores[index].keys(self.blocks, self.offsets)  # [B, T, H, D]
-            if self.tp is not None:  # every rank reads every head (all ranks run this same read, in order)
-                keys = self.tp.all_gather(keys.contiguous(), dim=2)
-            keys = keys.masked_fill(~self.valid[:, :, None, None], 0)
-            self._cache[index] = keys.permute(0, 2, 1, 3)
-        return self._cache[index]
+    def read(self, index: int) -> torch.Tensor:
+        keys = self.stores[index].keys(self.blocks, self.offsets)  # [B, T, H, D]
+        if self.tensor_group is not None:  # every rank reads every head (all ranks run this same read, in order)
+            keys = self.tensor_group.all_gather(keys.contiguous(), dim=2)
+        return keys
 
 
 class _PagedCache:
     """The ``CompactableCache`` a policy's ``evict`` compacts: kept slots -> block moves for every layer."""
 
-    def __init__(self, runtime: WorkerRuntime, runner: Any, due: list[RequestState], pads: list[int]) -> None:
-        self.runtime, self.runner, self.due, self.pads = runtime, runner, due, pads
+    def __init__(self, runtime: WorkerRuntime, runner: Any, batch: DueBatch) -> None:
+        self.runtime, self.runner, self.batch, self.due = runtime, runner, batch, batch.states
         self.reports: dict[str, Compaction] = {}
 
     def compact(self, kept: torch.Tensor, kept_valid: torch.Tensor) -> None:
         rt, runner = self.runtime, self.runner
         plans, survivors = [], []
         for b, st in enumerate(self.due):
-            real = kept[b][kept_valid[b]].cpu() - self.pads[b]
+            real = self.batch.survivors(kept, kept_valid, b)
             block_ids = runner.requests[st.request_id].block_ids[0]
             plans.append(plan_compaction(st.request_id, block_ids, st.physical, real, rt.block_size))
             survivors.append(real)
@@ -132,13 +171,11 @@ class WorkerRuntime:
     """One policy bound to one model runner (see module docstring)."""
 
     def __init__(self, runner: Any, policy: Policy, think_end_id: int | None,
-                 default_options: dict[str, Any] | None = None) -> None:
-        """``default_options``: our ``extra_args`` entry for requests without one (a server's clients)."""
-        from vllm import _custom_ops as ops
-        from vllm.v1.kv_cache_interface import FullAttentionSpec
-
+                 default_options: dict[str, Any] | None = None, dense_writer: Any = None) -> None:
+        """``default_options``: our ``extra_args`` entry for requests without one (a server's clients);
+        ``dense_writer``: the GPU cache writer the layout is probed with (default vLLM's; tests pass its twin)."""
         groups = runner.kv_cache_config.kv_cache_groups
-        if len(groups) != 1 or not isinstance(groups[0].kv_cache_spec, FullAttentionSpec):
+        if len(groups) != 1 or not _is_full_attention(groups[0].kv_cache_spec):
             raise BackendError("the vllm backend compacts models with one full-attention KV cache group only "
                                "(no sliding-window / hybrid models): use --backend transformers")
         names = sorted(groups[0].layer_names, key=_layer_index)
@@ -147,18 +184,14 @@ class WorkerRuntime:
         caches = [layer.kv_cache for layer in self.layers]
         if not all(isinstance(c, torch.Tensor) for c in caches):
             raise BackendError("vLLM's KV caches are not allocated yet: configure the policy after the engine starts")
-        isas = {getattr(layer, "isa", None) for layer in self.layers}
-        if len(isas) != 1 or None in isas:
-            raise BackendError(f"the vllm backend needs the CPU_ATTN backend with one ISA for all layers, got {isas}")
-        isa = isas.pop()
         _, self.kv_heads, self.block_size, two_d = caches[0].shape
         self.head_dim = two_d // 2
+        self.device = caches[0].device
         if runner.input_batch.block_table[0].block_size != self.block_size:
-            raise BackendError("kernel and scheduler block sizes differ: pass a block size that is a multiple of 32")
-        self.layout = layout_for(isa, self.block_size, self.head_dim, caches[0].dtype)
-        probe_layout(self.layout, caches[0].dtype, lambda k, v, kc, vc, s, i: ops.cpu_attn_reshape_and_cache(
-            k, v, kc, vc, s, i))
-        self.stores: list[LayerStore] = [store_for(c, self.layout) for c in caches]
+            raise BackendError("kernel and scheduler block sizes differ: pass a block size the attention kernel "
+                               "takes (CPU: a multiple of 32)")
+        self.stores: list[LayerStore]
+        self.stores, self.layout_name = layer_stores(self.layers, caches, self.head_dim, dense_writer)
         self.policy = policy
         self.think_end_id = think_end_id
         self.default_options = default_options
@@ -173,7 +206,7 @@ class WorkerRuntime:
         #: (perf_counter, total_policy_s) when the first compaction began: the steady state's share of step time
         #: is measured from there (before it, no policy evicts, so a whole-run share is diluted by the warm-up)
         self.first_compaction: tuple[float, float] | None = None
-        self.tp = _tensor_parallel_group()
+        self.tensor_group = _tensor_parallel_group()
         #: sha256 over the kept sets this rank chose itself, before rank 0's are broadcast (tests compare ranks)
         self.kept_digest = hashlib.sha256()
         self.step: StepLayout | None = None
@@ -182,7 +215,8 @@ class WorkerRuntime:
         self._hooks = []
         if "queries" in policy.needs and policy.query_window > 0:
             heads = self.layers[0].num_heads
-            self.queries = QueryStore(len(self.layers), policy.query_window, heads, self.head_dim, caches[0].dtype)
+            self.queries = QueryStore(len(self.layers), policy.query_window, heads, self.head_dim, caches[0].dtype,
+                                      self.device)
             for i, layer in enumerate(self.layers):
                 self._hooks.append(layer.register_forward_pre_hook(self._capture(i), with_kwargs=True))
 
@@ -221,7 +255,7 @@ class WorkerRuntime:
             schedule = EvictionSchedule(**options["schedule"]) if options.get("schedule") else None
             st = RequestState(new.req_id, str(options.get("id", new.req_id)), schedule,
                               len(new.prompt_token_ids or ()), self.capacity)
-            st.state = {name: torch.zeros(1, self.capacity) for name in self.policy.state_names}
+            st.state = {name: torch.zeros(1, self.capacity, device=self.device) for name in self.policy.state_names}
             if self.queries is not None:
                 st.query_row = self.queries.acquire()
             self.requests[new.req_id] = st
@@ -324,9 +358,9 @@ class WorkerRuntime:
     def _agree(self, kept: torch.Tensor, kept_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tensor parallelism: every rank has chosen from the same inputs (hidden states are replicated, keys and
         queries gathered over ranks); rank 0's choice is broadcast so that float noise can never split them."""
-        self.kept_digest.update(kept.to(torch.long).numpy().tobytes() + kept_valid.numpy().tobytes())
-        kept = self.tp.broadcast(kept.to(torch.long).contiguous(), src=0)
-        kept_valid = self.tp.broadcast(kept_valid.to(torch.uint8).contiguous(), src=0).bool()
+        self.kept_digest.update(kept.to(torch.long).cpu().numpy().tobytes() + kept_valid.cpu().numpy().tobytes())
+        kept = self.tensor_group.broadcast(kept.to(torch.long).contiguous(), src=0)
+        kept_valid = self.tensor_group.broadcast(kept_valid.to(torch.uint8).contiguous(), src=0).bool()
         return kept, kept_valid
 
     # ------------------------------------------------------------------ compaction
@@ -334,54 +368,33 @@ class WorkerRuntime:
         t0 = time.perf_counter()
         if self.first_compaction is None:
             self.first_compaction = (t0, self.total_policy_s)
-        for st in due:
-            flush_observations(self.policy, st)
-        width = max(st.physical for st in due)
-        b = len(due)
-        valid = torch.zeros(b, width, dtype=torch.bool)
-        positions = torch.full((b, width), -1, dtype=torch.long)
-        token_ids = torch.zeros(b, width, dtype=torch.long)
-        is_prompt = torch.zeros(b, width, dtype=torch.bool)
-        blocks = torch.zeros(b, width, dtype=torch.long)
-        offsets = torch.zeros(b, width, dtype=torch.long)
-        state = {name: torch.zeros(b, width) for name in self.policy.state_names}
-        pads = []
         token_table = runner.input_batch.token_ids_cpu
-        for i, st in enumerate(due):
-            pad = width - st.physical
-            pads.append(pad)
-            logical = st.logical_map()
+
+        def token_ids(_: int, st: RequestState, logical: torch.Tensor) -> torch.Tensor:
             row = runner.input_batch.req_id_to_index[st.request_id]
+            return torch.from_numpy(token_table[row][logical.numpy()].astype(np.int64))
+
+        batch = DueBatch.build(self.policy, due, token_ids, self.device)
+        blocks = torch.zeros_like(batch.positions)
+        offsets = torch.zeros_like(batch.positions)
+        for i, st in enumerate(due):
             table = torch.tensor(runner.requests[st.request_id].block_ids[0], dtype=torch.long)
             slots = torch.arange(st.physical)
-            valid[i, pad:] = True
-            positions[i, pad:] = logical
-            token_ids[i, pad:] = torch.from_numpy(token_table[row][logical.numpy()].astype(np.int64))
-            is_prompt[i, pad:] = logical < st.num_prompt
-            blocks[i, pad:] = table[slots // self.block_size]
-            offsets[i, pad:] = slots % self.block_size
-            for name in state:
-                state[name][i, pad:] = st.state[name][0, : st.physical]
+            blocks[i, batch.pads[i]:] = table[slots // self.block_size]
+            offsets[i, batch.pads[i]:] = slots % self.block_size
         queries = query_valid = None
         if self.queries is not None:
             rows = torch.tensor([st.query_row for st in due], dtype=torch.long)
             lengths = torch.tensor([st.logical for st in due], dtype=torch.long)
             queries, query_valid = self.queries.read(rows, lengths)
-            if self.tp is not None:
-                queries = [self.tp.all_gather(q.contiguous(), dim=1) for q in queries]
-        view = CacheView(valid=valid, positions=positions, token_ids=token_ids, is_prompt=is_prompt,
-                         keys=LazyKeys(self.stores, blocks, offsets, valid, self.tp), queries=queries,
-                         query_valid=query_valid, state=state, think_end_id=self.think_end_id)
-        live = valid.sum(-1)
-        prompt_counts = (is_prompt & valid).sum(-1)
-        keep = torch.tensor([st.schedule.keep_count(int(n), int(p)) for st, n, p in zip(due, live, prompt_counts)])
-        sched = due[0].schedule
-        assert sched is not None
-        scores = self.policy.score(view)
-        kept, kept_valid = self.policy.select(scores, view, keep, sched.window, sched.protect_prompt)
-        if self.tp is not None:
+            if self.tensor_group is not None:
+                queries = [self.tensor_group.all_gather(q.contiguous(), dim=1) for q in queries]
+        keys = LazyKeys(self.stores, blocks, offsets, batch.valid, self.tensor_group)
+        view = batch.view(keys, queries, query_valid, self.think_end_id, self.device)
+        kept, kept_valid = batch.select(self.policy, view)
+        if self.tensor_group is not None:
             kept, kept_valid = self._agree(kept, kept_valid)
-        cache = _PagedCache(self, runner, due, pads)
+        cache = _PagedCache(self, runner, batch)
         self.policy.evict(cache, kept, kept_valid)
         elapsed = time.perf_counter() - t0
         self.total_policy_s += elapsed

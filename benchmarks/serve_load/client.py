@@ -28,8 +28,6 @@ class Outcome:
     ttft_s: float | None = None  # seconds to the first generated text (streamed requests only)
     latency_s: float = 0.0  # seconds from sending to the last byte (or to the abort)
     texts: dict[int, str] = field(default_factory=dict)  # generated text per choice index
-    token_ids: dict[int, list[int]] = field(default_factory=dict)  # ids per choice, where sent
-    finish_reasons: dict[int, str | None] = field(default_factory=dict)
     output_tokens: int = 0  # the server's usage count, else the number of text events
 
     @property
@@ -129,11 +127,6 @@ def _add_choices(outcome: Outcome, reply: dict[str, Any]) -> bool:
         if text:
             got_text = True
         outcome.texts[index] = outcome.texts.get(index, "") + text
-        ids = choice.get("token_ids")
-        if ids:
-            outcome.token_ids.setdefault(index, []).extend(ids)
-        if choice.get("finish_reason") is not None:
-            outcome.finish_reasons[index] = choice["finish_reason"]
     if not reply.get("object", "").endswith("chunk") and reply.get("usage"):
         outcome.output_tokens = int(reply["usage"].get("completion_tokens") or 0)
     return got_text

@@ -33,8 +33,7 @@ class LoadResult:
     stats: list[dict[str, Any]] = field(default_factory=list)  # the server's per-request rows (--stats)
 
 
-def drive(server: Server, policy: str, mix: list[LoadRequest], concurrency: int, time_limit_s: float,
-          on_reply: Any = None) -> LoadResult:
+def drive(server: Server, policy: str, mix: list[LoadRequest], concurrency: int, time_limit_s: float) -> LoadResult:
     """Send ``mix`` through ``concurrency`` clients; requests not started within ``time_limit_s`` are not sent."""
     result = LoadResult(policy, kv_before=server.kv_in_use())
     deadline = time.monotonic() + time_limit_s
@@ -44,8 +43,6 @@ def drive(server: Server, policy: str, mix: list[LoadRequest], concurrency: int,
             return request, None
         outcome = post(server.port, request.path, request.body, stream=request.stream,
                        abort_after=request.abort_after, api_key=server.api_key)
-        if on_reply is not None:
-            on_reply(request, outcome)
         return request, outcome
 
     start = time.perf_counter()
@@ -65,7 +62,7 @@ def _drained(server: Server) -> tuple[float | None, float | None]:
     """(requests running, KV in use) once nothing runs, or as they stand after ``DRAIN_S``."""
     deadline = time.monotonic() + DRAIN_S
     while True:
-        running, in_use = server.running(), server.kv_in_use()
+        running, in_use = server.pool_state()
         if (not running and not in_use) or time.monotonic() > deadline:
             return running, in_use
         time.sleep(1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from backends import build_backend
-from backends.base import GenerationRequest, SamplingParams
+from backends.base import Backend, GenerationRequest, SamplingParams
 from benchmarks.serve_load.workload import LoadRequest
 from harness.cli.serve_policy import served_policy
 from harness.runs.options import RunOptions
@@ -21,19 +21,23 @@ def served_setup(backend: str, model: str, policy: str, schedule_args: dict[str,
 
 
 def offline_texts(backend_name: str, model: str, policy: str, schedule_args: dict[str, Any],
-                  requests: list[LoadRequest], max_tokens: int, batch_size: int) -> dict[str, str]:
-    """Generated text per request id, greedy, offline."""
+                  requests: list[LoadRequest], max_tokens: int, batch_size: int,
+                  backend: Backend | None = None) -> dict[str, str]:
+    """Generated text per request id, greedy, offline; through ``backend`` when given (left open: a test session's
+    engine), else through a backend built here and closed after."""
     name, options, schedule = served_setup(backend_name, model, policy, schedule_args)
-    backend = build_backend(backend_name, model=model, batch_size=batch_size)
+    own = backend is None
+    engine = build_backend(backend_name, model=model, batch_size=batch_size) if backend is None else backend
     try:
         built = build_policy(name, **options)
-        backend.prepare(built)
-        results = backend.generate([GenerationRequest(r.request_id, list(r.prompt_ids)) for r in requests], built,
-                                   None if schedule is None else EvictionSchedule(**schedule),
-                                   SamplingParams(max_new_tokens=max_tokens))
-        return {r.request_id: backend.decode(r.output_ids) for r in results}
+        engine.prepare(built)
+        results = engine.generate([GenerationRequest(r.request_id, list(r.prompt_ids)) for r in requests], built,
+                                  None if schedule is None else EvictionSchedule(**schedule),
+                                  SamplingParams(max_new_tokens=max_tokens))
+        return {r.request_id: engine.decode(r.output_ids) for r in results}
     finally:
-        backend.close()
+        if own:
+            engine.close()
 
 
 def compare(request: LoadRequest, served: str, offline: str) -> bool:

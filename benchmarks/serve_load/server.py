@@ -45,8 +45,10 @@ class Server:
         """The engine's KV-in-use gauge now (``KV_GAUGES``), or None when it does not publish one."""
         return gauge(self._metrics(), KV_GAUGES[self.backend][0])
 
-    def running(self) -> float | None:
-        return gauge(self._metrics(), RUNNING_GAUGES[self.backend])
+    def pool_state(self) -> tuple[float | None, float | None]:
+        """(requests running, KV in use) from one read of ``/metrics``."""
+        metrics = self._metrics()
+        return gauge(metrics, RUNNING_GAUGES[self.backend]), gauge(metrics, KV_GAUGES[self.backend][0])
 
     def _metrics(self) -> str:
         status, text = get(self.port, "/metrics", api_key=self.api_key)

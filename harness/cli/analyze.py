@@ -14,6 +14,7 @@ from harness.cli.predictor_inputs import load_checked_predictor, transformers_en
 from harness.cli.progress import progress_for
 from harness.predictor_pipeline.evaluate import analyze as attention_analysis
 from harness.predictor_pipeline.eviction import eviction_markdown, eviction_report, tiny_policies
+from harness.predictor_pipeline.labels import methods_help
 from harness.predictor_pipeline.traces import TraceStore, TraceStoreError
 from harness.runs.catalog import TASK_VOCABULARY_MODELS, shipped_predictor
 from harness.workloads.prompt_file import default_prompts_path, load_prompts
@@ -28,7 +29,7 @@ def analyze(
     predictor: Optional[Path] = typer.Option(None, help="Predictor (attention: also re-feed with its top tokens; "
                                              "eviction: the one analysed, default the shipped one)."),
     fraction: list[float] = typer.Option([0.1, 0.2, 0.3, 0.5], "--fraction", help="Kept fraction; repeatable."),
-    label_method: str = typer.Option("attention"),
+    label_method: str = typer.Option("attention", help=f"Labels to rank against: {methods_help()}."),
     limit: Optional[int] = typer.Option(None, min=1, help="Traces per part (correct / incorrect); eviction: "
                                         "prompts."),
     prompts: Optional[Path] = typer.Option(None, help="Eviction: JSONL of tiny-task problems (default held-out)."),

@@ -12,13 +12,14 @@ from harness.cli.app import console
 from harness.cli.predictor_inputs import load_checked_predictor, transformers_engine, write_json_if_asked
 from harness.cli.progress import progress_for
 from harness.predictor_pipeline.evaluate import evaluate
+from harness.predictor_pipeline.labels import methods_help
 from harness.predictor_pipeline.traces import TraceStore
 
 
 def eval_predictor(
     store_dir: Path = typer.Argument(..., help="Held-out labelled trace store."),
     predictor: Optional[Path] = typer.Option(None, help="Predictor directory (default: the model's shipped one)."),
-    label_method: str = typer.Option("attention"),
+    label_method: str = typer.Option("attention", help=f"Labels to rank against: {methods_help()}."),
     limit: Optional[int] = typer.Option(None, min=1),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON."),
     include_incorrect: bool = typer.Option(False, help="Evaluate on incorrect traces too."),

@@ -9,7 +9,7 @@ import typer
 
 from harness.cli.app import console, fail, say
 from harness.results.leaderboard import load_runs
-from harness.results.regression import compare, load_speed, make_baseline, validate_gate
+from harness.results.regression import LENGTH_TOLERANCE, compare, load_speed, make_baseline, validate_gate
 from harness.results.rundir import ResultsError, atomic_write_json
 from harness.results.tables import check_table
 from harness.runs.environment import hardware
@@ -27,10 +27,13 @@ def check(
     speed_tolerance: float = typer.Option(SPEED_TOLERANCE, help=(
         "Allowed relative rise of the probe's decode time (vs the reference, vs full): fail when every repeat rose "
         "more, pass when the median did not, else 'inconclusive' (a warning, exit 0).")),
+    length_tolerance: float = typer.Option(LENGTH_TOLERANCE, help=(
+        "Allowed relative rise of a policy's length vs full (mean generated tokens over the full cache's), and of "
+        "full's own mean length.")),
 ) -> None:
     """Regression gate: exit 0 when every baseline entry holds (inconclusive speed checks warn), 1 on a regression,
     2 on bad input."""
-    validate_gate(alpha, kv_tolerance, speed_tolerance)
+    validate_gate(alpha, kv_tolerance, speed_tolerance, length_tolerance)
     records = load_runs(results_dir) if results_dir.is_dir() else []
     if not records:
         raise ResultsError(f"no finished runs (summary.json) under {results_dir}")
@@ -44,7 +47,8 @@ def check(
         reference["entries"]
     except (OSError, ValueError, KeyError, TypeError):
         raise ResultsError(f"cannot read baseline {baseline}: create one with --update") from None
-    findings = compare(reference, records, alpha, kv_tolerance, speed_tolerance, load_speed(results_dir), hardware())
+    findings = compare(reference, records, alpha, kv_tolerance, speed_tolerance, load_speed(results_dir), hardware(),
+                       length_tolerance)
     console.print(check_table(baseline.name, findings))
     made_on, here = reference.get("hardware", {}).get("cpu_model"), hardware().get("cpu_model")
     if made_on != here:
@@ -52,9 +56,9 @@ def check(
     failed = [f for f in findings if f.failed]
     unsure = [f for f in findings if f.inconclusive]
     if unsure:
-        say(f"warning: {len(unsure)} speed checks inconclusive (not failed; the table says why: median above the "
-            "limit but not every repeat -> rerun on a quieter machine; another CPU than the baseline's -> re-baseline "
-            "here)", style="yellow")
+        say(f"warning: {len(unsure)} checks inconclusive (not failed; the table says why: median above the "
+            "limit but not every repeat -> rerun on a quieter machine; another CPU than the baseline's, or a baseline "
+            "without lengths -> re-baseline here)", style="yellow")
     if failed:
         fail(f"regression: {len(failed)} of {len(findings)} checks failed", code=1)
     if unsure:

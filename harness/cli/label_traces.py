@@ -9,14 +9,14 @@ import typer
 from harness.cli.app import console
 from harness.cli.predictor_inputs import transformers_engine
 from harness.cli.progress import progress_for
-from harness.predictor_pipeline.labels import label_store
+from harness.predictor_pipeline.labels import label_store, methods_help
 from harness.predictor_pipeline.traces import TraceStore
 
 
 def label(
     store_dir: Path = typer.Argument(..., help="Trace store (from collect-traces)."),
     method: list[str] = typer.Option(["attention", "gradient"], "--method",
-                                     help="attention (the paper's), gradient and/or lookback; repeatable."),
+                                     help=f"Repeatable. {methods_help()}."),
     device: str = typer.Option("cpu"),
 ) -> None:
     """Label each thinking token by how much the answer uses it; with both methods, report their agreement."""

@@ -13,9 +13,11 @@ from harness.results.tables import runs_table
 
 def report(
     results_dir: Path = typer.Argument(..., help="Directory holding run directories (searched recursively)."),
-    out: Path = typer.Option(Path("report"), help="Where report.md, report.html and plots/ go."),
+    out: Path = typer.Option(Path("report"), help="Where report.md, report.html, report.json and plots/ go."),
 ) -> None:
-    """Leaderboard of finished runs: markdown, a self-contained HTML page and PNG plots."""
+    """Leaderboard of finished runs: markdown, a self-contained HTML page, PNG plots and report.json (with the
+    content hashes of the models and predictors that made it)."""
     records, plots = write_report(results_dir, out, lambda: console.status("plotting ..."))
     console.print(runs_table(records, results_dir))
-    say(f"written {out / 'report.md'}, {out / 'report.html'} and {len(plots)} plots in {out / 'plots'}", style="")
+    say(f"written {out / 'report.md'}, {out / 'report.html'}, {out / 'report.json'} and {len(plots)} plots in "
+        f"{out / 'plots'}", style="")

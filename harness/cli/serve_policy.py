@@ -62,8 +62,7 @@ def serve(**values: Any) -> None:
     reason = BACKENDS[o.backend].available()
     if reason is not None:
         raise BackendError(reason)
-    if o.device != "cpu":
-        raise BackendError(f"--device {o.device}: serve --backend {o.backend} is verified on CPU only")
+    o.check_device()
     name, options, schedule = served_policy(o)
     command, env, shown = SERVERS[o.backend](o, name, options, schedule, **extra)
     if api_key:
@@ -125,7 +124,7 @@ def _vllm_server(o: RunOptions, name: str, options: dict[str, Any], schedule: di
 
     spec, facts, context = _served(o, name, options, schedule, max_model_len, stats)
     command, env = server_command(spec, facts.path, host, port, o.batch_size, context,
-                                  tensor_parallel=o.tensor_parallel, kv_tokens=kv_tokens)
+                                  tensor_parallel=o.tensor_parallel, kv_tokens=kv_tokens, device=o.device)
     env["OMP_NUM_THREADS"] = str(o.threads or 1)
     return command, env, SERVE_ENV
 

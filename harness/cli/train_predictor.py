@@ -10,6 +10,7 @@ import typer
 from harness.cli.app import console
 from harness.cli.progress import progress_for
 from harness.predictor_pipeline.fit import PRESETS, FitConfig, fit
+from harness.predictor_pipeline.labels import methods_help
 from harness.predictor_pipeline.traces import TraceStore, TraceStoreError
 
 
@@ -17,8 +18,7 @@ def train_predictor(
     store_dir: list[Path] = typer.Argument(..., help="Labelled trace store(s); several (e.g. on-policy "
                                            "rounds) are trained on together."),
     out: Path = typer.Option(..., help="Predictor directory to write."),
-    label_method: str = typer.Option("attention", help="attention (the paper's answer attention), copy, "
-                                     "later, lookback or gradient: labels made by `dynts-bench label`."),
+    label_method: str = typer.Option("attention", help=f"Labels made by `dynts-bench label`: {methods_help()}."),
     transform: str = typer.Option("power", help="none | power ((x^0.3/0.3)*10) | scale (x*1e4) | rank."),
     pool: str = typer.Option("none", help="Spread labels to neighbours first: none | prev (a token also gets "
                              "its successor's label) | max3 (max over a 3-token kernel, as SnapKV pools)."),

@@ -44,9 +44,24 @@ from backends.hf.backend import TransformersBackend
 from backends.hf.observe import KVObserver
 from harness.predictor_pipeline.traces import Trace, TraceStore, TraceStoreError
 
-METHODS = ("attention", "gradient", "lookback", "later", "copy")
 LOOKBACK_DISTANCE = 32
+#: label methods and what each measures: ``dynts-bench label --method`` and ``train-predictor --label-method``
+METHOD_HELP = {
+    "attention": "attention the answer pays the token (the paper's label)",
+    "gradient": "gradient of the answer's log-likelihood with respect to the token's input embedding",
+    "lookback": f"largest head-averaged attention from a query at least {LOOKBACK_DISTANCE} tokens later",
+    "later": f"total head-averaged attention from every query at least {LOOKBACK_DISTANCE} tokens later",
+    "copy": f"largest single-head attention from a query at least {LOOKBACK_DISTANCE} tokens later that writes the "
+            "token which followed it (an induction copy), template and restated bigrams excluded; the shipped "
+            "recipe",
+}
+METHODS = tuple(METHOD_HELP)
 _QUERY_CHUNK = 128
+
+
+def methods_help() -> str:
+    """``name: meaning`` for every label method, for the commands' help."""
+    return "; ".join(f"{name}: {meaning}" for name, meaning in METHOD_HELP.items())
 
 
 def answer_span(trace: Trace, eos_ids: frozenset[int]) -> tuple[int, int]:

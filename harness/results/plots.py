@@ -68,18 +68,19 @@ def _vs_budget(records: list[RunRecord], value, ylabel: str, title: str, path: P
         pts = sorted((r.budget_tokens, value(r)) for r in runs if value(r) is not None and r.budget_tokens)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=policy, **styles[policy])
-    ax.set(xlabel="KV budget (tokens)", ylabel=ylabel, title=title)
+    ax.set(xlabel="KV budget (tokens)", ylabel=ylabel)
+    ax.set_title(title, fontsize=10)
     return _save(fig, ax, path)
 
 
 def accuracy_vs_budget(records: list[RunRecord], workload: str, path: Path) -> Path:
     return _vs_budget(records, lambda r: None if r.quality is None else 100 * r.quality,
-                      "accuracy / Pass@1 (%)", f"{workload}: accuracy vs KV budget", path)
+                      "accuracy / Pass@1 (%)", f"accuracy vs KV budget\n{workload}", path)
 
 
 def speed_vs_budget(records: list[RunRecord], workload: str, path: Path) -> Path:
     return _vs_budget(records, lambda r: r.tokens_per_s, "decode throughput (tokens/s per sequence)",
-                      f"{workload}: decode speed vs KV budget", path)
+                      f"decode speed vs KV budget\n{workload}", path)
 
 
 def accuracy_vs_memory(records: list[RunRecord], workload: str, path: Path) -> Path:
@@ -98,9 +99,10 @@ def accuracy_vs_memory(records: list[RunRecord], workload: str, path: Path) -> P
     if front:
         ax.scatter([p[0] for p in front], [p[1] for p in front], s=180, facecolors="none", edgecolors="black",
                    label="Pareto front")
-        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="gray", linestyle=":")
-    ax.set(xlabel="peak KV memory per sequence (MiB)", ylabel="accuracy / Pass@1 (%)",
-           title=f"{workload}: accuracy vs peak KV memory")
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black", linestyle="--",
+                linewidth=1)
+    ax.set(xlabel="peak KV memory per sequence (MiB)", ylabel="accuracy / Pass@1 (%)")
+    ax.set_title(f"accuracy vs peak KV memory\n{workload}", fontsize=10)
     return _save(fig, ax, path)
 
 

@@ -12,6 +12,12 @@ named -- comparing different experiments is never a pass.
 * **KV memory**: the bytes the cache actually allocated (tensor storage, largest batch), absolute, against the
   baseline's with ``kv_tolerance`` -- the full cache's entry included, so a cache that stops shrinking, or a
   full cache that grows, fails.
+* **Reasoning length**: a policy's ``length vs full`` (mean generated tokens over the full cache's on the same
+  problems, ``harness.results.lengths``) against the baseline's, and the full cache's own mean length against the
+  baseline's: fail above ``length_tolerance`` (greedy: the figure itself, which a rerun reproduces; sampled: when
+  even its 95% interval's low end is above, inconclusive when only the figure is). A baseline made before lengths
+  were recorded decides it from its output hashes: identical outputs have identical lengths (ok), changed ones
+  make the check inconclusive until the baseline is remade.
 * **Speed** (from the sweep's speed probe, ``harness.timing.speed_probe``: interleaved repeats, min / median / max): the
   decode time per token divided by a fixed reference computation timed beside it (catches a decode loop that
   got slower for every policy, ``full`` included), and the decode time relative to ``full`` in the same round
@@ -36,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.results.leaderboard import RunRecord
+from harness.results.lengths import length_ratio
 from harness.results.rundir import ResultsError
 from harness.results.tables import human_bytes
 
@@ -48,7 +55,12 @@ COMPARED_CONFIG = ("backend", "model", "dtype", "device", "batch_size", "limit",
                    "prompts_sha256", "sampling", "policy_options", "schedule", "extra", "artefacts")
 
 
-def validate_gate(alpha: float, kv_tolerance: float, speed_tolerance: float) -> None:
+#: the rise of ``length vs full`` the gate allows: above greedy decoding's zero noise, below a 20% lengthening
+LENGTH_TOLERANCE = 0.10
+
+
+def validate_gate(alpha: float, kv_tolerance: float, speed_tolerance: float,
+                  length_tolerance: float = LENGTH_TOLERANCE) -> None:
     """Refuse settings that switch a check off (``--alpha 0``) or make it meaningless."""
     if not 0.0 < alpha < 0.5:
         raise ResultsError(f"--alpha must be in (0, 0.5), got {alpha}: 0 switches the accuracy test off")
@@ -57,6 +69,8 @@ def validate_gate(alpha: float, kv_tolerance: float, speed_tolerance: float) -> 
     if not 0.0 < speed_tolerance < 1.0:
         raise ResultsError(f"--speed-tolerance must be in (0, 1), got {speed_tolerance}: 1 switches the speed "
                            "check off")
+    if not 0.0 <= length_tolerance < 1.0:
+        raise ResultsError(f"--length-tolerance must be in [0, 1), got {length_tolerance}")
 
 
 def _output_hash(ids: list[int]) -> str:
@@ -71,7 +85,8 @@ def _samples(r: RunRecord, seed: int) -> dict[str, dict[str, Any]]:
         row = json.loads(line)
         if "correct" in row:
             out[f"seed {seed}:{row['sample_id']}"] = {"correct": bool(row["correct"]),
-                                                          "output": _output_hash(row.get("output_ids", []))}
+                                                          "output": _output_hash(row.get("output_ids", [])),
+                                                          "tokens": row.get("generated_tokens")}
     return out
 
 
@@ -245,11 +260,12 @@ def compare(
     speed_tolerance: float = 0.25,
     speed: dict[str, dict[str, Any]] | None = None,
     machine: dict[str, Any] | None = None,
+    length_tolerance: float = LENGTH_TOLERANCE,
 ) -> list[Finding]:
     """Every check of every baseline entry against the current runs, and every current entry against it.
     ``machine``: this machine's ``runs.environment.hardware()``; speed checks on another CPU than the baseline's are
     inconclusive."""
-    validate_gate(alpha, kv_tolerance, speed_tolerance)
+    validate_gate(alpha, kv_tolerance, speed_tolerance, length_tolerance)
     if baseline.get("version") != BASELINE_VERSION:
         raise ResultsError(f"baseline version {baseline.get('version')} is not {BASELINE_VERSION}: recreate it with "
                            "`dynts-bench check RESULTS --baseline FILE --update`")
@@ -270,6 +286,7 @@ def compare(
             continue
         if base["trials"]:
             findings += _accuracy(key, base, now, alpha)
+        findings += _length(key, base, now, baseline["entries"], current, length_tolerance)
         if base["kv_allocated_bytes"] is not None:
             got = now["kv_allocated_bytes"]
             limit = base["kv_allocated_bytes"] * (1 + kv_tolerance)
@@ -282,6 +299,54 @@ def compare(
             findings.append(Finding(key, "speed", "absent", "probed", "the baseline has no speed figures for this "
                                     "entry: update the baseline", True))
     return findings
+
+
+def _full_key(key: str) -> str:
+    workload, model, _policy, _budget = key.split(" | ", 3)
+    return f"{workload} | {model} | full | full cache"
+
+
+def _tokens(entry: dict[str, Any] | None) -> dict[str, int]:
+    samples = (entry or {}).get("samples") or {}
+    return {sid: s["tokens"] for sid, s in samples.items() if s.get("tokens") is not None}
+
+
+def _same_outputs(base: dict[str, Any] | None, now: dict[str, Any] | None) -> bool:
+    a, b = (base or {}).get("samples") or {}, (now or {}).get("samples") or {}
+    return bool(a) and all(sid in b and b[sid]["output"] == s["output"] for sid, s in a.items())
+
+
+def _length(key: str, base: dict[str, Any], now: dict[str, Any], base_entries: dict[str, Any],
+            current: dict[str, Any], tolerance: float) -> list[Finding]:
+    """The reasoning-length check of one entry: ``length vs full`` for a policy, the mean length for full."""
+    full_key = _full_key(key)
+    is_full = key == full_key
+    base_full, now_full = (base, now) if is_full else (base_entries.get(full_key), current.get(full_key))
+    metric = "mean generated tokens" if is_full else "length vs full"
+    if not base.get("samples"):
+        return []  # nothing per sample to compare (the accuracy check says why)
+    if not _tokens(base) or (not is_full and not _tokens(base_full)):
+        if _same_outputs(base, now) and (is_full or _same_outputs(base_full, now_full)):
+            return [Finding(key, metric, "not recorded", "same outputs", "the baseline predates recorded lengths; "
+                            "every output is identical to its, so every length is", False)]
+        return [Finding(key, metric, "not recorded", "-", "the baseline predates recorded lengths and outputs "
+                        "changed: remake it (check --update) to decide this", False, inconclusive=True)]
+    if is_full:
+        was, got = length_ratio(_tokens(base), _tokens(base)), length_ratio(_tokens(now), _tokens(base))
+    else:
+        was, got = length_ratio(_tokens(base), _tokens(base_full)), length_ratio(_tokens(now), _tokens(now_full))
+    if was is None or got is None:
+        return [Finding(key, metric, "-" if was is None else was.label(), "-" if got is None else got.label(),
+                        "no problems shared with the full cache's run", True)]
+    limit = was.ratio * (1 + tolerance)
+    shown = (f"{was.ratio:.2f}x", got.label()) if not is_full else ("1.00x", f"{got.ratio:.2f}x of baseline")
+    greedy = base.get("greedy") and now.get("greedy")
+    if got.ratio <= limit:
+        return [Finding(key, metric, *shown, f"within {limit:.2f}x (+{tolerance:.0%})", False)]
+    if greedy or got.low is None or got.low > limit:
+        return [Finding(key, metric, *shown, f"traces longer: above {limit:.2f}x (+{tolerance:.0%})", True)]
+    return [Finding(key, metric, *shown, f"above {limit:.2f}x (+{tolerance:.0%}) but its interval reaches below: "
+                    "add samples or seeds", False, inconclusive=True)]
 
 
 def speed_verdict(base_median: float, now: dict[str, float], tolerance: float) -> tuple[str, str]:

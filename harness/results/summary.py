@@ -90,7 +90,15 @@ def summarize_samples(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out["total_policy_s"] = sum(policy) if policy else None
     out["policy_overhead_pct"] = 100.0 * sum(policy) / decode_total if policy and decode_total > 0 else None
 
+    out["generated_tokens_by_sample"] = generated_by_sample(rows)
     reasons = [str(r["finish_reason"]) for r in rows if r.get("finish_reason") is not None]
     if reasons:
         out["finish_reasons"] = dict(sorted(Counter(reasons).items()))
     return out
+
+
+def generated_by_sample(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """``{sample_id: generated tokens}``: what pairs a policy's trace lengths with full's on the same problems
+    (``harness.results.lengths``), kept in ``summary.json`` because committed runs drop their ``samples.jsonl``."""
+    return {str(r["sample_id"]): int(r["generated_tokens"]) for r in rows
+            if "sample_id" in r and r.get("generated_tokens") is not None}

@@ -12,6 +12,9 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from harness.results.lengths import length_ratio
+from harness.results.summary import generated_by_sample
+
 
 def human_bytes(n: float | None) -> str:
     if n is None:
@@ -39,6 +42,12 @@ def agreement_with(reference: list[dict[str, Any]], rows: list[dict[str, Any]]) 
         same = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), min(len(want), len(got)))
         fractions.append(same / len(want))
     return sum(fractions) / len(fractions) if fractions else None
+
+
+def length_vs_full_cell(reference: list[dict[str, Any]] | None, rows: list[dict[str, Any]]) -> str:
+    """``1.08x [1.04, 1.12]`` (``harness.results.lengths``), or ``-`` without a full-cache run to pair with."""
+    found = length_ratio(generated_by_sample(rows), generated_by_sample(reference)) if reference else None
+    return found.label() if found else "-"
 
 
 def _quality(m: dict[str, Any], k: int | None) -> list[str]:
@@ -79,7 +88,7 @@ def comparison_table(outcomes: Mapping[str, Any]) -> Table:
     for column, justify in (
         ("policy", "left"), ("n", "right"), ("accuracy" if k is None else "pass@1 [95% CI]", "right"),
         *([(f"pass@{k} / maj@{k}", "right")] if k is not None else []),
-        *(fidelity if replay else [("= full", "right")]), ("gen tok", "right"),
+        *(fidelity if replay else [("= full", "right")]), ("gen tok", "right"), ("length vs full", "right"),
         ("decode tok/s", "right"), ("TTFT", "right"), ("peak KV", "right"), ("KV vs full", "right"),
         ("compressions", "right"), ("policy time", "right"),
     ):
@@ -98,6 +107,7 @@ def comparison_table(outcomes: Mapping[str, Any]) -> Table:
             *_quality(m, k),
             *compared,
             str(m.get("total_generated_tokens", "-")),
+            length_vs_full_cell(reference, outcome.run_dir.samples()),
             _fmt(m.get("decode_mean_tokens_per_s"), ".1f"),
             _fmt(m.get("ttft_mean_s"), ".3f", " s"),
             human_bytes(m.get("kv_peak_max_bytes")),
@@ -116,6 +126,7 @@ def comparison_table(outcomes: Mapping[str, Any]) -> Table:
                   "(--evict-prompt tells them apart). ")
     table.caption = (
         first +
+        "length vs full: mean generated tokens over the full cache's on the same problems [95% CI]. "
         "peak KV: exact bytes of the largest cache a sequence held; KV vs full: that peak / the full cache's peak "
         "on the same problems (0.25x = 4x less memory). "
         "policy time: observe + score + select + evict, as % of decode time."
@@ -191,23 +202,27 @@ def check_table(baseline_name: str, findings: list[Any]) -> Table:
 
 def runs_table(records: list[Any], source: Path) -> Table:
     table = Table(title=Text(f"{len(records)} runs from {source}"))
-    for col in ("workload", "policy", "budget", "quality", "KV vs full", "speed vs full", "run"):
+    for col in ("model", "workload", "policy", "budget", "quality", "KV vs full", "length vs full", "speed vs full",
+                "run"):
         table.add_column(col)
-    for r in sorted(records, key=lambda r: (r.workload, r.budget_tokens or 0, -(r.quality or 0))):
-        table.add_row(_plain(r.workload), r.policy, r.budget_label, "-" if r.quality is None else f"{r.quality:.1%}",
+    for r in sorted(records, key=lambda r: (r.model, r.workload, r.budget_tokens or 0, -(r.quality or 0))):
+        table.add_row(_plain(r.model), _plain(r.workload), r.policy, r.budget_label,
+                      "-" if r.quality is None else f"{r.quality:.1%}",
                       "-" if r.kv_ratio_vs_full is None else f"{r.kv_ratio_vs_full:.2f}x",
+                      r.length_vs_full.label() if r.length_vs_full else "-",
                       "-" if r.speed_ratio_vs_full is None else f"{r.speed_ratio_vs_full:.2f}x", _plain(r.run_id))
     return table
 
 
-def policies_table(policies: Mapping[str, Any], describe: Any, options_of: Any) -> Table:
+def policies_table(policies: Mapping[str, Any], describe: Any, options_of: Any, meaning_of: Any) -> Table:
     table = Table(title="Policies")
     table.add_column("name", style="bold")
     table.add_column("description")
     table.add_column("needs")
     table.add_column("options")
     for name, cls in policies.items():
-        options = ", ".join(f"{k}={v}" for k, v in options_of(cls).items())
+        meanings = meaning_of(cls)
+        options = "\n".join(f"{k}={v}: {meanings.get(k) or '(undocumented)'}" for k, v in options_of(cls).items())
         needs = sorted(cls.needs) + ([cls.requires] if cls.requires else [])
         table.add_row(name, _plain(describe(cls)), ", ".join(needs) or "-", _plain(options or "-"))
     return table

@@ -11,6 +11,7 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
+from harness.runs.fingerprints import model_fingerprint, predictor_fingerprint
 from zoo import registry
 from zoo.predictor import CONFIG
 
@@ -53,3 +54,13 @@ def default_policies(model_id: str) -> list[str]:
     ready = provided(model_id)
     return [name for name, cls in registry().items()
             if cls.in_default_comparison and (cls.requires is None or cls.requires in ready)]
+
+
+def shipped_artefacts(model_id: str) -> dict[str, str]:
+    """Content hashes of what ships for ``model_id`` -- its weights and, where one ships, its DynTS predictor -- as
+    run configs record them (``artefacts``)."""
+    found = {"model": model_fingerprint(model_id)}
+    predictor = shipped_predictor(model_id)
+    if predictor is not None:
+        found[PREDICTOR] = predictor_fingerprint(predictor)
+    return found

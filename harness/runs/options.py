@@ -12,13 +12,17 @@ import dataclasses
 import inspect
 import types
 import typing
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
+from backends import BACKENDS
+from backends.hf.loading import MODEL_ALIASES
 from harness.results.rundir import ResultsError
+from harness.workloads.lmeval_tasks import task_names
 from harness.workloads.prompt_file import DataError, PromptFileError
+from zoo import options_help, registry
 from zoo.errors import UserError
 
 DEFAULT_MODEL = "tiny-reasoner"
@@ -35,25 +39,44 @@ class OptionError(UserError, ValueError):
     """A run option is out of range; the message names the flag and the valid range."""
 
 
-def _opt(help: str, *flags: str, min: int | None = None) -> dict[str, Any]:
+def _opt(help: str | Callable[[], str], *flags: str, min: int | None = None) -> dict[str, Any]:
+    """A field's CLI metadata; ``help`` may be a function, called when the command is built, for help that lists
+    what a registry holds (policies, backends, models, tasks) and so cannot fall behind it."""
     return {"help": help, "flags": flags, "min": min}
+
+
+def _policies_help() -> str:
+    return (f"Policy to run; repeat to compare: {' | '.join(registry())} (see `dynts-bench policies`). Default: every "
+            "baseline (+ oracle, and dynts with its shipped predictor, on the tiny reasoner).")
+
+
+def _backends_help() -> str:
+    return f"{' | '.join(BACKENDS)} (see `dynts-bench backends`)."
+
+
+def _models_help() -> str:
+    return f"Alias ({' | '.join(MODEL_ALIASES)}), local directory, .gguf file or hub id."
+
+
+def _tasks_help() -> str:
+    return f"A benchmark task, run through lm-eval: {' | '.join(task_names())} (see `dynts-bench tasks`)."
+
+
+def _policy_args_help() -> str:
+    return f"Policy option key=value or policy.key=value; repeatable. {options_help()}"
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    policy: tuple[str, ...] = field(default=(), metadata=_opt(
-        "Policy to run; repeat to compare. Default: every baseline (+ oracle, and dynts with its shipped "
-        "predictor, on the tiny reasoner).", "--policy", "-p"))
-    backend: str = field(default="transformers", metadata=_opt(
-        "transformers | vllm | sglang (see `dynts-bench backends`)."))
-    model: str = field(default=DEFAULT_MODEL, metadata=_opt("Alias, local directory, .gguf file or hub id."))
+    policy: tuple[str, ...] = field(default=(), metadata=_opt(_policies_help, "--policy", "-p"))
+    backend: str = field(default="transformers", metadata=_opt(_backends_help))
+    model: str = field(default=DEFAULT_MODEL, metadata=_opt(_models_help))
     prompts: Optional[Path] = field(default=None, metadata=_opt(
         "JSONL of {id, prompt, answer} (+ trace for replay); default: the tiny reasoner's held-out set."))
     protocol: str = field(default="generate", metadata=_opt(
         "generate: the model writes its own trace. replay: force the prompts' reference traces (any model), "
         "then let it answer; reports KL / top-1 agreement with the full cache."))
-    task: Optional[str] = field(default=None, metadata=_opt(
-        "A benchmark task (see `dynts-bench tasks`), run through lm-eval."))
+    task: Optional[str] = field(default=None, metadata=_opt(_tasks_help))
     data_dir: Optional[Path] = field(default=None, metadata=_opt(
         "Read the task's data from DIR/<task>.jsonl (offline)."))
     samples: int = field(default=1, metadata=_opt(
@@ -71,8 +94,7 @@ class RunOptions:
     evict_prompt: bool = field(default=False, metadata=_opt("Allow prompt tokens to be evicted.", "--evict-prompt"))
     predictor: Optional[Path] = field(default=None, metadata=_opt(
         "DynTS importance predictor directory (for --policy dynts)."))
-    policy_arg: tuple[str, ...] = field(default=(), metadata=_opt(
-        "Policy option key=value or policy.key=value.", "--policy-arg"))
+    policy_arg: tuple[str, ...] = field(default=(), metadata=_opt(_policy_args_help, "--policy-arg"))
     max_new_tokens: Optional[int] = field(default=None, metadata=_opt(
         f"Generation limit (default {DEFAULT_MAX_NEW_TOKENS}; tasks: their YAML's).", min=1))
     temperature: float = field(default=0.0, metadata=_opt("0 = greedy."))
@@ -236,6 +258,12 @@ def _coerce(key: str, hint: Any, value: Any, where: str) -> Any:
     return value
 
 
+def field_help(name: str) -> str:
+    """A ``RunOptions`` field's help text, generated now where it lists a registry."""
+    help = next(f for f in fields(RunOptions) if f.name == name).metadata.get("help") or ""
+    return help() if callable(help) else help
+
+
 def cli_parameters(only: Collection[str] | None = None) -> list[inspect.Parameter]:
     """``RunOptions`` as typer parameters: the ``run`` command's signature (``only``: a subset, e.g. ``serve``'s)."""
     import typer
@@ -250,6 +278,6 @@ def cli_parameters(only: Collection[str] | None = None) -> list[inspect.Paramete
         if typing.get_origin(base) is tuple:
             hint, default = list[str], []
         flags = f.metadata.get("flags") or ()
-        option = typer.Option(default, *flags, help=f.metadata.get("help") or None)
+        option = typer.Option(default, *flags, help=field_help(f.name) or None)
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=hint))
     return params

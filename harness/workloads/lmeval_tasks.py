@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,12 @@ def _manager():
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notices are not for our users
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+
+
+def task_names() -> list[str]:
+    """The shipped tasks' names, read from their YAML files' ``task:`` lines (no lm-eval import: for help text)."""
+    found = (re.search(r"^task:\s*(\S+)", path.read_text(), re.MULTILINE) for path in TASKS_DIR.glob("*.yaml"))
+    return sorted(m.group(1) for m in found if m)
 
 
 def shipped_tasks() -> dict[str, dict[str, Any]]:

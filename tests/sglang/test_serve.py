@@ -79,3 +79,37 @@ def test_server_flags_parse_into_the_arguments_the_backend_runs_with():
     expected.update(log_level="info", port=8000, served_model_name="tiny-reasoner")
     assert {key: getattr(parsed, key) for key in expected} == expected
     assert json.loads(env["DYNTS_BENCH_SERVE"])["schedule"] == BUDGET.to_dict()
+
+
+def test_the_cuda_server_command_parses_into_sglangs_arguments_with_graphs_off_and_page_size_1():
+    """Parsed by SGLang's own parser on this CPU machine: the flags the CUDA server runs with."""
+    from sglang.srt.server_args import prepare_server_args
+
+    from backends.hf.facts import model_directory
+    from backends.serving import ServeSpec
+    from backends.sglang.checks import check_engine_args, policy_refusal
+    from zoo import build_policy
+
+    path = model_directory("tiny-reasoner")[0]
+    argv, env = server_command(ServeSpec("snapkv", {}, BUDGET.to_dict(), "tiny-reasoner", "bfloat16"), path,
+                               "127.0.0.1", 8000, 4, 1024, "cuda")
+    parsed = prepare_server_args(argv[argv.index("backends.sglang.serve") + 1:])
+    check_engine_args(parsed)
+    assert policy_refusal(parsed, build_policy("snapkv").needs) is None
+    assert (parsed.device, parsed.page_size, parsed.attention_backend) == ("cuda", 1, "flashinfer")
+    assert parsed.disable_cuda_graph and parsed.disable_prefill_cuda_graph and parsed.disable_decode_cuda_graph
+    assert not parsed.enable_torch_compile
+
+
+def test_serve_on_cuda_without_a_visible_gpu_is_one_line():
+    from unittest import mock
+
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    with mock.patch("torch.cuda.is_available", return_value=False):
+        result = CliRunner().invoke(app, ["serve", "--backend", "sglang", "--device", "cuda", "-p", "window",
+                                          "--budget", "86", "--dry-run"])
+    assert result.exit_code == 2, result.output
+    assert "no CUDA GPU is visible" in result.output and "Traceback" not in result.output

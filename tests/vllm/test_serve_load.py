@@ -10,8 +10,8 @@ from benchmarks.serve_load.server import gauge  # noqa: E402
 from tests.served_load import assert_held, check_a_loaded_server  # noqa: E402
 
 
-def test_a_loaded_server_holds_drains_and_answers_like_offline(tmp_path):
-    summary = check_a_loaded_server("vllm", tmp_path, kv_tokens=4096)
+def test_a_loaded_server_holds_drains_and_answers_like_offline(tmp_path, vllm_backend):
+    summary = check_a_loaded_server("vllm", tmp_path, kv_tokens=4096, engine=vllm_backend)
     assert_held(summary)
     # --kv-tokens 4096 with 32-token blocks: a pool of exactly 128 blocks
     assert 'num_gpu_blocks="128"' in summary["metrics"]
