@@ -12,7 +12,8 @@ shapes stay fixed between compactions and nothing in the step depends on a value
 
 Per-slot metadata (validity, logical position, token id, prompt flag, policy state) lives here too and moves with
 the keys and values. Logical positions are what RoPE saw, so a token keeps its position after its neighbours are
-evicted (keys are cached after RoPE). Policies see a sequence's slots in generation order (``ordered_slots``).
+evicted (keys are cached after RoPE). At selection time policies see a sequence's slots in generation order
+(``ordered_slots``); at observe time their state is indexed by physical slot, which wraps (``StepObservation``).
 """
 
 from __future__ import annotations
