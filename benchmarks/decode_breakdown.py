@@ -29,6 +29,7 @@ from backends.base import GenerationRequest, SamplingParams
 from backends.hf.backend import TransformersBackend
 from backends.hf.clock import SectionClock
 from backends.hf.decode import generate_batch
+from harness.runs.catalog import shipped_predictor
 from harness.runs.environment import environment
 from zoo import build_policy
 from zoo.schedule import EvictionSchedule
@@ -116,8 +117,6 @@ def measure(backend: TransformersBackend, policy, workload: Workload, requests, 
 
 def run_workload(workload: Workload, names: list[str], repeats: int, device: str, new_tokens: int | None) -> dict:
     backend = TransformersBackend(workload.model, device=device, batch_size=workload.batch)
-    from harness.runs.catalog import shipped_predictor
-
     policies = {}
     for name in names:
         policy = build_policy(name)
