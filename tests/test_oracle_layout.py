@@ -12,6 +12,7 @@ import torch
 from backends.base import GenerationRequest, SamplingParams
 from backends.hf.backend import TransformersBackend
 from backends.hf.cache import CompactingCache
+from backends.paged.state import RequestState, flush_observations, observe_tokens
 from harness.scoring.answers import is_correct
 from harness.tinyreasoner.oracle import LINE, ROLE, SPENT, TOKEN, Oracle
 from harness.tinyreasoner.problems import DEF_NAME, DEF_VALUE, OTHER, critical_mask, generate, token_roles
@@ -102,6 +103,39 @@ def test_oracle_marks_in_a_wrapping_compacted_ring_match_a_linear_cache_and_the_
         assert state[ROLE] == [marks[p] for p in positions], capacity
         assert state[LINE] == [lines[p] for p in positions], capacity
     assert split_total > 0, "some statement should have had its name in the ring's last slot and its value in slot 0"
+
+
+def test_oracle_through_the_paged_engines_glue_matches_the_task_rules() -> None:
+    """vLLM's and SGLang's workers observe a chunked prefill, then decode tokens buffered in chunks, and compact to
+    the front of the request's slots (``backends/paged/state.py``)."""
+    problem = generate(11)
+    words = prompt_tokens(problem.prompt) + problem.trace
+    prompt_len, ids = len(prompt_tokens(problem.prompt)), encode(words)
+    marks, lines = expected_marks(words)
+    oracle = _oracle()
+    st = RequestState("r", "r", None, prompt_len, capacity=len(ids),
+                      state={name: torch.zeros(1, len(ids)) for name in oracle.state_names})
+
+    def step(tokens: list[int], prefill: bool) -> None:
+        slot, st.physical = st.physical, st.physical + len(tokens)
+        observe_tokens(oracle, st, slot, torch.tensor(tokens), None, prefill)
+
+    step(ids[:10], True)  # a prefill in two chunks
+    step(ids[10:prompt_len], True)
+    compactions = 0
+    for pos in range(prompt_len, len(ids)):
+        step([ids[pos]], False)
+        if st.physical == 48:
+            flush_observations(oracle, st)
+            live = torch.arange(st.physical)
+            st.apply_compaction(torch.cat([live[:-8][::2], live[-8:]]))
+            compactions += 1
+    flush_observations(oracle, st)
+    assert compactions >= 5
+    positions = st.logical_map().tolist()
+    assert st.state[TOKEN][0, : st.physical].long().tolist() == [ids[p] for p in positions]
+    assert st.state[ROLE][0, : st.physical].long().tolist() == [marks[p] for p in positions]
+    assert st.state[LINE][0, : st.physical].long().tolist() == [lines[p] for p in positions]
 
 
 @dataclass
