@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The prepared check for a lent NVIDIA GPU: one command, no network, <= 8 minutes, everything in one directory.
-#   1. the GPU-marked tests (CUDA decode = CPU decode for every policy, NVML sampling, CUDA peak memory);
+#   1. the GPU-marked tests (CUDA decode = CPU decode for every policy, NVML sampling, CUDA peak memory, no
+#      host sync inside the decode step, the CUDA-graph step's logits = the eager step's);
 #   2. a real run on CUDA (the tiny reasoner, full vs window): summary.json's NVML and CUDA-memory fields;
 #   3. the paper's latency setting at reduced length (benchmarks/gpu_latency.py): a Qwen2-7B-shaped model with
-#      random weights, bf16, batch 20, full vs window vs dynts, trigger 640 / window 256 of 1280 new tokens
-#      (on an H200 4096 took 245 s for full alone, 1536 took 205 s for all three once), each twice in rotated
-#      order, EOS ignored: ms/step with and without the policy's time, tokens/s, allocated KV, CUDA peak, and
-#      the ratios with their range.
+#      random weights, bf16, batch 20, full vs window vs dynts, each eager and with the decode step replayed as
+#      CUDA graphs (--capture both), trigger 512 / window 256 of 768 new tokens (on an H200 before the
+#      decode-loop rework 1536 took 205 s for three policies once), each twice in rotated order, EOS ignored:
+#      ms/step with and without the policy's time, tokens/s, allocated KV, CUDA peak, the ratios with their
+#      range, and each step's ratio to the bandwidth limit (weights + held KV read once).
 # Usage: bash benchmarks/gpu_check.sh [OUTDIR]        (default: gpu-check-<date>; or $OUT when set)
 # Works from a checkout without installing it (PYTHONPATH=.), with the torch/transformers already there.
 set -uo pipefail
@@ -24,7 +26,7 @@ step "environment"
 tail -1 "$DIR/environment.txt" | tee -a "$DIR/summary.txt"
 
 step "GPU tests"
-timeout 60 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider > "$DIR/gpu-tests.txt" 2>&1 || status=1
+timeout 150 $PY -m pytest -q -m gpu tests/test_gpu.py tests/test_decode_step_syncs.py -p no:cacheprovider > "$DIR/gpu-tests.txt" 2>&1 || status=1
 tail -1 "$DIR/gpu-tests.txt" | tee -a "$DIR/summary.txt"
 
 step "a real run on CUDA (NVML, CUDA peak memory)"
@@ -40,7 +42,7 @@ for s in sorted(pathlib.Path(sys.argv[1]).glob("*/summary.json")):
 PY
 
 step "paper latency setting, reduced length"
-timeout 420 $PY -m benchmarks.gpu_latency --new-tokens 1280 --trigger 640 --window 256 --repeats 2 \
+timeout 420 $PY -m benchmarks.gpu_latency --new-tokens 768 --trigger 512 --window 256 --repeats 2 --capture both \
     --out "$DIR/latency.json" > "$DIR/latency.txt" 2>&1 || status=1
 cat "$DIR/latency.txt" | tee -a "$DIR/summary.txt"
 

@@ -58,6 +58,36 @@ def test_side_by_side_table_on_a_tiny_model(tmp_path, capsys) -> None:
     assert [line.split(" done")[0] for line in progress] == [f"run {i}/6" for i in range(1, 7)]
 
 
+def test_the_bandwidth_limit_reads_weights_and_held_kv_once() -> None:
+    # 3 GB of weights and 1.8 GB of KV at 4.8 TB/s: 1 ms
+    assert gpu_latency.limit_ms(3_000_000_000, 1.8e9, 4800.0) == pytest.approx(1.0)
+
+
+def test_the_limit_and_the_ratio_to_it_on_a_tiny_model(capsys) -> None:
+    rows = gpu_latency.measure(gpu_latency.Setting(shape="tiny", dtype="float32", device="cpu", batch=2, prompt=8,
+                                                   new_tokens=40, trigger=32, window=8, bandwidth_gbs=10.0))
+    for row in rows:
+        run = row["runs"][0]
+        kv = 2 * run["mean_held_tokens"] * (2 * 2 * 2 * 16 * 4)  # batch x held x (K, V x layers x heads x dim x 4 B)
+        model = gpu_latency.build_model(gpu_latency.Setting(shape="tiny", dtype="float32", device="cpu"))
+        weights = sum(p.numel() * 4 for p in model.parameters())
+        assert run["limit_ms"] == pytest.approx(1000 * (weights + kv) / 10e9)
+        assert row["x_limit"] == pytest.approx(row["ms_per_step_median"] / row["limit_ms"])
+    assert rows[0]["runs"][0]["mean_held_tokens"] > rows[1]["runs"][0]["mean_held_tokens"]  # full holds more
+
+
+def test_capture_is_refused_off_cuda(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_latency.parse(["--device", "cpu", "--capture", "both"])
+    assert exit_info.value.code == 2 and "needs --device cuda" in capsys.readouterr().err
+
+
+def test_capture_both_runs_every_policy_eagerly_and_captured() -> None:
+    setting = gpu_latency.Setting(capture="both")
+    assert setting.variants() == ("full", "window", "dynts", "full+graphs", "window+graphs", "dynts+graphs")
+    assert sorted(o[0] for o in gpu_latency.orders(6, setting.variants())) == sorted(setting.variants())
+
+
 def test_repeats_rotate_the_policy_order() -> None:
     firsts = [order[0] for order in gpu_latency.orders(3)]
     assert sorted(firsts) == sorted(gpu_latency.POLICIES)

@@ -60,10 +60,12 @@ def test_plan_matches_transformers_compacting_cache():
     plan = plan_compaction("r", table, length, kept, BS, positions=ids)
     apply_moves(slab, merge_plans([plan]), row_major)
     got = read(slab, plan.kept_blocks, plan.new_length)  # [K, H, 2D]
-    assert torch.equal(got[:, :, :DIM], hf.layers[0].keys[0, :, : hf.length].permute(1, 0, 2))
-    assert torch.equal(got[:, :, DIM:], hf.layers[0].values[0, :, : hf.length].permute(1, 0, 2))
-    assert torch.equal(plan.kept_positions, hf.positions[0, : hf.length])
-    assert plan.new_length == hf.length == 19
+    order = hf.ordered_slots()  # the ring cache's slots in generation order; the kept ones are the live ones
+    slots = order[hf.valid[0, order]]
+    assert torch.equal(got[:, :, :DIM], hf.layers[0].keys[0][:, slots].permute(1, 0, 2))
+    assert torch.equal(got[:, :, DIM:], hf.layers[0].values[0][:, slots].permute(1, 0, 2))
+    assert torch.equal(plan.kept_positions, hf.positions[0, slots])
+    assert plan.new_length == slots.numel() == 19
     assert plan.kept_blocks == table[:3] and plan.freed_blocks == table[3:]  # ceil(19 / 8) = 3 blocks stay
 
 

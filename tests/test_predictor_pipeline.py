@@ -155,6 +155,26 @@ def test_on_policy_collection_stores_the_hidden_states_dynts_saw(random_reasoner
         assert not torch.allclose(trace.hidden[first + 8 :].float(), full[first + 8 :].half().float(), atol=2e-3)
 
 
+def test_tapped_hidden_states_go_to_their_own_row_after_the_ring_cache_wraps() -> None:
+    """Each batch row gets one captured hidden state per token it fed back, even once the cache's write slot has
+    wrapped round several times (slot 0 reused, tokens moved by compaction)."""
+    from backends.base import GenerationRequest
+    from harness.predictor_pipeline.traces import tap_hidden
+    from zoo import build_policy
+    from zoo.schedule import EvictionSchedule
+
+    engine = TransformersBackend("tiny-reasoner", batch_size=3)
+    prompts = [engine.encode_prompt(generate(i, split="heldout").prompt) for i in range(3)]
+    requests = [GenerationRequest(str(i), p) for i, p in enumerate(prompts)]
+    tapped, captured = tap_hidden(build_policy("window"))
+    engine.prepare(tapped)
+    results = engine.generate(requests, tapped, EvictionSchedule(budget=40, interval=8, window=8),
+                              SamplingParams(max_new_tokens=160))
+    assert all(len(p) + len(r.output_ids) > 3 * (40 + 8) for p, r in zip(prompts, results))  # wrapped
+    assert {row: len(hidden) for row, hidden in captured.items()} == {
+        row: len(r.output_ids) - 1 for row, r in enumerate(results)}
+
+
 def test_on_policy_collection_over_several_budgets_runs_each_prompt_at_its_own(random_reasoner, tmp_path) -> None:
     from harness.workloads.prompt_file import PromptItem
     from zoo.dynts import DynTS

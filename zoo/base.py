@@ -33,9 +33,10 @@ class PolicyError(UserError, ValueError):
 
 @dataclass
 class CacheView:
-    """What a policy may read at selection time. Every ``[B, T]`` tensor is over physical cache slots.
-
-    Slots are in generation order (compaction preserves order), left-padded: ``valid`` marks real tokens.
+    """What a policy may read at selection time. Every ``[B, T]`` tensor, ``state`` and the keys included, is over
+    the same ``T`` slots of each sequence, laid out by the backend for this call: in generation order (oldest first),
+    left-padded, ``valid`` marking real tokens. Column ``t`` is not physical slot ``t``: the backend maps the kept
+    columns back to its own slots (``Policy.evict``), so a policy never needs to know where a token lives.
     """
 
     valid: torch.Tensor  # bool [B, T]
@@ -86,10 +87,20 @@ class ModelInfo:
 
 @dataclass
 class StepObservation:
-    """What the backend saw in one forward pass, handed to ``Policy.observe``."""
+    """What the backend saw in one forward pass, handed to ``Policy.observe``.
+
+    At observe time the ``state`` tensors are indexed by the backend's physical slots, and a policy may assume only
+    this of them: the ``q`` new tokens, in generation order, are in slots ``[slot_start, slot_start + q)`` (which
+    hold zeros in the policy's own state tensors until ``observe`` writes them), and a slot's state stays with its
+    token when the backend moves or drops tokens. Nothing else: physical order is not generation order (a ring-written
+    cache wraps, so the token before slot 0 may be in the last slot, and compaction moves tokens), slot 0 is not
+    the start of a sequence, and physically adjacent slots need not hold adjacent tokens. A policy that needs the
+    previous token or a token's neighbour keeps what it needs in its own state (the tiny-reasoner oracle keeps
+    a generation counter per slot).
+    """
 
     token_ids: torch.Tensor  # long [B, q]
-    slot_start: int  # the q tokens were written to physical slots [slot_start, slot_start + q)
+    slot_start: int  # the q tokens were written to physical slots [slot_start, slot_start + q), see above
     hidden: torch.Tensor | None = None  # [B, q, hidden] final (post-norm) hidden states, if needed
     is_prefill: bool = False
 

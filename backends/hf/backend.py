@@ -18,6 +18,7 @@ from backends.base import (
     check_schedules,
 )
 from backends.hf import loading
+from backends.hf.compiled import check_compile, compile_parts
 from backends.hf.decode import ModelParts, generate_batch
 from backends.hf.tokenizer import TokenizerText, eos_ids_of
 from zoo.base import OBSERVATIONS, ModelInfo, Policy
@@ -39,11 +40,15 @@ class TransformersBackend(TokenizerText):
     name = "transformers"
     capabilities = Capabilities(observations=OBSERVATIONS, protocols=PROTOCOLS)
 
-    def __init__(self, model: str, dtype: str = "float32", device: str = "cpu", batch_size: int = 8) -> None:
+    def __init__(self, model: str, dtype: str = "float32", device: str = "cpu", batch_size: int = 8,
+                 compile: bool = False) -> None:
+        """``compile``: the decode step as CUDA graphs (``backends.hf.compiled``; refused off CUDA)."""
         if batch_size < 1:
             raise BackendError(f"--batch-size must be >= 1, got {batch_size}")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError(f"--device {device} asked for, but no CUDA GPU is visible: use --device cpu")
+        if compile:
+            check_compile(torch.device(device))
         self.model, self.tokenizer, self.source = loading.load(model, dtype=dtype, device=device)
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -59,6 +64,9 @@ class TransformersBackend(TokenizerText):
             think_end_id=self._token_id("</think>"),
             decode_text=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
         )
+        self.compiled = compile
+        if compile:
+            self.parts = compile_parts(self.parts, self.device)
 
     # ------------------------------------------------------------------ model facts
     def _eos_ids(self) -> frozenset[int]:
@@ -105,6 +113,8 @@ class TransformersBackend(TokenizerText):
 
     # ------------------------------------------------------------------ generation
     def prepare(self, policy: Policy) -> None:
+        if self.compiled:
+            check_compile(self.device, policy)
         policy.prepare(self.model_info())
 
     def generate(

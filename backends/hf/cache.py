@@ -1,20 +1,31 @@
-"""A transformers ``Cache`` that compacts in place and whose allocation is bounded by the schedule.
+"""A KV cache with a fixed slot capacity, written as a ring, compacted one sequence at a time.
 
-Every layer owns one preallocated buffer of ``capacity`` slots per sequence (capacity = budget + interval under
-the budget schedule, prompt + max_new_tokens for the full cache), so the KV memory a run allocates is known
-exactly and really drops with the budget -- eviction is a gather into the front of the buffer, not a mask.
+Capacity is fixed per batch (budget + interval under a budget schedule, prompt + max_new_tokens for the full
+cache), so the KV memory a run allocates is known exactly and really drops with the budget. Every layer's keys
+and values live in one stacked buffer ``[layers, 2, B, KVH, capacity, D]``.
 
-Physical slots are shared by the batch (left padding); per-slot metadata (validity, logical position, token id,
-prompt flag, policy state) lives here too and is compacted with the keys and values. Logical positions are what
-RoPE saw, so a token keeps its position after its neighbours are evicted (keys are cached after RoPE).
+All sequences of the batch write their next token to the same slot, which walks round the buffer. A sequence's
+tokens therefore always form one run of slots ending just before the write slot; when its schedule fires, only
+that sequence's kept tokens are moved, to the end of that run, freeing the slots the next writes will use. The
+step attends over a fixed span of the buffer (the whole buffer once it has wrapped) with a validity mask, so
+shapes stay fixed between compactions and nothing in the step depends on a value only the device knows.
+
+Per-slot metadata (validity, logical position, token id, prompt flag, policy state) lives here too and moves with
+the keys and values. Logical positions are what RoPE saw, so a token keeps its position after its neighbours are
+evicted (keys are cached after RoPE). At selection time policies see a sequence's slots in generation order
+(``ordered_slots``); at observe time their state is indexed by physical slot, which wraps (``StepObservation``).
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
+
+#: attention spans grow in steps of this many slots until the buffer has wrapped (fewer distinct shapes)
+SPAN_STEP = 64
 
 
 class CacheCapacityError(RuntimeError):
@@ -22,16 +33,17 @@ class CacheCapacityError(RuntimeError):
 
 
 class CompactingLayer(CacheLayerMixin):
-    """One layer's keys and values in a fixed buffer ``[B, KVH, capacity, D]``; length lives in the owner."""
+    """One layer's view ``[B, KVH, capacity, D]`` of its owner's stacked keys and values."""
 
     is_sliding = False
     is_croppable = False
 
-    def __init__(self, owner: CompactingCache) -> None:
+    def __init__(self, owner: CompactingCache, index: int) -> None:
         super().__init__()
         # A weak reference: a strong one would make cache <-> layer a cycle, so a finished batch's buffers would
         # stay allocated until Python's cyclic collector happened to run (on a GPU: the next batch's peak memory).
         self._owner = weakref.ref(owner)
+        self.index = index
 
     @property
     def owner(self) -> CompactingCache:
@@ -41,27 +53,33 @@ class CompactingLayer(CacheLayerMixin):
         return owner
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        b, h, _, d = key_states.shape
-        shape = (b, h, self.owner.capacity, d)
-        self.keys = torch.empty(shape, dtype=key_states.dtype, device=key_states.device)
-        self.values = torch.empty(shape, dtype=value_states.dtype, device=value_states.device)
-        self.dtype, self.device = key_states.dtype, key_states.device
+        self.owner.allocate_kv(key_states)
+
+    def bind(self, kv: torch.Tensor) -> None:
+        """Point this layer at its slice of the owner's (re)allocated stacked buffer."""
+        self.keys, self.values = kv[self.index, 0], kv[self.index, 1]
+        self.dtype, self.device = kv.dtype, kv.device
         self.is_initialized = True
-        self.owner._note_allocation()
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        start = self.owner.length
-        end = start + key_states.shape[-2]
-        if end > self.owner.capacity:
-            raise CacheCapacityError(f"cache capacity {self.owner.capacity} exceeded (need {end} slots)")
-        self.keys[:, :, start:end] = key_states
-        self.values[:, :, start:end] = value_states
-        return self.keys[:, :, :end], self.values[:, :, :end]
+        owner = self.owner
+        q = key_states.shape[-2]
+        if q == 1:  # a decode step: the write slot is a device tensor, so the step has one shape per span
+            self.keys.index_copy_(2, owner.slot, key_states)
+            self.values.index_copy_(2, owner.slot, value_states)
+        else:
+            start = owner.write_slot
+            if start + q > owner.capacity:
+                raise CacheCapacityError(f"cache capacity {owner.capacity} exceeded (need {start + q} slots)")
+            self.keys[:, :, start : start + q] = key_states
+            self.values[:, :, start : start + q] = value_states
+        span = owner.span
+        return self.keys[:, :, :span], self.values[:, :, :span]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.owner.length + query_length, 0
+        return self.owner.span, 0
 
     def get_seq_length(self) -> int:
         return self.owner.length
@@ -69,128 +87,243 @@ class CompactingLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return self.owner.capacity
 
-    def live_keys(self) -> torch.Tensor:
-        return self.keys[:, :, : self.owner.length]
 
-    def gather_(self, kept: torch.Tensor) -> None:
-        """Move the kept slots ``[B, K]`` to the front of the buffer, in order."""
-        if not self.is_initialized:
-            return
-        k = kept.shape[1]
-        index = kept[:, None, :, None].expand(-1, self.keys.shape[1], -1, self.keys.shape[3])
-        # gather makes a copy first, so overlapping source and destination slots are safe
-        self.keys[:, :, :k] = self.keys.gather(2, index)
-        self.values[:, :, :k] = self.values.gather(2, index)
+class OrderedKeys(Sequence):
+    """Per layer, the keys of some sequences with their slots in generation order, made on first access (only
+    policies that read keys pay for the copy)."""
 
-    def resize_(self, capacity: int, length: int) -> None:
-        if self.is_initialized:
-            for name in ("keys", "values"):
-                old = getattr(self, name)
-                new = old.new_empty((*old.shape[:2], capacity, old.shape[3]))
-                new[:, :, :length] = old[:, :, :length]
-                setattr(self, name, new)
+    def __init__(self, kv: torch.Tensor, rows: torch.Tensor, order: torch.Tensor) -> None:
+        self._kv, self._rows, self._order = kv, rows, order
 
-    def select_rows_(self, rows: torch.Tensor) -> None:
-        if self.is_initialized:
-            self.keys = self.keys.index_select(0, rows)
-            self.values = self.values.index_select(0, rows)
+    def __len__(self) -> int:
+        return self._kv.shape[0]
+
+    def __getitem__(self, layer):  # type: ignore[override]
+        if isinstance(layer, slice):
+            return [self[i] for i in range(*layer.indices(len(self)))]
+        return self._kv[layer, 0].index_select(0, self._rows).index_select(2, self._order)
 
 
 class CompactingCache(Cache):
-    """Bounded, compacting KV cache for the project's decode loop (see module docstring)."""
+    """Ring-written, per-sequence compacting KV cache for the project's decode loop (see module docstring)."""
 
     def __init__(self, num_layers: int, capacity: int, state_names: tuple[str, ...] = ()) -> None:
         self.capacity = capacity
-        self.length = 0  # physical slots in use, shared by the batch
-        super().__init__(layers=[CompactingLayer(self) for _ in range(num_layers)])
-        self.valid: torch.Tensor | None = None
-        self.positions: torch.Tensor | None = None
-        self.token_ids: torch.Tensor | None = None
-        self.is_prompt: torch.Tensor | None = None
+        self.written = 0  # slots advanced since the start; the write slot is ``written % capacity``
+        self.span = 0  # slots the next forward attends over (set by ``append``)
+        super().__init__(layers=[CompactingLayer(self, i) for i in range(num_layers)])
+        self.kv: torch.Tensor | None = None  # [layers, 2, B, KVH, capacity, D]
+        self.flags: torch.Tensor | None = None  # bool [2, B, capacity]: valid, is_prompt
+        self.ids: torch.Tensor | None = None  # long [2, B, capacity]: logical position (-1 if empty), token id
+        self.scores: torch.Tensor | None = None  # float [S, B, capacity]: per-slot policy state
+        self.slot: torch.Tensor | None = None  # long [1] on the device: the write slot, for the decode step
         self.state_names = state_names
-        self.state: dict[str, torch.Tensor] = {}
         self.peak_allocated_bytes = 0
 
-    # ---------------------------------------------------------------- metadata
+    # ---------------------------------------------------------------- views
+    @property
+    def valid(self) -> torch.Tensor:
+        return self.flags[0]  # type: ignore[index]
+
+    @property
+    def is_prompt(self) -> torch.Tensor:
+        return self.flags[1]  # type: ignore[index]
+
+    @property
+    def positions(self) -> torch.Tensor:
+        return self.ids[0]  # type: ignore[index]
+
+    @property
+    def token_ids(self) -> torch.Tensor:
+        return self.ids[1]  # type: ignore[index]
+
+    @property
+    def state(self) -> dict[str, torch.Tensor]:
+        if self.scores is None:
+            return {}
+        return {name: self.scores[i] for i, name in enumerate(self.state_names)}
+
+    @property
+    def write_slot(self) -> int:
+        return self.written % self.capacity
+
+    @property
+    def wrapped(self) -> bool:
+        return self.written >= self.capacity
+
+    @property
+    def length(self) -> int:
+        """Slots that have ever been written: every live token lies in ``[0, length)``."""
+        return min(self.written, self.capacity)
+
+    # ---------------------------------------------------------------- allocation
+    def _allocate_metadata(self, batch: int, device: torch.device) -> None:
+        c = self.capacity
+        self.flags = torch.zeros(2, batch, c, dtype=torch.bool, device=device)
+        self.ids = torch.zeros(2, batch, c, dtype=torch.long, device=device)
+        self.ids[0] = -1
+        self.scores = torch.zeros(len(self.state_names), batch, c, device=device) if self.state_names else None
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)
+
+    def allocate_kv(self, key_states: torch.Tensor) -> None:
+        """Allocate every layer's keys and values at once (zeros: masked slots must hold finite values)."""
+        b, h, _, d = key_states.shape
+        shape = (len(self.layers), 2, b, h, self.capacity, d)
+        self._rebind(torch.zeros(shape, dtype=key_states.dtype, device=key_states.device))
+
+    def _rebind(self, kv: torch.Tensor) -> None:
+        self.kv = kv
+        for layer in self.layers:
+            layer.bind(kv)
+        self.peak_allocated_bytes = max(self.peak_allocated_bytes, self.allocated_bytes())
+
+    # ---------------------------------------------------------------- writing
     def append(self, token_ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, is_prompt: bool) -> int:
         """Record the metadata of ``q`` tokens about to be written; returns their first slot.
 
-        Call before the forward pass that writes them; ``advance`` after it.
+        Call before the forward pass that writes them; ``advance`` after it. Several tokens at once (a prompt)
+        only into an empty cache; a decode step writes one token per sequence, at the device-side write slot.
         """
         b, q = token_ids.shape
-        if self.valid is None:
-            dev = token_ids.device
-            self.valid = torch.zeros(b, self.capacity, dtype=torch.bool, device=dev)
-            self.positions = torch.full((b, self.capacity), -1, dtype=torch.long, device=dev)
-            self.token_ids = torch.zeros(b, self.capacity, dtype=torch.long, device=dev)
-            self.is_prompt = torch.zeros(b, self.capacity, dtype=torch.bool, device=dev)
-            self.state = {name: torch.zeros(b, self.capacity, device=dev) for name in self.state_names}
-        start = self.length
-        end = start + q
-        if end > self.capacity:
-            raise CacheCapacityError(f"cache capacity {self.capacity} exceeded (need {end} slots)")
-        self.valid[:, start:end] = valid
-        self.positions[:, start:end] = torch.where(valid, positions, -1)
-        self.token_ids[:, start:end] = token_ids
-        self.is_prompt[:, start:end] = is_prompt
-        for tensor in self.state.values():
-            tensor[:, start:end] = 0
+        if self.flags is None:
+            self._allocate_metadata(b, token_ids.device)
+        assert self.flags is not None and self.ids is not None and self.slot is not None
+        start = self.write_slot
+        if q == 1:
+            self.flags.index_copy_(2, self.slot, torch.stack([valid, torch.full_like(valid, is_prompt)]))
+            self.ids.index_copy_(2, self.slot, torch.stack([torch.where(valid, positions, -1), token_ids]))
+            if self.scores is not None:
+                self.scores.index_fill_(2, self.slot, 0.0)
+        else:
+            if self.written:
+                raise CacheCapacityError("several tokens at once can only be written into an empty cache")
+            if q > self.capacity:
+                raise CacheCapacityError(f"cache capacity {self.capacity} exceeded (need {q} slots)")
+            self.flags[0, :, :q] = valid
+            self.flags[1, :, :q] = is_prompt
+            self.ids[0, :, :q] = torch.where(valid, positions, -1)
+            self.ids[1, :, :q] = token_ids
+        self.span = self.capacity if self.written + q > self.capacity else min(
+            self.capacity, -(-(self.written + q) // SPAN_STEP) * SPAN_STEP
+        )
         return start
 
     def advance(self, q: int) -> None:
-        self.length += q
+        """The forward wrote ``q`` tokens: move the write slot on (host and device side)."""
+        self.written += q
+        assert self.slot is not None
+        if q == 1:
+            self.slot.add_(1).remainder_(self.capacity)
+        else:
+            self.slot.fill_(self.write_slot)
 
     def attention_mask(self, q: int) -> torch.Tensor:
-        """2D padding mask over the live slots plus ``q`` incoming ones (all valid)."""
-        assert self.valid is not None
-        return self.valid[:, : self.length + q]
+        """4D boolean mask ``[B, 1, q, span]`` over the attended span: a view for a decode step; for a prompt,
+        causal and padding (a padded query sees itself so that no row is fully masked)."""
+        valid = self.valid[:, None, None, : self.span]
+        if q == 1:
+            return valid
+        rows = torch.arange(q, device=valid.device)[:, None]
+        cols = torch.arange(self.span, device=valid.device)[None, :]
+        return (valid & (cols <= rows)) | (cols == rows)
 
     def live_counts(self) -> torch.Tensor:
-        assert self.valid is not None
-        return self.valid[:, : self.length].sum(-1)
+        return self.valid.sum(-1)
 
     # ---------------------------------------------------------------- eviction
+    def ordered_slots(self) -> torch.Tensor:
+        """Long ``[capacity]``: physical slot of each position in generation order (oldest first; the newest
+        token of every sequence last, slots never written or freed before them)."""
+        assert self.slot is not None
+        return (torch.arange(self.capacity, device=self.slot.device) + self.write_slot) % self.capacity
+
+    def ordered_rows(self, rows: torch.Tensor, order: torch.Tensor) -> dict[str, torch.Tensor | OrderedKeys]:
+        """The metadata, state and keys of sequences ``rows`` with slots in generation order (``order``)."""
+        assert self.flags is not None and self.ids is not None and self.kv is not None
+        flags = self.flags.index_select(1, rows).index_select(2, order)
+        ids = self.ids.index_select(1, rows).index_select(2, order)
+        state = {}
+        if self.scores is not None:
+            scores = self.scores.index_select(1, rows).index_select(2, order)
+            state = {name: scores[i] for i, name in enumerate(self.state_names)}
+        return {"valid": flags[0], "is_prompt": flags[1], "positions": ids[0], "token_ids": ids[1],
+                "state": state, "keys": OrderedKeys(self.kv, rows, order)}
+
     def compact(self, kept: torch.Tensor, kept_valid: torch.Tensor) -> None:
-        """Keep slots ``kept[b]`` (``[B, K]``, ascending, left-padded; ``kept_valid`` marks real entries)."""
-        assert self.valid is not None and self.positions is not None
-        k = kept.shape[1]
-        for layer in self.layers:
-            layer.gather_(kept)
-        for name in ("valid", "positions", "token_ids", "is_prompt"):
-            tensor = getattr(self, name)
-            tensor[:, :k] = tensor.gather(1, kept)
-            tensor[:, k:] = -1 if name == "positions" else 0
-        self.valid[:, :k] &= kept_valid
-        self.positions[:, :k] = torch.where(self.valid[:, :k], self.positions[:, :k], -1)
-        for tensor in self.state.values():
-            tensor[:, :k] = tensor.gather(1, kept)
-            tensor[:, k:] = 0
-        self.length = k
+        """Keep slots ``kept[b]`` of every sequence (``[B, K]``, in generation order, ascending, left-padded;
+        ``kept_valid`` marks real entries)."""
+        rows = torch.arange(kept.shape[0], device=kept.device)
+        self.compact_rows(rows, self.ordered_slots(), kept, kept_valid)
+
+    def compact_rows(self, rows: torch.Tensor, order: torch.Tensor, kept: torch.Tensor,
+                     kept_valid: torch.Tensor) -> None:
+        """Keep, of sequences ``rows``, the generation-order positions ``kept`` ``[F, K]`` (see ``compact``),
+        moved to the end of each sequence's run of slots. Only slots that change place move: one copy of every
+        layer's keys and values together (one readback of how many move), one per metadata dtype; the other
+        sequences are not touched."""
+        assert self.kv is not None and self.flags is not None and self.ids is not None
+        c, k = self.capacity, kept.shape[1]
+        src = order[kept]  # [F, K] physical slots kept
+        dst = order[c - k :].expand_as(src)  # right-aligned: the newest kept token stays the newest slot
+        self._move_kv(rows, src, dst, kept_valid)
+
+        flags = self.flags.index_select(1, rows)
+        new_flags = torch.zeros_like(flags)
+        new_flags.scatter_(2, dst.expand(2, -1, -1), flags.gather(2, src.expand(2, -1, -1)) & kept_valid)
+        self.flags.index_copy_(1, rows, new_flags)
+        ids = self.ids.index_select(1, rows)
+        new_ids = torch.zeros_like(ids)
+        new_ids[0] = -1
+        kept_ids = ids.gather(2, src.expand(2, -1, -1))
+        kept_ids[0].masked_fill_(~kept_valid, -1)
+        new_ids.scatter_(2, dst.expand(2, -1, -1), kept_ids)
+        self.ids.index_copy_(1, rows, new_ids)
+        if self.scores is not None:
+            scores = self.scores.index_select(1, rows)
+            s = len(self.state_names)
+            kept_scores = scores.gather(2, src.expand(s, -1, -1)).masked_fill(~kept_valid, 0.0)
+            self.scores.index_copy_(1, rows, torch.zeros_like(scores).scatter_(2, dst.expand(s, -1, -1), kept_scores))
+
+    def _move_kv(self, rows: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, kept_valid: torch.Tensor) -> None:
+        """Copy slot ``src[f, k]`` to ``dst[f, k]`` of sequence ``rows[f]`` in every layer's keys and values, for
+        the kept entries that change place: as rows of ``D`` values of a ``[layers * 2, B * KVH * C, D]`` view."""
+        assert self.kv is not None
+        layers, two, batch, heads, c, dim = self.kv.shape
+        moving = (kept_valid & (src != dst)).flatten().nonzero().squeeze(1)  # flat (f, k) entries that move
+        if moving.numel() == 0:
+            return
+        row = rows.index_select(0, moving // src.shape[1])
+        first = (row[:, None] * heads + torch.arange(heads, device=rows.device)) * c  # [N, KVH] slot 0 of each head
+        flat = self.kv.view(layers * two, batch * heads * c, dim)
+        moved = flat.index_select(1, (first + src.view(-1).index_select(0, moving)[:, None]).flatten())
+        to = dst[0].index_select(0, moving % src.shape[1])  # every row's destinations are the same slots
+        flat.index_copy_(1, (first + to[:, None]).flatten(), moved)
 
     def shrink(self, capacity: int) -> None:
-        """Reallocate every buffer to ``capacity`` slots (after a long prompt was compressed below it)."""
-        if capacity >= self.capacity or capacity < self.length:
+        """Reallocate every buffer to ``capacity`` slots (after a long prompt was compressed below it). Every
+        sequence must then hold fewer tokens than ``capacity``: its run of slots is what is copied."""
+        if capacity >= self.capacity or self.kv is None:
             return
-        for layer in self.layers:
-            layer.resize_(capacity, self.length)
-        for name in ("valid", "positions", "token_ids", "is_prompt"):
-            setattr(self, name, getattr(self, name)[:, :capacity].clone())
-        self.state = {n: t[:, :capacity].clone() for n, t in self.state.items()}
+        assert self.flags is not None and self.ids is not None and self.slot is not None
+        keep = self.ordered_slots()[self.capacity - capacity :]
+        self._rebind(self.kv.index_select(4, keep))
+        self.flags = self.flags.index_select(2, keep)
+        self.ids = self.ids.index_select(2, keep)
+        if self.scores is not None:
+            self.scores = self.scores.index_select(2, keep)
         self.capacity = capacity
+        self.written = capacity  # wrapped, the write slot back at 0
+        self.slot.zero_()
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Drop finished sequences from the batch (frees their share of the buffers)."""
-        for layer in self.layers:
-            layer.select_rows_(rows)
-        for name in ("valid", "positions", "token_ids", "is_prompt"):
-            setattr(self, name, getattr(self, name).index_select(0, rows))
-        self.state = {n: t.index_select(0, rows) for n, t in self.state.items()}
-        # Left padding shared by all remaining rows can go: shift everyone left.
-        assert self.valid is not None
-        first = int(self.valid[:, : self.length].any(0).long().argmax()) if self.length else 0
-        if first > 0:
-            kept = torch.arange(first, self.length, device=rows.device).expand(rows.numel(), -1)
-            self.compact(kept, self.valid.gather(1, kept))
+        if self.kv is not None:
+            self._rebind(self.kv.index_select(2, rows))
+        if self.flags is not None:
+            self.flags = self.flags.index_select(1, rows)
+            self.ids = self.ids.index_select(1, rows)  # type: ignore[union-attr]
+            if self.scores is not None:
+                self.scores = self.scores.index_select(1, rows)
 
     # ---------------------------------------------------------------- accounting
     @property
@@ -199,12 +332,4 @@ class CompactingCache(Cache):
 
     def allocated_bytes(self) -> int:
         """Exact bytes of every key and value buffer currently allocated."""
-        total = 0
-        for layer in self.layers:
-            if layer.is_initialized:
-                total += layer.keys.numel() * layer.keys.element_size()
-                total += layer.values.numel() * layer.values.element_size()
-        return total
-
-    def _note_allocation(self) -> None:
-        self.peak_allocated_bytes = max(self.peak_allocated_bytes, self.allocated_bytes())
+        return 0 if self.kv is None else self.kv.numel() * self.kv.element_size()

@@ -1,8 +1,13 @@
-"""The project's own decode loop (not ``generate``): batched, left-padded, explicit logical positions.
+"""The project's own decode loop (not ``generate``): batched, left-padded prompts, explicit logical positions.
 
 Per step: forward the incoming tokens through the decoder into a ``CompactingCache`` -> the policy observes
-(hidden states / queries / attention, as it declared) -> sample -> drop finished rows -> if the schedule
-triggers for any row: score -> select -> evict. Prompt tokens are processed in one prefill forward.
+(hidden states / queries / attention, as it declared) -> sample -> drop finished rows -> for every row whose
+schedule fires: score -> select -> evict (that row only). Prompt tokens are processed in one prefill forward.
+
+The decode step (``decode_forward``) has fixed shapes between compactions and reads nothing back from the device:
+the write slot and the positions are device tensors moved on in place, the mask is a view of the cache's validity.
+What the host must know (live tokens per row, when a schedule fires, how many tokens survive) it counts itself;
+the one device-to-host transfer per step is the sampled tokens (``read_tokens``), needed to finish rows.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ import torch
 
 from backends.base import GenerationRequest, SamplingParams, SequenceResult
 from backends.hf.cache import CompactingCache
+from backends.hf.clock import NO_CLOCK, Clock, sync
 from backends.hf.observe import KVObserver
 from backends.hf.sampling import choose_next, make_generators
 from zoo.base import CacheView, Policy, StepObservation
 from zoo.schedule import EvictionSchedule
 
 ATTENTION_STATE = "attention"  # per-slot accumulated attention, when a policy needs it
+
+OnForward = Callable[[CompactingCache, torch.Tensor, list[str]], None]
 
 
 @dataclass
@@ -35,18 +43,20 @@ class ModelParts:
     pad_id: int
     think_end_id: int | None = None
     decode_text: Callable[[list[int]], str] = lambda ids: ""
+    #: the decode step compiled by ``backends.hf.compiled.compile_parts`` (None: eager)
+    compiled_step: Callable | None = None
 
 
 @dataclass
 class _Row:
-    """Book-keeping of one sequence while it is in the batch."""
+    """Book-keeping of one sequence while it is in the batch, all on the host."""
 
     request: GenerationRequest
     schedule: EvictionSchedule | None
     generator: torch.Generator | None
     output: list[int] = field(default_factory=list)
     finish: str | None = None
-    next_position: int = 0
+    live: int = 0  # tokens this sequence holds in the cache
     peak_live: int = 0
     compressions: int = 0
     policy_s: float = 0.0
@@ -70,11 +80,6 @@ class StopChecker:
     def truncate(self, text: str) -> str:
         cut = min((text.find(s) for s in self.stops if s in text), default=-1)
         return text if cut < 0 else text[:cut]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @dataclass
@@ -102,31 +107,44 @@ class Prefill:
 def _left_pad(requests: Sequence[GenerationRequest], pad_id: int, device: torch.device):
     """Left-padded ids, validity and per-row logical positions (starting at 0) of a prompt batch."""
     prompt_len = max(len(r.prompt_ids) for r in requests)
-    input_ids = torch.full((len(requests), prompt_len), pad_id, dtype=torch.long, device=device)
-    valid = torch.zeros(len(requests), prompt_len, dtype=torch.bool, device=device)
+    ids = torch.full((len(requests), prompt_len), pad_id, dtype=torch.long)
+    valid = torch.zeros(len(requests), prompt_len, dtype=torch.bool)
     for i, r in enumerate(requests):
-        input_ids[i, prompt_len - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids, device=device)
+        ids[i, prompt_len - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
         valid[i, prompt_len - len(r.prompt_ids) :] = True
     positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
-    return input_ids, valid, positions
+    return ids.to(device), valid.to(device), positions.to(device)
 
 
-def _forward(parts: ModelParts, cache: CompactingCache, observer: KVObserver, input_ids, positions, valid, prompt):
-    """One forward of the incoming tokens into the cache; returns (first slot written, hidden, last logits)."""
-    q = input_ids.shape[1]
-    start = cache.append(input_ids, positions, valid, is_prompt=prompt)
-    observer.begin(valid, cache.state.get(ATTENTION_STATE))
+def decode_forward(parts: ModelParts, cache: CompactingCache, observer: KVObserver | None,
+                   input_ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward of a decode or prompt step whose metadata the cache already holds: (hidden, last logits)."""
     out = parts.decoder(
         input_ids=input_ids,
-        attention_mask=cache.attention_mask(q),
+        attention_mask=cache.attention_mask(input_ids.shape[1]),
         position_ids=positions,
         past_key_values=cache,
         use_cache=True,
         kv_observer=observer,
     )
-    cache.advance(q)
     hidden = out.last_hidden_state
-    return start, hidden, parts.lm_head(hidden[:, -1]).float()
+    return hidden, parts.lm_head(hidden[:, -1]).float()
+
+
+def _forward(parts: ModelParts, cache: CompactingCache, observer: KVObserver, input_ids, positions, valid, prompt,
+             clock: Clock = NO_CLOCK):
+    """One forward of the incoming tokens into the cache; returns (first slot written, hidden, last logits)."""
+    q = input_ids.shape[1]
+    with clock.section("cache write"):
+        start = cache.append(input_ids, positions, valid, is_prompt=prompt)
+        observer.begin(valid, cache.state.get(ATTENTION_STATE))
+    watching = observer if observer.watches else None
+    step = parts.compiled_step if parts.compiled_step is not None and q == 1 else decode_forward
+    with clock.section("model"):
+        hidden, logits = step(parts, cache, watching, input_ids, positions)
+    with clock.section("cache write"):
+        cache.advance(q)
+    return start, hidden, logits
 
 
 def prefill_batch(
@@ -135,17 +153,17 @@ def prefill_batch(
     """Run the prompt forward once, keeping everything any policy's decode could start from."""
     input_ids, valid, positions = _left_pad(requests, parts.pad_id, device)
     cache = CompactingCache(parts.num_layers, input_ids.shape[1], (ATTENTION_STATE,))
-    observer = KVObserver(parts.num_layers, query_window)
-    _sync(device)
-    t0 = time.perf_counter()
+    observer = KVObserver(parts.num_layers, query_window, accumulates=True)
+    sync(device)
+    started = time.perf_counter()
     with torch.inference_mode():
         _, hidden, logits = _forward(parts, cache, observer, input_ids, positions, valid, True)
-    _sync(device)
+    sync(device)
     return Prefill(
         list(requests), input_ids, valid, positions,
         [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
         observer.queries, observer.query_valid, cache.state[ATTENTION_STATE], hidden, logits,
-        time.perf_counter() - t0,
+        time.perf_counter() - started,
     )
 
 
@@ -165,6 +183,217 @@ def _restore(prefill: Prefill, cache: CompactingCache, observer: KVObserver) -> 
         observer.query_valid = None if prefill.query_valid is None else prefill.query_valid[:, -w:]
 
 
+@dataclass
+class StepLog:
+    """Per decode step of a batch (``record_steps``): wall time, policy time and cache slots held."""
+
+    step_s: list[float] = field(default_factory=list)
+    step_policy_s: list[float] = field(default_factory=list)
+    step_cache_tokens: list[float] = field(default_factory=list)
+    device: torch.device | None = None
+    _since: float = 0.0
+
+    def start(self) -> None:
+        self._since = time.perf_counter()
+
+    def record(self, policy_s: float, held: int) -> None:
+        sync(self.device)
+        now = time.perf_counter()
+        self.step_s.append(now - self._since)
+        self.step_policy_s.append(policy_s)
+        self.step_cache_tokens.append(float(held))
+        self._since = now
+
+    def as_extra(self) -> dict[str, list[float]]:
+        return {"step_s": self.step_s, "step_policy_s": self.step_policy_s, "step_cache_tokens": self.step_cache_tokens}
+
+
+class BatchDecoder:
+    """One batch's generation under one policy: the loop state and one method per job of a step."""
+
+    def __init__(self, parts: ModelParts, requests: Sequence[GenerationRequest], policy: Policy,
+                 schedule: EvictionSchedule | None, sampling: SamplingParams, device: torch.device,
+                 clock: Clock = NO_CLOCK) -> None:
+        self.parts, self.policy, self.sampling, self.device, self.clock = parts, policy, sampling, device, clock
+        self.rows = [_Row(r, (r.schedule or schedule) if policy.evicts else None, None, live=len(r.prompt_ids))
+                     for r in requests]
+        if not sampling.greedy:
+            for row, gen in zip(self.rows, make_generators([r.seed for r in requests], device)):
+                row.generator = gen
+        self.active = list(range(len(self.rows)))  # row index of every batch entry
+        prompt_len = max(len(r.prompt_ids) for r in requests)
+        state_names = policy.state_names + ((ATTENTION_STATE,) if "attention" in policy.needs else ())
+        self.cache = CompactingCache(parts.num_layers, self._capacity(prompt_len), state_names)
+        self.observer = KVObserver(parts.num_layers, policy.query_window if "queries" in policy.needs else 0,
+                                   accumulates="attention" in policy.needs)
+        self.stopper = StopChecker(sampling.stop, parts.decode_text)
+        self.want_hidden = "hidden" in policy.needs
+        self.positions = torch.tensor([[len(r.prompt_ids)] for r in requests], device=device)
+        self.started = 0.0
+        self.ttft = 0.0
+
+    def _capacity(self, prompt_len: int) -> int:
+        """Slots per row: the largest any row's schedule can need (the bound on allocated KV memory)."""
+        new = self.sampling.max_new_tokens
+        return max(row.schedule.capacity(prompt_len, new) if row.schedule else prompt_len + new for row in self.rows)
+
+    # ---------------------------------------------------------------- one step's jobs
+    def forward_prompt(self, prefill: Prefill | None) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prompt forward (or a shared prefill loaded); returns (slot start, ids, hidden, logits)."""
+        if prefill is not None:
+            _restore(prefill, self.cache, self.observer)
+            return 0, prefill.input_ids, prefill.hidden, prefill.logits
+        ids, valid, positions = _left_pad([r.request for r in self.rows], self.parts.pad_id, self.device)
+        start, hidden, logits = _forward(self.parts, self.cache, self.observer, ids, positions, valid, True)
+        return start, ids, hidden, logits
+
+    def forward_step(self, input_ids: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """One decode forward of every active row's last token; returns (slot, hidden, logits)."""
+        valid = torch.ones_like(input_ids, dtype=torch.bool)
+        start, hidden, logits = _forward(self.parts, self.cache, self.observer, input_ids, self.positions, valid,
+                                         False, self.clock)
+        with self.clock.section("cache write"):
+            self.positions.add_(1)
+        for i in self.active:
+            self.rows[i].live += 1
+        return start, hidden, logits
+
+    def observe(self, ids: torch.Tensor, start: int, hidden: torch.Tensor, prompt: bool) -> float:
+        """Hand the forward's observation to the policy; returns the seconds charged to it."""
+        with self.clock.section("observe"):
+            started = time.perf_counter()
+            obs = StepObservation(ids, start, hidden if self.want_hidden else None, prompt)
+            self.policy.observe(obs, self.cache.state)
+            return time.perf_counter() - started + self.observer.take_seconds()
+
+    def choose(self, logits: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """The next token of every active row, on the device and on the host (forced tokens applied)."""
+        with self.clock.section("sample"):
+            rows = [self.rows[i] for i in self.active]
+            next_ids = choose_next(logits, self.sampling, [row.generator for row in rows])
+            tokens = read_tokens(next_ids)
+            forced = _force(tokens, rows)
+            if forced:
+                next_ids = torch.tensor(tokens, device=self.device)
+            return next_ids, tokens
+
+    def finish_rows(self, tokens: list[int], observe_s: float) -> list[int]:
+        """Append each row's token, end the rows that are done; returns the batch entries that go on."""
+        now = time.perf_counter()
+        going = []
+        for b, i in enumerate(self.active):
+            row = self.rows[i]
+            row.policy_s += observe_s
+            row.peak_live = max(row.peak_live, row.live)
+            row.output.append(tokens[b])
+            row.finish = self._finish_reason(row)
+            if row.finish:
+                row.done_at = now
+            else:
+                going.append(b)
+        return going
+
+    def _finish_reason(self, row: _Row) -> str | None:
+        if row.output[-1] in self.parts.eos_ids:
+            return "eos"
+        if self.stopper.hit(row.output):
+            return "stop"
+        if len(row.output) >= self.sampling.max_new_tokens:
+            return "length"
+        return None
+
+    def drop_finished(self, going: list[int], next_ids: torch.Tensor) -> torch.Tensor:
+        """Remove finished rows from the cache, the observer and the step's inputs."""
+        if len(going) == len(self.active):
+            return next_ids
+        with self.clock.section("drop rows"):
+            keep = torch.tensor(going, device=self.device)
+            self.cache.select_rows(keep)
+            self.observer.select_rows(keep)
+            self.positions = self.positions.index_select(0, keep)
+            self.active = [self.active[b] for b in going]
+            return next_ids.index_select(0, keep)
+
+    def compress(self) -> float:
+        """Compress the rows whose schedule fires, and only those; returns the seconds spent (0: none fired)."""
+        rows = [self.rows[i] for i in self.active]
+        fired = [b for b, row in enumerate(rows) if row.schedule is not None and row.schedule.triggers(row.live)]
+        if not fired:
+            return 0.0
+        started = time.perf_counter()
+        with self.clock.section("compaction"):
+            chosen = [rows[b] for b in fired]
+            keep = [row.schedule.keep_count(row.live, len(row.request.prompt_ids)) for row in chosen]  # type: ignore[union-attr]
+            compress_rows(self.cache, self.observer, self.policy, fired, keep, chosen[0].schedule,
+                          self.parts.think_end_id, self.clock)
+            # a prompt longer than the budget made the buffers larger than the schedule needs: give that back
+            self.cache.shrink(max(row.schedule.steady_capacity() for row in rows if row.schedule))
+        elapsed = time.perf_counter() - started
+        for row, kept in zip(chosen, keep):
+            row.live = kept
+            row.compressions += 1
+        for row in rows:
+            row.policy_s += elapsed
+        return elapsed
+
+
+def read_tokens(next_ids: torch.Tensor) -> list[int]:
+    """The step's one device-to-host transfer: the sampled tokens, which decide which rows are done."""
+    return next_ids.tolist()
+
+
+def _force(tokens: list[int], rows: list[_Row]) -> bool:
+    """Replace the choices of rows that still have forced tokens to write (trace replay); whether any did."""
+    forced = False
+    for b, row in enumerate(rows):
+        wanted = row.request.forced_ids
+        if wanted and len(row.output) < len(wanted):
+            tokens[b] = wanted[len(row.output)]
+            forced = True
+    return forced
+
+
+class _RowCompaction:
+    """What ``Policy.evict`` compacts: the fired rows of the cache, in the generation order the policy saw."""
+
+    def __init__(self, cache: CompactingCache, rows: torch.Tensor, order: torch.Tensor) -> None:
+        self.cache, self.rows, self.order = cache, rows, order
+
+    def compact(self, kept: torch.Tensor, kept_valid: torch.Tensor) -> None:
+        self.cache.compact_rows(self.rows, self.order, kept, kept_valid)
+
+
+def compress_rows(cache: CompactingCache, observer: KVObserver, policy: Policy, fired: list[int], keep: list[int],
+                  schedule: EvictionSchedule | None, think_end_id: int | None, clock: Clock = NO_CLOCK) -> None:
+    """Score, select and evict the batch entries ``fired``, keeping ``keep[i]`` tokens of each.
+
+    The policy sees those rows only, slots in generation order (``CacheView``'s contract); keys are copied
+    only if it reads them. Every row shares one schedule shape: window and prompt protection come from it.
+    """
+    assert schedule is not None
+    device = cache.valid.device
+    rows = torch.tensor(fired, device=device)
+    with clock.section("view"):
+        order = cache.ordered_slots()
+        seen = cache.ordered_rows(rows, order)
+        queries = None
+        if observer.query_window:
+            queries = [q.index_select(0, rows) for q in observer.queries]  # type: ignore[union-attr]
+        view = CacheView(
+            valid=seen["valid"], positions=seen["positions"], token_ids=seen["token_ids"],  # type: ignore[arg-type]
+            is_prompt=seen["is_prompt"], keys=seen["keys"], queries=queries,  # type: ignore[arg-type]
+            query_valid=None if observer.query_valid is None else observer.query_valid.index_select(0, rows),
+            state=seen["state"], think_end_id=think_end_id,  # type: ignore[arg-type]
+        )
+    with clock.section("score"):
+        scores = policy.score(view)
+    with clock.section("select"):
+        kept, kept_valid = policy.select(scores, view, torch.tensor(keep, device=device), schedule.window,
+                                         schedule.protect_prompt)
+    with clock.section("gather"):
+        policy.evict(_RowCompaction(cache, rows, order), kept, kept_valid)
+
+
 def generate_batch(
     parts: ModelParts,
     requests: Sequence[GenerationRequest],
@@ -172,180 +401,72 @@ def generate_batch(
     schedule: EvictionSchedule | None,
     sampling: SamplingParams,
     device: torch.device,
-    on_forward: Callable[[CompactingCache, torch.Tensor, list[str]], None] | None = None,
+    on_forward: OnForward | None = None,
     record_steps: bool = False,
     prefill: Prefill | None = None,
+    clock: Clock = NO_CLOCK,
 ) -> list[SequenceResult]:
     """Generate every request in one batch.
 
     ``on_forward(cache, logits, request_ids)`` is a test hook. With ``record_steps`` every result's ``extra``
     gets ``step_s`` / ``step_policy_s`` / ``step_cache_tokens``: wall time, policy time and physical cache
-    length (before that step's compression) of each decode step of the batch (for benchmarks).
+    slots held (before that step's compression) of each decode step of the batch (for benchmarks).
     ``prefill`` (from ``prefill_batch`` on the same requests) skips the prompt forward; TTFT then counts the
-    shared prefill's time.
+    shared prefill's time. ``clock`` times the sections of every step (the breakdown benchmark).
     """
     if prefill is not None and [r.request_id for r in prefill.requests] != [r.request_id for r in requests]:
         raise ValueError("the prefill was made for other requests")
-    rows = [
-        _Row(r, (r.schedule or schedule) if policy.evicts else None, None, next_position=len(r.prompt_ids))
-        for r in requests
-    ]
-    if not sampling.greedy:
-        for row, gen in zip(rows, make_generators([r.seed for r in requests], device)):
-            row.generator = gen
-    input_ids, valid, positions = _left_pad(requests, parts.pad_id, device)
-    prompt_len = input_ids.shape[1]
-    capacity = max(
-        row.schedule.capacity(prompt_len, sampling.max_new_tokens)
-        if row.schedule
-        else prompt_len + sampling.max_new_tokens
-        for row in rows
-    )
-    state_names = policy.state_names + ((ATTENTION_STATE,) if "attention" in policy.needs else ())
-    cache = CompactingCache(parts.num_layers, capacity, state_names)
-    observer = KVObserver(parts.num_layers, policy.query_window if "queries" in policy.needs else 0)
-    stopper = StopChecker(sampling.stop, parts.decode_text)
-    want_hidden = "hidden" in policy.needs
-
-    active = list(range(len(rows)))  # row index of every batch entry
-    steps: dict[str, list[float]] = {"step_s": [], "step_policy_s": [], "step_cache_tokens": []}
-    _sync(device)
-    t0 = step_start = time.perf_counter()
-    is_prompt = True
+    decoder = BatchDecoder(parts, requests, policy, schedule, sampling, device, clock)
+    log = StepLog(device=device) if record_steps else None
     with torch.inference_mode():
-        while True:
-            # ---- forward the incoming tokens (or start from a shared prefill)
-            if is_prompt and prefill is not None:
-                _restore(prefill, cache, observer)
-                start, hidden, logits = 0, prefill.hidden, prefill.logits
-            else:
-                start, hidden, logits = _forward(parts, cache, observer, input_ids, positions, valid, is_prompt)
-            if on_forward is not None:
-                on_forward(cache, logits, [rows[i].request.request_id for i in active])
-            tp = time.perf_counter()
-            policy.observe(StepObservation(input_ids, start, hidden if want_hidden else None, is_prompt), cache.state)
-            observe_s = time.perf_counter() - tp + observer.take_seconds()
-
-            # ---- choose next tokens, finish rows
-            next_ids = _force(choose_next(logits, sampling, [rows[i].generator for i in active]),
-                              [rows[i] for i in active])
-            _sync(device)
-            now = time.perf_counter()
-            if is_prompt:
-                ttft = now - t0 + (prefill.seconds if prefill is not None else 0.0)
-            live = cache.live_counts().tolist()
-            keep_entries = []
-            for b, i in enumerate(active):
-                row = rows[i]
-                row.policy_s += observe_s
-                row.peak_live = max(row.peak_live, live[b])
-                token = int(next_ids[b])
-                row.output.append(token)
-                if token in parts.eos_ids:
-                    row.finish = "eos"
-                elif stopper.hit(row.output):
-                    row.finish = "stop"
-                elif len(row.output) >= sampling.max_new_tokens:
-                    row.finish = "length"
-                if row.finish:
-                    row.done_at = now
-                else:
-                    keep_entries.append(b)
-            if not keep_entries:
-                break
-            if len(keep_entries) < len(active):
-                sel = torch.tensor(keep_entries, device=device)
-                cache.select_rows(sel)
-                observer.select_rows(sel)
-                next_ids = next_ids.index_select(0, sel)
-                active = [active[b] for b in keep_entries]
-
-            # ---- compress when the schedule says so
-            held = cache.length  # the step's largest cache, before any compression
-            compress_s = _maybe_compress(cache, observer, policy, [rows[i] for i in active], parts.think_end_id)
-            if record_steps:
-                _sync(device)
-                end = time.perf_counter()
-                if not is_prompt:
-                    steps["step_s"].append(end - step_start)
-                    steps["step_policy_s"].append(observe_s + compress_s)
-                    steps["step_cache_tokens"].append(float(held))
-                step_start = end
-
-            input_ids = next_ids.unsqueeze(1)
-            positions = torch.tensor([[rows[i].next_position] for i in active], device=device)
-            valid = torch.ones_like(input_ids, dtype=torch.bool)
-            for i in active:
-                rows[i].next_position += 1
-            is_prompt = False
-
-    results = [_result(row, ttft, t0, parts, stopper) for row in rows]
+        _decode(decoder, prefill, on_forward, log)
+    results = [_result(row, decoder.ttft, decoder.started, parts, decoder.stopper) for row in decoder.rows]
     for result in results:
-        result.extra["kv_batch_allocated_bytes"] = cache.peak_allocated_bytes
-        result.extra["batch_size"] = len(rows)
-        if record_steps:
-            result.extra.update(steps)
+        result.extra["kv_batch_allocated_bytes"] = decoder.cache.peak_allocated_bytes
+        result.extra["batch_size"] = len(decoder.rows)
+        if log is not None:
+            result.extra.update(log.as_extra())
     return results
 
 
-def _force(next_ids: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
-    """Replace the choices of rows that still have forced tokens to write (trace replay)."""
-    for b, row in enumerate(rows):
-        forced = row.request.forced_ids
-        if forced and len(row.output) < len(forced):
-            next_ids[b] = forced[len(row.output)]
+def _decode(decoder: BatchDecoder, prefill: Prefill | None, on_forward: OnForward | None,
+            log: StepLog | None) -> None:
+    """The loop: prompt, then one step at a time until every row has finished."""
+    sync(decoder.device)
+    decoder.started = time.perf_counter()
+    if log is not None:
+        log.start()
+    start, ids, hidden, logits = decoder.forward_prompt(prefill)
+    next_ids = _after_forward(decoder, start, ids, hidden, logits, True, prefill, on_forward, log)
+    while next_ids is not None:
+        with decoder.clock.section("decode step"):
+            ids = next_ids.unsqueeze(1)
+            start, hidden, logits = decoder.forward_step(ids)
+            next_ids = _after_forward(decoder, start, ids, hidden, logits, False, None, on_forward, log)
+
+
+def _after_forward(decoder: BatchDecoder, start: int, ids: torch.Tensor, hidden: torch.Tensor, logits: torch.Tensor,
+                   prompt: bool, prefill: Prefill | None, on_forward: OnForward | None,
+                   log: StepLog | None) -> torch.Tensor | None:
+    """Everything a step does after its forward; returns the next step's tokens, None once every row is done."""
+    if on_forward is not None:
+        on_forward(decoder.cache, logits, [decoder.rows[i].request.request_id for i in decoder.active])
+    observe_s = decoder.observe(ids, start, hidden, prompt)
+    next_ids, tokens = decoder.choose(logits)
+    if prompt:
+        decoder.ttft = time.perf_counter() - decoder.started + (prefill.seconds if prefill is not None else 0.0)
+    going = decoder.finish_rows(tokens, observe_s)
+    if not going:
+        return None
+    next_ids = decoder.drop_finished(going, next_ids)
+    held = decoder.cache.length  # the step's largest cache, before any compression
+    compress_s = decoder.compress()
+    if log is not None:
+        if prompt:
+            log.start()
+        else:
+            log.record(observe_s + compress_s, held)
     return next_ids
-
-
-def _maybe_compress(
-    cache: CompactingCache,
-    observer: KVObserver,
-    policy: Policy,
-    rows: list[_Row],
-    think_end_id: int | None,
-) -> float:
-    """Compress if any row's schedule fires; returns the seconds spent (0 when nothing happened)."""
-    if not policy.evicts:
-        return 0.0
-    live = cache.live_counts()
-    prompt_counts = (cache.is_prompt[:, : cache.length] & cache.valid[:, : cache.length]).sum(-1)
-    fired = [row.schedule.triggers(int(n)) for row, n in zip(rows, live)]
-    full = cache.length >= cache.capacity  # left padding can fill the buffer before any row's trigger
-    if not any(fired) and not full:
-        return 0.0
-    tp = time.perf_counter()
-    keep = torch.tensor(
-        [
-            row.schedule.keep_count(int(n), int(p)) if hit else int(n)
-            for row, hit, n, p in zip(rows, fired, live, prompt_counts)
-        ],
-        device=live.device,
-    )
-    t = cache.length
-    view = CacheView(
-        valid=cache.valid[:, :t],
-        positions=cache.positions[:, :t],
-        token_ids=cache.token_ids[:, :t],
-        is_prompt=cache.is_prompt[:, :t],
-        keys=[layer.live_keys() for layer in cache.layers],
-        queries=observer.queries if observer.query_window else None,
-        query_valid=observer.query_valid,
-        state={name: tensor[:, :t] for name, tensor in cache.state.items()},
-        think_end_id=think_end_id,
-    )
-    # Every row shares one schedule shape here; window and prompt protection come from the first row's.
-    sched = rows[0].schedule
-    assert sched is not None
-    scores = policy.score(view)
-    kept, kept_valid = policy.select(scores, view, keep, sched.window, sched.protect_prompt)
-    policy.evict(cache, kept, kept_valid)
-    # a prompt longer than the budget made the buffers larger than the schedule needs: give that memory back
-    cache.shrink(max(row.schedule.steady_capacity() for row in rows if row.schedule))
-    elapsed = time.perf_counter() - tp
-    for row, hit in zip(rows, fired):
-        row.policy_s += elapsed
-        row.compressions += int(hit)
-    return elapsed
 
 
 def _result(row: _Row, ttft: float, t0: float, parts: ModelParts, stopper: StopChecker) -> SequenceResult:

@@ -23,14 +23,20 @@ _QUERY_CHUNK = 256  # bounds the [B, H, chunk, T] probabilities materialised for
 class KVObserver:
     """Per-call collector of recent queries and accumulated attention (see module docstring)."""
 
-    def __init__(self, num_layers: int, query_window: int) -> None:
+    def __init__(self, num_layers: int, query_window: int, accumulates: bool = False) -> None:
         self.num_layers = num_layers
         self.query_window = query_window
+        self.accumulates = accumulates
         self.queries: list[torch.Tensor | None] = [None] * num_layers
         self.query_valid: torch.Tensor | None = None  # [B, w]
         self.accumulate_into: torch.Tensor | None = None  # [B, capacity], the cache's state; set per forward
         self.q_valid_rows: torch.Tensor | None = None  # [B, q] which incoming tokens are real
         self.seconds = 0.0  # time spent observing inside the forward, charged to the policy
+
+    @property
+    def watches(self) -> bool:
+        """Whether the attention needs to call this observer at all (a forward without it runs plain SDPA)."""
+        return bool(self.query_window) or self.accumulates
 
     def take_seconds(self) -> float:
         spent, self.seconds = self.seconds, 0.0
@@ -39,7 +45,7 @@ class KVObserver:
     def begin(self, incoming_valid: torch.Tensor, accumulate_into: torch.Tensor | None) -> None:
         """Called before each forward with the validity of its incoming tokens ``[B, q]``."""
         self.q_valid_rows = incoming_valid
-        self.accumulate_into = accumulate_into
+        self.accumulate_into = accumulate_into if self.accumulates else None
         if self.query_window:
             w = self.query_window
             prev = self.query_valid

@@ -27,7 +27,9 @@ def bench(
     device: str = typer.Option("cpu"),
     predictor: Optional[Path] = typer.Option(None, help="Predictor directory, to include dynts."),
     out: Optional[Path] = typer.Option(None, help="Also write the measurements to this JSON file."),
+    compile: bool = typer.Option(False, "--compile", help="Replay the decode step as CUDA graphs (torch.compile "
+                                 "reduce-overhead; CUDA only)."),
 ) -> None:
     """Per-step decode latency and KV bytes vs context length: full cache against each policy, one run."""
     run_bench(console, model, policy, context, budget, interval, window, steps, repeats, dtype, device, predictor,
-              out)
+              out, compile=compile)

@@ -164,11 +164,16 @@ def tap_hidden(policy: Policy) -> tuple[Policy, dict[int, list[torch.Tensor]]]:
 
     def observe(self, obs: StepObservation, state: dict[str, torch.Tensor]) -> None:
         base.observe(self, obs, state)
+        ids = state[ROW_ID]
         if obs.is_prefill:
-            state[ROW_ID][:] = torch.arange(state[ROW_ID].shape[0], device=state[ROW_ID].device)[:, None].float()
+            ids[:] = torch.arange(ids.shape[0], device=ids.device)[:, None].float()
             return
         assert obs.hidden is not None
-        for b, row in enumerate(state[ROW_ID][:, 0].long().tolist()):
+        # Every observed slot carries its row's id (any slot may since have been freed, overwritten or moved),
+        # and the new slots hold zeros until written: the row's maximum is its id.
+        rows = ids.amax(-1)
+        ids[:, obs.slot_start : obs.slot_start + obs.token_ids.shape[1]] = rows[:, None]
+        for b, row in enumerate(rows.long().tolist()):
             captured.setdefault(row, []).append(obs.hidden[b, -1].float().cpu())
 
     tapped_cls = type(f"Tapped{base.__name__}", (base,), {

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from backends.base import GenerationRequest, SamplingParams, SequenceResult
 from backends.hf.backend import TransformersBackend
-from backends.hf.decode import generate_batch, prefill_batch
+from backends.hf.decode import ModelParts, generate_batch, prefill_batch
 from harness.results.rundir import atomic_write_json
 from harness.results.tables import human_bytes
 from harness.runs.catalog import baselines
@@ -44,61 +44,89 @@ def run_bench(
     predictor: Path | None,
     out: Path | None,
     backend: TransformersBackend | None = None,
+    compile: bool = False,
 ) -> list[dict]:
-    """``backend``: a model already loaded with ``batch_size=1`` (else ``model`` is loaded here)."""
-    names = ["full"] + [p for p in dict.fromkeys(policies or baselines()) if p != "full"]
-    if predictor is not None and "dynts" not in names:
-        names.append("dynts")
-    built = {n: build_policy(n, **({"predictor": str(predictor)} if n == "dynts" else {})) for n in names}
+    """``backend``: a model already loaded with ``batch_size=1`` (else ``model`` is loaded here, compiled for
+    CUDA-graph replay with ``compile``)."""
+    built = _policies(policies, predictor)
     schedule = EvictionSchedule(budget=budget, interval=interval, window=window, protect_prompt=False)
     if backend is None:
         with console.status(f"loading {model} ..."):
-            backend = TransformersBackend(model, dtype=dtype, device=device, batch_size=1)
+            backend = TransformersBackend(model, dtype=dtype, device=device, batch_size=1, compile=compile)
     for policy in built.values():
         backend.prepare(policy)
     parts = dataclasses.replace(backend.parts, eos_ids=frozenset())  # time exactly `steps` steps
-    sampling = SamplingParams(max_new_tokens=steps + 1)
-    vocab = len(backend.tokenizer)
-    max_queries = max([p.query_window for p in built.values()] + [1])
+    timing = _Timing(backend, parts, built, schedule, SamplingParams(max_new_tokens=steps + 1), repeats)
     rows: list[dict] = []
     with Progress(console=console) as progress:
-        task = progress.add_task("benchmark", total=len(contexts) * (1 + repeats * len(names)))
+        task = progress.add_task("benchmark", total=len(contexts) * (1 + repeats * len(built)))
         for context in contexts:
-            progress.update(task, description=f"prefill @ {context}")
-            low = min(100, vocab // 2)  # skip the special tokens of large vocabularies; tiny ones have few
-            prompt = torch.randint(low, vocab, (context,), generator=torch.Generator().manual_seed(context)).tolist()
-            requests = [GenerationRequest("bench", prompt)]
-            shared = prefill_batch(parts, requests, backend.device, query_window=max_queries)
-            progress.advance(task)
-            runs: dict[str, list[SequenceResult]] = {name: [] for name in names}
-            for repeat in range(repeats):
-                # rotate the order so that no policy always runs first (or right after the prefill)
-                order = names[repeat % len(names) :] + names[: repeat % len(names)]
-                for name in order:
-                    progress.update(task, description=f"{name} @ {context} ({repeat + 1}/{repeats})")
-                    runs[name].extend(generate_batch(
-                        parts, requests, built[name], schedule, sampling, backend.device,
-                        record_steps=True, prefill=shared,
-                    ))
-                    progress.advance(task)
-            for name in names:
-                rows.append(_row(context, name, runs[name], parts.kv_bytes_per_token, shared.seconds))
-            del shared
-    full = {r["context"]: r for r in rows if r["policy"] == "full"}
-    for r in rows:
-        ref = full[r["context"]]
-        r["speedup_vs_full"] = ref["step_ms_median"] / r["step_ms_median"]
-        r["kv_ratio_vs_full"] = r["kv_bytes_steady"] / ref["kv_bytes_steady"]  # below 1: less memory
+            rows.extend(timing.at_context(context, progress, task))
+    _add_ratios(rows)
     console.print(_table(rows, model, budget, interval, steps, repeats))
     if out is not None:
         atomic_write_json(out, {
             "model": backend.describe(),
             "budget": budget, "interval": interval, "window": window, "steps": steps, "repeats": repeats,
-            "environment": environment(),
-            "rows": rows,
+            "compile": compile, "environment": environment(), "rows": rows,
         })
         console.print(f"[dim]written {out}[/]")
     return rows
+
+
+def _policies(policies: list[str], predictor: Path | None) -> dict:
+    """``full`` first, then the asked policies (default: every baseline), ``dynts`` too when a predictor is given."""
+    names = ["full"] + [p for p in dict.fromkeys(policies or baselines()) if p != "full"]
+    if predictor is not None and "dynts" not in names:
+        names.append("dynts")
+    return {n: build_policy(n, **({"predictor": str(predictor)} if n == "dynts" else {})) for n in names}
+
+
+@dataclasses.dataclass
+class _Timing:
+    """Times every policy at one context length after one shared prefill."""
+
+    backend: TransformersBackend
+    parts: ModelParts
+    policies: dict
+    schedule: EvictionSchedule
+    sampling: SamplingParams
+    repeats: int
+
+    def prompt(self, context: int) -> list[GenerationRequest]:
+        """A seeded synthetic prompt of ``context`` tokens."""
+        vocab = len(self.backend.tokenizer)
+        low = min(100, vocab // 2)  # skip the special tokens of large vocabularies; tiny ones have few
+        ids = torch.randint(low, vocab, (context,), generator=torch.Generator().manual_seed(context)).tolist()
+        return [GenerationRequest("bench", ids)]
+
+    def at_context(self, context: int, progress: Progress, task) -> list[dict]:
+        names = list(self.policies)
+        requests = self.prompt(context)
+        progress.update(task, description=f"prefill @ {context}")
+        max_queries = max([p.query_window for p in self.policies.values()] + [1])
+        shared = prefill_batch(self.parts, requests, self.backend.device, query_window=max_queries)
+        progress.advance(task)
+        runs: dict[str, list[SequenceResult]] = {name: [] for name in names}
+        for repeat in range(self.repeats):
+            # rotate the order so that no policy always runs first (or right after the prefill)
+            for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+                progress.update(task, description=f"{name} @ {context} ({repeat + 1}/{self.repeats})")
+                runs[name].extend(generate_batch(
+                    self.parts, requests, self.policies[name], self.schedule, self.sampling, self.backend.device,
+                    record_steps=True, prefill=shared,
+                ))
+                progress.advance(task)
+        return [_row(context, name, runs[name], self.parts.kv_bytes_per_token, shared.seconds) for name in names]
+
+
+def _add_ratios(rows: list[dict]) -> None:
+    """Speed and KV bytes of every row against the full cache at the same context."""
+    full = {r["context"]: r for r in rows if r["policy"] == "full"}
+    for r in rows:
+        ref = full[r["context"]]
+        r["speedup_vs_full"] = ref["step_ms_median"] / r["step_ms_median"]
+        r["kv_ratio_vs_full"] = r["kv_bytes_steady"] / ref["kv_bytes_steady"]  # below 1: less memory
 
 
 def _row(context: int, name: str, runs: list[SequenceResult], bytes_per_token: int, prefill_s: float) -> dict:

@@ -10,6 +10,9 @@ from harness.tinyreasoner.problems import DEF_NAME, DEF_VALUE, DIGITS, EQUALS, O
 from zoo.base import CacheView, ModelInfo, Policy, PolicyError, StepObservation
 
 TOKEN, ROLE, LINE = "oracle_token", "oracle_role", "oracle_line"
+#: 1 + the token's index in the sequence's generation order (0: an empty or freed slot), so that the previous token
+#: is found wherever the backend put it; and, on a statement's name and value, the name's token id
+ORDER, OWNER = "oracle_order", "oracle_owner"
 SPENT = 9  # a stated result that a later step has read: no longer needed
 
 
@@ -23,7 +26,7 @@ class Oracle(Policy):
 
     name = "oracle"
     requires = "tiny-reasoner task vocabulary"
-    state_names = (TOKEN, ROLE, LINE)
+    state_names = (TOKEN, ROLE, LINE, ORDER, OWNER)
     _ids: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def prepare(self, model: ModelInfo) -> None:
@@ -42,17 +45,22 @@ class Oracle(Policy):
         }
 
     def observe(self, obs: StepObservation, state: dict[str, torch.Tensor]) -> None:
-        """Apply ``task.next_role`` to each new token, vectorised over the batch, and spend consumed results."""
-        tokens, roles, lines = state[TOKEN], state[ROLE], state[LINE]
+        """Apply ``task.next_role`` to each new token, vectorised over the batch, and spend consumed results.
+
+        Nothing here depends on where the backend keeps a token: the previous token is the slot with the highest
+        generation order, and a statement's value is tied to its name by the name's token id, not by adjacency
+        (a ring-written cache wraps, a compacted one moves tokens)."""
+        tokens, roles, lines, order, owner = (state[k] for k in (TOKEN, ROLE, LINE, ORDER, OWNER))
         ids = {k: v.to(tokens.device) for k, v in self._ids.items()}
+        latest, at = order.max(-1)  # the sequence's last observed token (order 0: nothing observed yet)
+        seen = latest > 0
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        prev_token = torch.where(seen, tokens[rows, at].long(), -1)
+        prev_role = torch.where(seen, roles[rows, at], 0.0)
+        prev_line, prev_owner, prev_order = lines[rows, at] * seen, owner[rows, at] * seen, latest
         for j in range(obs.token_ids.shape[1]):
             slot = obs.slot_start + j
             new = obs.token_ids[:, j]
-            if slot == 0:
-                prev_token = torch.full_like(new, -1)
-                prev_role, prev_line = torch.zeros_like(roles[:, 0]), torch.zeros_like(lines[:, 0])
-            else:
-                prev_token, prev_role, prev_line = tokens[:, slot - 1].long(), roles[:, slot - 1], lines[:, slot - 1]
             starts = new == ids["step"]
             in_step = starts | ((prev_role != OTHER) & (prev_token != ids["."]))
             digit, result = ids["digit"][new], ids["result"][new]
@@ -62,13 +70,15 @@ class Oracle(Policy):
             role[(prev_role == SUM) & result] = DEF_NAME
             role[(prev_role == DEF_NAME) & digit] = DEF_VALUE
             role[~in_step] = OTHER
-            # An operand ``r7`` in a step line consumes the statement of r7: it is not needed any more.
-            reads = (in_step & result & (role != DEF_NAME)).unsqueeze(1) & (tokens == new.unsqueeze(1).float())
-            spent_name = reads & (roles == DEF_NAME)
-            spent_value = torch.zeros_like(spent_name)
-            spent_value[:, 1:] = spent_name[:, :-1] & (roles[:, 1:] == DEF_VALUE)
-            roles.masked_fill_(spent_name | spent_value, SPENT)
-            tokens[:, slot], roles[:, slot], lines[:, slot] = new.float(), role, prev_line + starts.float()
+            # An operand ``r7`` in a step line consumes the statement of r7 (name and value): not needed any more.
+            reads = (in_step & result & (role != DEF_NAME)).unsqueeze(1)
+            stated = (roles == DEF_NAME) | (roles == DEF_VALUE)
+            roles.masked_fill_(reads & stated & (owner == new.unsqueeze(1).float()), SPENT)
+            line = prev_line + starts.float()
+            this_owner = torch.where(role == DEF_NAME, new.float(), torch.where(role == DEF_VALUE, prev_owner, 0.0))
+            tokens[:, slot], roles[:, slot], lines[:, slot] = new.float(), role, line
+            order[:, slot], owner[:, slot] = prev_order + 1, this_owner
+            prev_token, prev_role, prev_line, prev_owner, prev_order = new, role, line, this_owner, prev_order + 1
 
     def score(self, view: CacheView) -> torch.Tensor:
         roles, lines = view.state[ROLE], view.state[LINE]
