@@ -37,6 +37,7 @@ class DynTS(Policy):
         "head does not single out go oldest first; None: the predictor's stored setting (0: the paper's ranking)"))
     _model: ImportancePredictor | None = field(default=None, init=False, repr=False)
     _source: str | None = field(default=None, init=False, repr=False)
+    _device: torch.device | None = field(default=None, init=False, repr=False)  # where the head's weights are
 
     def __post_init__(self) -> None:
         if self.predictor:
@@ -47,7 +48,7 @@ class DynTS(Policy):
 
     def provide(self, artefact: str) -> None:
         self._model = ImportancePredictor.load(artefact)
-        self._source = artefact
+        self._source, self._device = artefact, None
 
     def artefact(self) -> str | None:
         return self._source or self.predictor
@@ -71,9 +72,11 @@ class DynTS(Policy):
 
     def observe(self, obs: StepObservation, state: dict[str, torch.Tensor]) -> None:
         assert self._model is not None and obs.hidden is not None
-        predictor = self._model.to(obs.hidden.device)
+        if self._device != obs.hidden.device:  # moved once, not per step: Module.to walks every parameter
+            self._model.to(obs.hidden.device)
+            self._device = obs.hidden.device
         q = obs.hidden.shape[1]
-        state[SCORE][:, obs.slot_start : obs.slot_start + q] = predictor(obs.hidden).float()
+        state[SCORE][:, obs.slot_start : obs.slot_start + q] = self._model(obs.hidden).float()
 
     def score(self, view: CacheView) -> torch.Tensor:
         scores = view.state[SCORE]
