@@ -170,6 +170,7 @@ class CellRunner:
         for options, plan in self._plans.items():
             if options.budget not in seen:
                 seen.add(options.budget)
+                options.apply_threads()
                 self._workload.check(engine_for(options, self.engines), plan.policies, plan.schedule)
 
     def __call__(self, options: RunOptions) -> CellResult:
