@@ -186,3 +186,23 @@ def test_end_to_end_the_cells_are_the_runs_dynts_bench_run_makes(tmp_path) -> No
         assert "already complete, reused" in again.output and Path(cell["run_dir"]).name in again.output
     best = max(report["rows"], key=lambda r: (r["score"], -r["pool_next"], -r["recency"]))
     assert (report["chosen"]["pool_next"], report["chosen"]["recency"]) == (best["pool_next"], best["recency"])
+
+
+@pytest.mark.slow
+def test_replay_scores_each_combination_by_its_runs_kl(tmp_path) -> None:
+    pred, prompts = _predictor_copy(tmp_path), _validation(tmp_path, 2)
+    report_path = tmp_path / "report.json"
+    result = runner.invoke(app, ["select-ranking", str(pred), "--prompts", str(prompts), "--protocol", "replay",
+                                 "--budget", "86", "--pool-next", "0", "--recency", "0,8", "--out",
+                                 str(tmp_path / "runs"), "--json", str(report_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["objective"]["metric"] == "kl_mean" and not report["objective"]["higher_is_better"]
+    kl = {}
+    for row in report["rows"]:
+        (cell,) = row["cells"]
+        summary = json.loads((Path(cell["run_dir"]) / "summary.json").read_text())
+        assert summary["config"]["extra"]["protocol"] == "replay"
+        kl[(row["pool_next"], row["recency"])] = summary["metrics"]["kl_mean"]
+        assert cell["kl_mean"] == row["score"] == kl[(row["pool_next"], row["recency"])]
+    assert (report["chosen"]["pool_next"], report["chosen"]["recency"]) == min(kl, key=lambda c: (kl[c], c))
