@@ -16,7 +16,7 @@
 # The weights do not depend on the ranking options. SELECTION="--pool-next 1 --recency 2" (tiny-reasoner) or
 # SELECTION="--recency 0.5" (tiny-reasoner-control) stores those options with train-predictor instead of running
 # select-ranking: the options the shipped heads were released with (chosen by hand from a validation budget curve
-# before select-ranking existed), which reproduces their predictor.json bit for bit too.
+# before select-ranking existed), as train-predictor recorded them then.
 # Usage: [MODEL=tiny-reasoner-control] [SELECTION="--recency 0.5"] benchmarks/predictor_pipeline_tiny.sh [WORKDIR]
 set -euo pipefail
 W=${1:-/tmp/dynts-predictor-bench}
