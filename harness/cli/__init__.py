@@ -17,6 +17,7 @@ from harness.cli import (
     make_tiny_reasoner,
     report,
     run,
+    select_ranking,
     serve_policy,
     sweep,
     train_predictor,
@@ -34,11 +35,13 @@ app.command()(list_backends.backends)
 app.command()(bench.bench)
 app.command("make-task")(make_task.make_task)
 app.command("make-tiny-reasoner")(make_tiny_reasoner.make_tiny_reasoner)
-# the DynTS predictor pipeline: collect-traces -> label -> train-predictor -> eval-predictor, and analyze
+# the DynTS predictor pipeline: collect-traces -> label -> train-predictor -> eval-predictor -> select-ranking,
+# and analyze
 app.command("collect-traces")(collect_traces.collect_traces)
 app.command()(label_traces.label)
 app.command("train-predictor")(train_predictor.train_predictor)
 app.command("eval-predictor")(eval_predictor.eval_predictor)
+app.command("select-ranking")(select_ranking.select_ranking)
 app.command()(analyze.analyze)
 app.command()(serve_policy.serve)
 

@@ -248,3 +248,24 @@ def task_facts_table(count: int, out: Path, facts: dict[str, float]) -> Table:
                   f"{facts['min_thinking_tokens']:.0f} / {facts['max_thinking_tokens']:.0f}",
                   f"{facts['critical_fraction']:.1%}", f"{facts['step_line_fraction']:.1%}")
     return table
+
+
+def ranking_selection_table(report: dict[str, Any]) -> Table:
+    """``select-ranking``: every (pool_next, recency) combination's metric per budget and its score, the chosen
+    one marked."""
+    metric = report["objective"]["metric"]
+    spec = ".1%" if metric == "accuracy" else ".4f"
+    prompts = report["prompts"]
+    title = (f"DynTS ranking options for {report['predictor']} on {prompts['problems']} problems of "
+             f"{prompts['name']} ({report['protocol']}, window {report['window']}); score: "
+             f"{report['objective']['description']}")
+    table = Table(title=Text(title))
+    for col in ("pool_next", "recency", *(f"{metric} @{b}" for b in report["budgets"]), "score", ""):
+        table.add_column(col, justify="right" if col else "left")
+    for row in report["rows"]:
+        cells = [_fmt(c[metric], spec) for c in row["cells"]]
+        mark = "chosen" if row["chosen"] else ""
+        style = "bold" if row["chosen"] else None
+        table.add_row(str(row["pool_next"]), f"{row['recency']:g}", *cells, _fmt(row["score"], spec), mark,
+                      style=style)
+    return table

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from backends import build_backend
+from backends import Backend, build_backend
 from harness.runs.options import PLACEMENT, RunOptions
 from harness.runs.runplan import execute_plan, prepare
 from harness.timing.speed_probe import ProbeSpec
@@ -100,17 +100,23 @@ def cell_label(options: RunOptions) -> str:
     return " ".join(parts)
 
 
-def run_cell(options: RunOptions, engines: dict | None = None) -> dict[str, Any]:
-    """Run one cell and return its row (run directory, config hash, headline metrics)."""
-    plan = prepare(options)
-    options.apply_threads()
+def engine_for(options: RunOptions, engines: dict | None = None) -> Backend:
+    """The engine ``options`` describe: the one in ``engines`` built for the same key, else a new one (kept
+    there, so cells that differ only in policy or schedule load the model once)."""
     key = options.engine_key
     engine = engines.get(key) if engines is not None else None
     if engine is None:
         engine = build_backend(options.backend, **options.backend_kwargs())
         if engines is not None:
             engines[key] = engine
-    (name, outcome), = execute_plan(plan, engine).items()
+    return engine
+
+
+def run_cell(options: RunOptions, engines: dict | None = None) -> dict[str, Any]:
+    """Run one cell and return its row (run directory, config hash, headline metrics)."""
+    plan = prepare(options)
+    options.apply_threads()
+    (name, outcome), = execute_plan(plan, engine_for(options, engines)).items()
     m = outcome.summary
     return {
         "cell": cell_label(options),
