@@ -21,9 +21,12 @@ TASK_VOCABULARY = "tiny-reasoner task vocabulary"
 #: shipped predictors by model alias, as package resources of ``harness``
 SHIPPED_PREDICTORS = {"tiny-reasoner": "tinyreasoner/predictor",
                       "tiny-reasoner-control": "tinyreasoner/control-predictor",
+                      "tiny-reasoner-program": "tinyreasoner/program-predictor",
                       "smollm2-135m": "predictors/smollm2-135m"}
-#: models whose tokenizer has the tiny-reasoner task's words as single tokens (what the oracle reads)
-TASK_VOCABULARY_MODELS = frozenset({"tiny-reasoner", "tiny-reasoner-control"})
+#: shipped models by alias -> the embedded task they were trained on (``harness.tinyreasoner.tasks``)
+MODEL_TASKS = {"tiny-reasoner": "sum", "tiny-reasoner-control": "sum", "tiny-reasoner-program": "program"}
+#: models whose tokenizer has an embedded task's words as single tokens (what the oracle reads)
+TASK_VOCABULARY_MODELS = frozenset(MODEL_TASKS)
 
 
 def shipped_predictor(model_id: str) -> Path | None:
