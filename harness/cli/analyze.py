@@ -16,8 +16,8 @@ from harness.predictor_pipeline.evaluate import analyze as attention_analysis
 from harness.predictor_pipeline.eviction import eviction_markdown, eviction_report, tiny_policies
 from harness.predictor_pipeline.labels import methods_help
 from harness.predictor_pipeline.traces import TraceStore, TraceStoreError
-from harness.runs.catalog import MODEL_TASKS, shipped_predictor
-from harness.workloads.prompt_file import default_prompts_path, load_prompts
+from harness.runs.catalog import MODEL_TASKS, default_prompts, shipped_predictor
+from harness.workloads.prompt_file import load_prompts
 from zoo.schedule import EvictionSchedule
 
 
@@ -97,7 +97,7 @@ def analyze_eviction(predictor: Optional[Path], prompts: Optional[Path], limit: 
         raise TraceStoreError(f"no shipped {model} predictor: pass --predictor DIR")
     engine = transformers_engine(model, batch_size)
     load_checked_predictor(location, engine)  # refuses a predictor for another model
-    items = load_prompts(prompts or default_prompts_path(), limit)
+    items = load_prompts(prompts or default_prompts(model), limit)
     policies = tiny_policies({"dynts": str(location)}, oracle=True, interventions=True)
     unknown = [p for p in chosen if p not in policies]
     if unknown:
@@ -109,7 +109,7 @@ def analyze_eviction(predictor: Optional[Path], prompts: Optional[Path], limit: 
                     f"{cell['name']['live_survival']:.1%}, live values kept {cell['value']['live_survival']:.1%}")
 
     report = eviction_report(engine, items, policies, budgets, window, interval, on_cell=on_cell)
-    report.update({"model": model, "predictor": str(location), "prompts": str(prompts or default_prompts_path()),
+    report.update({"model": model, "predictor": str(location), "prompts": str(prompts or default_prompts(model)),
                    "problems": len(items), "window": window, "interval": interval})
     text = eviction_markdown(report)
     console.print(text)
