@@ -11,8 +11,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 from backends.hf.backend import kv_bytes_per_token
 from backends.hf.decode import ModelParts
 from backends.hf.observe import register
+from harness.tinyreasoner.vocab import PROGRAM_VOCABULARY, save_tokenizer
 from harness.tinyreasoner.vocab import VOCAB as TASK_VOCAB
-from harness.tinyreasoner.vocab import save_tokenizer
 from zoo import build_policy, registry
 from zoo.base import ModelInfo, Policy
 from zoo.predictor import ImportancePredictor, PredictorConfig
@@ -91,4 +91,18 @@ def random_reasoner(tmp_path_factory) -> Path:
                          tie_word_embeddings=False, eos_token_id=1, pad_token_id=0)
     LlamaForCausalLM(config).save_pretrained(path)
     save_tokenizer(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_program_reasoner(tmp_path_factory) -> Path:
+    """A randomly initialised Llama with the program task's tokenizer (``tiny-reasoner-program``'s), saved as a
+    model directory: long enough positions for the task's longest trace."""
+    torch.manual_seed(2)
+    path = tmp_path_factory.mktemp("random-program-reasoner")
+    config = LlamaConfig(vocab_size=len(PROGRAM_VOCABULARY.tokens), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, tie_word_embeddings=False, eos_token_id=1, pad_token_id=0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    PROGRAM_VOCABULARY.save_tokenizer(path)
     return path

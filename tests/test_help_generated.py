@@ -42,7 +42,7 @@ def test_run_help_lists_every_backend() -> None:
 
 def test_run_help_lists_every_model_alias() -> None:
     line = _option_line(_help("run"), "--model")
-    assert {"tiny-reasoner", "tiny-reasoner-control", "smollm2-135m"} <= set(MODEL_ALIASES)
+    assert {"tiny-reasoner", "tiny-reasoner-control", "tiny-reasoner-program", "smollm2-135m"} <= set(MODEL_ALIASES)
     assert all(alias in line for alias in MODEL_ALIASES)
 
 

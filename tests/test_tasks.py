@@ -169,3 +169,21 @@ def test_cli_runs_a_task_offline_with_pass_at_k_and_resumes(tmp_path):
     again = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert sorted(r["sample_id"] for r in again) == sorted(r["sample_id"] for r in rows)
     assert next(r for r in again if r["sample_id"] == rows[3]["sample_id"])["text"] == rows[3]["text"]
+
+
+def test_the_tiny_reasoner_program_task_reads_the_shipped_program_problems() -> None:
+    """``--task tiny_reasoner_program``: the second embedded task's held-out file, shipped with the package (no
+    hub dataset), the bare prompt, exact-number scoring, and room for the longest trace and the answer."""
+    from harness.tinyreasoner import program as pg
+
+    info = shipped_tasks()["tiny_reasoner_program"]
+    assert info["hub_path"] is None and info["kind"] == "number" and info["embedded_task"] == "program"
+    task, kind = build_task("tiny_reasoner_program", None, 1)
+    docs = list(task.test_docs())
+    expected = list(pg.problems(500, seed=0, split="heldout"))
+    assert kind == "number" and len(docs) == 500
+    assert [(d["id"], d["problem"], d["answer"]) for d in docs] == [(p.id, p.prompt, p.answer) for p in expected]
+    assert task.doc_to_text(docs[0]) == expected[0].prompt
+    longest = max(len(p.trace) for p in pg.problems(3000, seed=0, split="train")) + 3  # + answer N, end token
+    assert task.config.generation_kwargs["max_gen_toks"] >= longest
+    assert shipped_tasks()["tiny_reasoner"]["embedded_task"] == "sum"

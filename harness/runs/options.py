@@ -20,6 +20,8 @@ from typing import Any, Optional
 from backends import BACKENDS
 from backends.hf.loading import MODEL_ALIASES
 from harness.results.rundir import ResultsError
+from harness.runs.catalog import MODEL_TASKS, default_max_new_tokens
+from harness.tinyreasoner.tasks import embedded_task
 from harness.workloads.lmeval_tasks import task_names
 from harness.workloads.prompt_file import DataError, PromptFileError
 from zoo import options_help, registry
@@ -58,6 +60,19 @@ def _models_help() -> str:
     return f"Alias ({' | '.join(MODEL_ALIASES)}), local directory, .gguf file or hub id."
 
 
+def _prompts_help() -> str:
+    other = [f"{model}: {embedded_task(task).heldout_file}" for model, task in MODEL_TASKS.items() if task != "sum"]
+    return (f"JSONL of {{id, prompt, answer}} (+ trace for replay); default: the held-out problems of the model's "
+            f"embedded task ({'; '.join(other)}; every other model: {embedded_task('sum').heldout_file}).")
+
+
+def _max_new_tokens_help() -> str:
+    longer = [f"{m}: {default_max_new_tokens(m, DEFAULT_MAX_NEW_TOKENS)}" for m in MODEL_TASKS
+              if default_max_new_tokens(m, DEFAULT_MAX_NEW_TOKENS) != DEFAULT_MAX_NEW_TOKENS]
+    return (f"Generation limit (default {DEFAULT_MAX_NEW_TOKENS}{''.join('; ' + x for x in longer)}; "
+            "tasks: their YAML's).")
+
+
 def _tasks_help() -> str:
     return f"A benchmark task, run through lm-eval: {' | '.join(task_names())} (see `dynts-bench tasks`)."
 
@@ -71,8 +86,7 @@ class RunOptions:
     policy: tuple[str, ...] = field(default=(), metadata=_opt(_policies_help, "--policy", "-p"))
     backend: str = field(default="transformers", metadata=_opt(_backends_help))
     model: str = field(default=DEFAULT_MODEL, metadata=_opt(_models_help))
-    prompts: Optional[Path] = field(default=None, metadata=_opt(
-        "JSONL of {id, prompt, answer} (+ trace for replay); default: the tiny reasoner's held-out set."))
+    prompts: Optional[Path] = field(default=None, metadata=_opt(_prompts_help))
     protocol: str = field(default="generate", metadata=_opt(
         "generate: the model writes its own trace. replay: force the prompts' reference traces (any model), "
         "then let it answer; reports KL / top-1 agreement with the full cache."))
@@ -95,8 +109,7 @@ class RunOptions:
     predictor: Optional[Path] = field(default=None, metadata=_opt(
         "DynTS importance predictor directory (for --policy dynts)."))
     policy_arg: tuple[str, ...] = field(default=(), metadata=_opt(_policy_args_help, "--policy-arg"))
-    max_new_tokens: Optional[int] = field(default=None, metadata=_opt(
-        f"Generation limit (default {DEFAULT_MAX_NEW_TOKENS}; tasks: their YAML's).", min=1))
+    max_new_tokens: Optional[int] = field(default=None, metadata=_opt(_max_new_tokens_help, min=1))
     temperature: float = field(default=0.0, metadata=_opt("0 = greedy."))
     top_p: float = field(default=1.0, metadata=_opt(""))
     top_k: int = field(default=0, metadata=_opt("0 = off."))
@@ -197,7 +210,7 @@ class RunOptions:
 
     @property
     def max_tokens(self) -> int:
-        return self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        return self.max_new_tokens or default_max_new_tokens(self.model, DEFAULT_MAX_NEW_TOKENS)
 
 
 def _flag(name: str) -> str:

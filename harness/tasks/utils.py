@@ -121,15 +121,17 @@ def load(
     hub_split: str = "test",
     hub_name: str | None = None,
     data_dir: str | None = None,
+    embedded_task: str | None = None,
     **_: Any,
 ):
-    """``custom_dataset`` for every task: local ``data_dir/<name>.jsonl`` or the hub dataset, normalised."""
+    """``custom_dataset`` for every task: local ``data_dir/<name>.jsonl``, the held-out problems of an embedded
+    task shipped with the package (``embedded_task``, no hub dataset), or the hub dataset, normalised."""
     import datasets
 
-    if data_dir is None and hub_path is None:  # shipped with the package (the tiny reasoner's problems)
-
-        data_dir, name = str(default_prompts_path().parent), default_prompts_path().stem
-    if data_dir is not None:
+    if data_dir is None and hub_path is None:  # shipped with the package (a tiny reasoner's problems)
+        path = default_prompts_path(embedded_task or "sum")
+        raw, source = _read_jsonl(path), str(path)
+    elif data_dir is not None:
         path = Path(data_dir).expanduser() / f"{name}.jsonl"
         if not path.is_file():
             raise DataError(f"no {name}.jsonl in --data-dir {data_dir}: add it, or drop --data-dir to use the hub")

@@ -33,6 +33,7 @@ from backends.base import GenerationRequest
 from harness.runs.runplan import prepare
 from harness.workloads.prompt_file import DataError
 from harness.workloads.prompts import PromptWorkload
+from harness.workloads.selection import prompts_path
 
 if TYPE_CHECKING:
     import torch
@@ -205,7 +206,7 @@ def probe_sweep(cells: list[Any], keys: list[str], spec: ProbeSpec, engines: dic
         if engine is None:
             engine = engines[engine_key] = build_backend(options.backend, **options.backend_kwargs())
         engine.prepare(policy)
-        prompts = PromptWorkload(options.prompts, spec.limit, options.chat).prompt_ids(engine)
+        prompts = PromptWorkload(prompts_path(options), spec.limit, options.chat).prompt_ids(engine)
         requests = [GenerationRequest(sid, ids) for sid, ids in prompts.items()]
         schedule = plan.schedule if policy.evicts else None
 

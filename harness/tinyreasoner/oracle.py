@@ -1,11 +1,13 @@
-"""Oracle: keeps the tokens the tiny-reasoner task's answer needs (an upper reference, not a real policy)."""
+"""Oracle: keeps the tokens an embedded task's answer needs (an upper reference, not a real policy)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from harness.tinyreasoner import program
 from harness.tinyreasoner.problems import DEF_NAME, DEF_VALUE, DIGITS, EQUALS, OTHER, STEP, SUM, is_result_name
 from zoo.base import CacheView, ModelInfo, Policy, PolicyError, StepObservation
 
@@ -13,39 +15,117 @@ TOKEN, ROLE, LINE = "oracle_token", "oracle_role", "oracle_line"
 #: 1 + the token's index in the sequence's generation order (0: an empty or freed slot), so that the previous token
 #: is found wherever the backend put it; and, on a statement's name and value, the name's token id
 ORDER, OWNER = "oracle_order", "oracle_owner"
-SPENT = 9  # a stated result that a later step has read: no longer needed
+SPENT = 9  # a stated value no later line needs any more: read (sum task) or overwritten (program task)
+
+Ids = dict[str, torch.Tensor]
+#: (ids, new [B], role [B], in_line [B]) -> bool [B]: whether the new token makes the earlier statements of the
+#: name it is (name and value) stale
+StaleRule = Callable[[Ids, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _read_results_are_spent(ids: Ids, new: torch.Tensor, role: torch.Tensor, in_line: torch.Tensor) -> torch.Tensor:
+    """Sum task: an operand ``r7`` in a step line consumes the statement of r7 -- it is read once."""
+    return in_line & ids["name"][new] & (role != DEF_NAME)
+
+
+def _overwritten_statements_are_stale(ids: Ids, new: torch.Tensor, role: torch.Tensor,
+                                      in_line: torch.Tensor) -> torch.Tensor:
+    """Program task: a new statement of a register (``a 8``, or the counter's ``iter 3``) makes every earlier
+    statement of it stale; reading a register (``set a 8 + ...``) leaves its statement live."""
+    return role == DEF_NAME
+
+
+@dataclass(frozen=True)
+class TaskRules:
+    """What the oracle reads of one embedded task: the words that identify its vocabulary, the role rules of
+    ``problems.next_role`` (line starts, counter starts, stated names) and which statements go stale when."""
+
+    task: str
+    marks: tuple[str, ...]  # words only this task's vocabulary has, each as one token
+    starts: tuple[str, ...]
+    counter_starts: tuple[str, ...]
+    is_name: Callable[[str], bool]
+    stale: StaleRule
+
+    def ids(self, texts: Sequence[str], index: dict[str, int]) -> Ids:
+        """Token-id lookups over the vocabulary for the vectorised role update."""
+        return {
+            "=": torch.tensor(index["="]), ".": torch.tensor(index["."]),
+            "start": torch.tensor([t in self.starts for t in texts]),
+            "counter": torch.tensor([t in self.counter_starts for t in texts]),
+            "name": torch.tensor([self.is_name(t) for t in texts]),
+            "digit": torch.tensor([t in DIGITS for t in texts]),
+        }
+
+
+SUM_RULES = TaskRules("sum", ("step", "r1"), ("step",), (), is_result_name, _read_results_are_spent)
+PROGRAM_RULES = TaskRules("program", ("iter", "set", "keep"), program.LINE_STARTS, program.COUNTER_STARTS,
+                          program.is_name, _overwritten_statements_are_stale)
+RULES = (SUM_RULES, PROGRAM_RULES)
+
+
+def next_roles(ids: Ids, new: torch.Tensor, prev_token: torch.Tensor,
+               prev_role: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``problems.next_role`` over a batch: (role, opens a line, inside a line) of each new token."""
+    counter = ids["counter"][new]
+    starts = ids["start"][new] | counter
+    in_line = starts | ((prev_role != OTHER) & (prev_token != ids["."]))
+    digit = ids["digit"][new]
+    role = torch.full_like(prev_role, STEP)
+    role[new == ids["="]] = EQUALS
+    role[(prev_role == EQUALS) & digit] = SUM
+    role[(prev_role == SUM) & ids["name"][new]] = DEF_NAME
+    role[(prev_role == DEF_NAME) & digit] = DEF_VALUE
+    role[~in_line] = OTHER
+    role[counter] = DEF_NAME
+    return role, starts, in_line
+
+
+def mark_spent(roles: torch.Tensor, owner: torch.Tensor, new: torch.Tensor, stale: torch.Tensor) -> None:
+    """Where ``stale``, mark the statements of the name ``new`` (name and value, found by their owner id, not by
+    adjacency) ``SPENT``, in place."""
+    stated = (roles == DEF_NAME) | (roles == DEF_VALUE)
+    roles.masked_fill_(stale.unsqueeze(1) & stated & (owner == new.unsqueeze(1).float()), SPENT)
 
 
 @dataclass
 class Oracle(Policy):
-    """Keeps, by the task's own rules, every stated result (``= r7 6``) that no step has consumed yet, then the
-    latest step lines, then the most recent filler: what a perfect importance predictor would keep on the
-    embedded tiny-reasoner task (``harness/tinyreasoner/problems.py``). It reads tokens as they are generated (the
-    rules of ``task.token_roles``, applied online), so it works on the model's own traces, not only on the
-    generator's. Needs a tokenizer with the task's words as single tokens (the tiny reasoner's)."""
+    """Keeps, by the rules of the embedded task whose vocabulary the model has, every statement a later line may
+    still need, then the latest work line, then the most recent filler: what a perfect importance predictor would
+    keep. Sum task (``problems.py``): a stated result (``= r7 6``) until a step reads it. Program task
+    (``program.py``): the live statement of each register, of ``p`` and of the loop counter, until the register is
+    stated again. It reads tokens as they are generated (``next_role`` applied online), so it works on the
+    model's own traces, not only on the generator's. Needs a tokenizer with the task's words as single tokens (a
+    tiny reasoner's)."""
 
     name = "oracle"
     requires = "tiny-reasoner task vocabulary"
     state_names = (TOKEN, ROLE, LINE, ORDER, OWNER)
-    _ids: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
+    _ids: Ids = field(default_factory=dict, init=False, repr=False)
+    _rules: TaskRules = field(default=SUM_RULES, init=False, repr=False)
 
     def prepare(self, model: ModelInfo) -> None:
         texts = [t.strip() for t in model.token_texts()]
         index = {t: i for i, t in reversed(list(enumerate(texts)))}
-        missing = [w for w in ("step", "=", ".", "r1", *DIGITS) if w not in index]
-        if missing:
+        found = [r for r in RULES if all(w in index for w in (*r.marks, "=", ".", *DIGITS))]
+        if not found:
+            words = "; ".join(f"{r.task}: {', '.join(r.marks)}" for r in RULES)
             raise PolicyError(
-                f"the oracle reads the tiny-reasoner task's words as tokens, and {model.model_id!r} has no single "
-                f"token for {missing[0]!r}: use it with --model tiny-reasoner"
+                f"the oracle reads an embedded task's words as tokens ({words}), and {model.model_id!r} has no "
+                "single token for them: use it with --model tiny-reasoner, tiny-reasoner-control or "
+                "tiny-reasoner-program"
             )
-        self._ids = {
-            "step": torch.tensor(index["step"]), "=": torch.tensor(index["="]), ".": torch.tensor(index["."]),
-            "result": torch.tensor([is_result_name(t) for t in texts]),
-            "digit": torch.tensor([t in DIGITS for t in texts]),
-        }
+        self._rules = found[0]
+        self._ids = self._rules.ids(texts, index)
+
+    @property
+    def task(self) -> str:
+        """The embedded task whose rules the oracle applies (known after ``prepare``)."""
+        return self._rules.task
 
     def observe(self, obs: StepObservation, state: dict[str, torch.Tensor]) -> None:
-        """Apply ``task.next_role`` to each new token, vectorised over the batch, and spend consumed results.
+        """Apply ``next_role`` to each new token, vectorised over the batch, and mark the statements the task's
+        rule makes stale.
 
         Nothing here depends on where the backend keeps a token: the previous token is the slot with the highest
         generation order, and a statement's value is tied to its name by the name's token id, not by adjacency
@@ -61,19 +141,8 @@ class Oracle(Policy):
         for j in range(obs.token_ids.shape[1]):
             slot = obs.slot_start + j
             new = obs.token_ids[:, j]
-            starts = new == ids["step"]
-            in_step = starts | ((prev_role != OTHER) & (prev_token != ids["."]))
-            digit, result = ids["digit"][new], ids["result"][new]
-            role = torch.full_like(prev_role, STEP)
-            role[new == ids["="]] = EQUALS
-            role[(prev_role == EQUALS) & digit] = SUM
-            role[(prev_role == SUM) & result] = DEF_NAME
-            role[(prev_role == DEF_NAME) & digit] = DEF_VALUE
-            role[~in_step] = OTHER
-            # An operand ``r7`` in a step line consumes the statement of r7 (name and value): not needed any more.
-            reads = (in_step & result & (role != DEF_NAME)).unsqueeze(1)
-            stated = (roles == DEF_NAME) | (roles == DEF_VALUE)
-            roles.masked_fill_(reads & stated & (owner == new.unsqueeze(1).float()), SPENT)
+            role, starts, in_line = next_roles(ids, new, prev_token, prev_role)
+            mark_spent(roles, owner, new, self._rules.stale(ids, new, role, in_line))
             line = prev_line + starts.float()
             this_owner = torch.where(role == DEF_NAME, new.float(), torch.where(role == DEF_VALUE, prev_owner, 0.0))
             tokens[:, slot], roles[:, slot], lines[:, slot] = new.float(), role, line

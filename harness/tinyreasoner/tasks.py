@@ -34,6 +34,9 @@ class EmbeddedTask:
     warmup_stage: Callable[[], Any]  # the curriculum's first 20%
     middle_stage: Callable[[], Any]  # the curriculum's 20-35%
     stage_size: Callable[[Any], dict[str, str]]  # how big a stage's problems are, for the training log
+    heldout_file: str  # the shipped held-out problems in ``harness/data`` (make-task --task NAME, 500, seed 0)
+    #: a generation limit above the longest trace of the training distribution plus the answer line
+    max_new_tokens: int
 
     def problems(self, count: int, seed: int = 0, split: str = "heldout", knobs: Any = None) -> Iterator[Problem]:
         for index in range(count):
@@ -58,6 +61,8 @@ SUM = EmbeddedTask(
     middle_stage=lambda: sum_task.Knobs(min_vars=6, max_vars=sum_task.Knobs().max_vars, filler_lines=1,
                                         gap_lines=1),
     stage_size=lambda knobs: {"n_vars": f"{knobs.min_vars}-{knobs.max_vars}"},
+    heldout_file="tiny_reasoner_heldout.jsonl",
+    max_new_tokens=512,
 )
 
 PROGRAM = EmbeddedTask(
@@ -74,6 +79,8 @@ PROGRAM = EmbeddedTask(
     warmup_stage=lambda: program.ProgramKnobs(min_iterations=1, max_iterations=4, filler_lines=1),
     middle_stage=lambda: program.ProgramKnobs(min_iterations=3, max_iterations=7, filler_lines=2),
     stage_size=lambda knobs: {"iterations": f"{knobs.min_iterations}-{knobs.max_iterations}"},
+    heldout_file="tiny_program_heldout.jsonl",
+    max_new_tokens=640,
 )
 
 TASKS = {task.name: task for task in (SUM, PROGRAM)}

@@ -32,7 +32,8 @@ def task_names() -> list[str]:
 
 
 def shipped_tasks() -> dict[str, dict[str, Any]]:
-    """The project's task YAMLs: name -> {kind, hub_path, hub_name, yaml}."""
+    """The project's task YAMLs: name -> {kind, hub_path, hub_name, embedded_task, yaml}; ``embedded_task`` names
+    the tiny-reasoner task whose shipped held-out problems a task without a hub dataset reads."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
     out = {}
@@ -40,7 +41,8 @@ def shipped_tasks() -> dict[str, dict[str, Any]]:
         cfg = load_yaml(entry.yaml_path, resolve_func=False)
         kwargs = cfg.get("dataset_kwargs", {})
         out[name] = {"kind": kwargs.get("kind", "math"), "hub_path": kwargs.get("hub_path"),
-                     "hub_name": kwargs.get("hub_name"), "yaml": str(entry.yaml_path)}
+                     "hub_name": kwargs.get("hub_name"), "embedded_task": kwargs.get("embedded_task"),
+                     "yaml": str(entry.yaml_path)}
     return out
 
 

@@ -43,7 +43,7 @@ class TaskWorkload:
         if options.data_dir is not None:
             self.source_hash = file_sha256(Path(options.data_dir) / f"{name}.jsonl")
         elif info["hub_path"] is None:  # data shipped with the package
-            self.source_hash = file_sha256(default_prompts_path())
+            self.source_hash = file_sha256(default_prompts_path(info["embedded_task"] or "sum"))
         else:
             self.source_hash = f"hub:{info['hub_path']}:{info['hub_name'] or ''}"
         self.source_name = name

@@ -1,7 +1,8 @@
 """Plain JSONL prompt files: one object per line with ``prompt`` (or ``question``), optional ``id`` and ``answer``.
 
-The input of ``dynts-bench run --prompts`` (the default: the tiny reasoner's held-out problems) and of the
-predictor pipeline; benchmark tasks (``--task``) come from lm-eval instead (``lmeval_tasks``).
+The input of ``dynts-bench run --prompts`` (the default: the held-out problems of the model's embedded task,
+``harness.runs.catalog.default_prompts``) and of the predictor pipeline; benchmark tasks (``--task``) come from
+lm-eval instead (``lmeval_tasks``).
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ class PromptItem:
     answer: str | None = None
 
 
-def default_prompts_path() -> Path:
-    return Path(str(files("harness") / "data" / "tiny_reasoner_heldout.jsonl"))
+def default_prompts_path(task: str = "sum") -> Path:
+    """The shipped held-out problems of embedded task ``task`` (the first task's unless told)."""
+    from harness.tinyreasoner.tasks import embedded_task
+
+    return Path(str(files("harness") / "data" / embedded_task(task).heldout_file))
 
 
 def load_prompts(path: Path, limit: int | None = None) -> list[PromptItem]:

@@ -1,5 +1,5 @@
-"""A JSONL prompt file (``--prompts``, default: the tiny reasoner's held-out problems): the model answers each
-prompt; with an ``answer`` field the last number after ``</think>`` is checked against it."""
+"""A JSONL prompt file (``--prompts``, default: the held-out problems of the model's embedded task): the model
+answers each prompt; with an ``answer`` field the last number after ``</think>`` is checked against it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from harness.runs.config import file_sha256
 from harness.runs.lifecycle import ActiveRun
 from harness.scoring.answers import is_correct
 from harness.workloads.interface import OnSample, request_seed
-from harness.workloads.prompt_file import PromptItem, default_prompts_path, load_prompts
+from harness.workloads.prompt_file import PromptItem, load_prompts
 from zoo.base import Policy
 from zoo.schedule import EvictionSchedule
 
@@ -20,8 +20,7 @@ from zoo.schedule import EvictionSchedule
 class PromptWorkload:
     protocol = "generate"
 
-    def __init__(self, path: Path | None, limit: int | None, chat: bool) -> None:
-        path = path or default_prompts_path()
+    def __init__(self, path: Path, limit: int | None, chat: bool) -> None:
         self.items: list[PromptItem] = load_prompts(path, limit)
         self.chat = chat
         self.source_name, self.source_hash, self.n_items = path.name, file_sha256(path), len(self.items)

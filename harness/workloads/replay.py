@@ -18,7 +18,6 @@ from backends.hf.decode import generate_batch
 from harness.runs.config import file_sha256
 from harness.runs.lifecycle import ActiveRun
 from harness.workloads.interface import OnSample, request_seed
-from harness.workloads.prompt_file import default_prompts_path
 from harness.workloads.replay_traces import (
     Recorder,
     ReferenceCache,
@@ -43,8 +42,7 @@ def _transformers(backend: Backend) -> TransformersBackend:
 class ReplayWorkload:
     protocol = "replay"
 
-    def __init__(self, path: Path | None, limit: int | None, chat: bool) -> None:
-        path = path or default_prompts_path()
+    def __init__(self, path: Path, limit: int | None, chat: bool) -> None:
         self.rows = load_trace_rows(path, limit)
         self.chat = chat
         self.source_name, self.source_hash, self.n_items = path.name, file_sha256(path), len(self.rows)
