@@ -76,7 +76,7 @@ class DynTS(Policy):
             self._model.to(obs.hidden.device)
             self._device = obs.hidden.device
         q = obs.hidden.shape[1]
-        state[SCORE][:, obs.slot_start : obs.slot_start + q] = self._model(obs.hidden).float()
+        state[SCORE][:, obs.slot_start : obs.slot_start + q] = self._model.score(obs.hidden).float()
 
     def score(self, view: CacheView) -> torch.Tensor:
         scores = view.state[SCORE]

@@ -16,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn import functional as F
 
 from zoo.base import ModelInfo, PolicyError
 
@@ -56,6 +57,15 @@ class ImportancePredictor(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[..., hidden]`` -> ``[...]`` importance scores."""
         return self.mlp(hidden.to(self.mlp[0].weight.dtype)).squeeze(-1)
+
+    @torch.no_grad()
+    def score(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What ``forward`` computes, without autograd and calling the layers' functions directly: it runs on
+        every decode step, where the modules' own call overhead is most of the cost of so small a head."""
+        x = hidden.to(self.mlp[0].weight.dtype)
+        for linear in self.mlp[::2]:
+            x = F.softplus(F.linear(x, linear.weight))
+        return x.squeeze(-1)
 
     def save(self, directory: Path) -> None:
         """Write weights and config next to each other, then move each into place: an interrupted save leaves

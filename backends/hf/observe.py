@@ -50,8 +50,8 @@ class KVObserver:
             w = self.query_window
             prev = self.query_valid
             new = incoming_valid[:, -w:]
-            merged = new if prev is None else torch.cat([prev, new], dim=1)[:, -w:]
-            self.query_valid = merged
+            # a step that brings w queries replaces the window outright (a decode step when w is 1): no copy
+            self.query_valid = new if prev is None or new.shape[1] == w else torch.cat([prev, new], dim=1)[:, -w:]
 
     def on_attention(
         self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float
@@ -61,7 +61,7 @@ class KVObserver:
             w = self.query_window
             q = query[:, :, -w:].detach()
             prev = self.queries[layer]
-            self.queries[layer] = q if prev is None else torch.cat([prev, q], dim=2)[:, :, -w:]
+            self.queries[layer] = q if prev is None or q.shape[2] == w else torch.cat([prev, q], dim=2)[:, :, -w:]
         if self.accumulate_into is not None:
             self._accumulate(query, key, mask, scaling)
         self.seconds += time.perf_counter() - started
