@@ -21,9 +21,10 @@ from typing import Any
 
 from backends.base import GenerationRequest, SamplingParams
 from backends.hf.backend import TransformersBackend
+from harness.runs.catalog import default_prompts
 from harness.scoring.answers import is_correct
 from harness.scoring.passk import wilson_ci
-from harness.workloads.prompt_file import PromptItem, default_prompts_path, load_prompts
+from harness.workloads.prompt_file import PromptItem, load_prompts
 from zoo.base import Policy
 from zoo.dynts import DynTS
 from zoo.schedule import EvictionSchedule
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--predictor {spec!r}: give NAME=DIR with an existing predictor directory")
         predictors[name] = path
     budgets = args.budget or list(DEFAULT_BUDGETS)
-    prompts = args.prompts or default_prompts_path()
+    prompts = args.prompts or default_prompts(args.model)
     items = load_prompts(prompts, args.limit)
     engine = TransformersBackend(args.model, batch_size=args.batch_size)
     report: dict[str, Any] = {"model": args.model, "prompts": str(prompts), "problems": len(items),

@@ -19,10 +19,11 @@ import torch
 
 from backends.hf.backend import TransformersBackend
 from benchmarks.dynts_budget_curve import accuracy
+from harness.runs.catalog import default_prompts
 from harness.scoring.passk import wilson_ci
 from harness.tinyreasoner.oracle import ROLE, SPENT, Oracle
 from harness.tinyreasoner.problems import DEF_NAME, DEF_VALUE
-from harness.workloads.prompt_file import default_prompts_path, load_prompts
+from harness.workloads.prompt_file import load_prompts
 from zoo.base import CacheView
 
 
@@ -55,7 +56,7 @@ def main() -> None:
     engine = TransformersBackend(args.model, batch_size=50)
     print("| budget | write-time statements first | 95% CI |\n|---|---|---|")
     for budget in args.budget or [72, 86, 88, 96, 112, 128, 176]:
-        correct, n = bound(engine, args.prompts or default_prompts_path(), args.limit, budget)
+        correct, n = bound(engine, args.prompts or default_prompts(args.model), args.limit, budget)
         low, high = wilson_ci(correct, n)
         print(f"| {budget} | {correct / n:.1%} ({correct}/{n}) | {low:.0%}-{high:.0%} |", flush=True)
 

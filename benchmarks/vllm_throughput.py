@@ -40,12 +40,13 @@ PROMPT = "Count from one to ten thousand, one number per line."
 
 def default_prompt(model: str) -> str:
     """A prompt the model's tokenizer can encode: the tiny reasoners know only their task's words."""
-    from harness.runs.catalog import TASK_VOCABULARY_MODELS
+    from harness.runs.catalog import model_task
 
-    if model in TASK_VOCABULARY_MODELS:
-        from harness.tinyreasoner.problems import problems
+    task = model_task(model)
+    if task is not None:
+        from harness.tinyreasoner.tasks import embedded_task
 
-        return " ".join(next(iter(problems(1, 0, "heldout"))).prompt)
+        return " ".join(next(iter(embedded_task(task).problems(1, 0, "heldout"))).prompt)
     return PROMPT
 
 

@@ -31,7 +31,7 @@ from benchmarks.serve_load.load_report import print_tables, ratio_spread, summar
 from benchmarks.serve_load.offline import compare, offline_texts, served_setup
 from benchmarks.serve_load.server import KV_GAUGES, serving
 from benchmarks.serve_load.workload import CHAT, LoadRequest, Prompts, bad_requests, build_mix
-from harness.runs.catalog import TASK_VOCABULARY_MODELS
+from harness.runs.catalog import TASK_VOCABULARY_MODELS, default_prompts
 
 DATA = Path(__file__).resolve().parents[2] / "harness" / "data"
 IDENTITY_TARGET = 0.98
@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_prompts(model: str, path: Path | None) -> tuple[Prompts, int]:
     """The model's prompts (text and chat-templated ids) and its position limit."""
     if path is None:
-        path = DATA / ("tiny_reasoner_heldout.jsonl" if model in TASK_VOCABULARY_MODELS else "arithmetic_prompts.jsonl")
+        path = default_prompts(model) if model in TASK_VOCABULARY_MODELS else DATA / "arithmetic_prompts.jsonl"
     texts = [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
     facts = ModelFacts(model)
     ids = [_chat_ids(facts.tokenizer, text) for text in texts]

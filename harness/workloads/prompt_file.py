@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
+from harness.tinyreasoner.tasks import embedded_task
 from zoo.errors import UserError
 
 
@@ -32,8 +33,6 @@ class PromptItem:
 
 def default_prompts_path(task: str = "sum") -> Path:
     """The shipped held-out problems of embedded task ``task`` (the first task's unless told)."""
-    from harness.tinyreasoner.tasks import embedded_task
-
     return Path(str(files("harness") / "data" / embedded_task(task).heldout_file))
 
 
