@@ -85,6 +85,7 @@ def select_ranking(
         cells = [cell_options(base, c, b) for c in combos for b in budgets]
         with console.status(f"checking {len(cells)} cells ..."):
             runner.check(cells)
+        header = report_header(predictor, base, objective, budgets, pool_values, recency_values, runner.n_items)
         with progress_for(console) as progress:
             bar = progress.add_task(f"select-ranking: {len(combos)} combinations x {len(budgets)} budgets",
                                     total=len(cells))
@@ -95,9 +96,7 @@ def select_ranking(
             outcome = select(base, combos, budgets, runner, objective, done)
     finally:
         runner.close()
-    n_problems = runner.n_items
-    report = {**report_header(predictor, base, objective, budgets, pool_values, recency_values, n_problems),
-              **outcome, "heldout_overlap": overlap, "written": False}
+    report = {**header, **outcome, "heldout_overlap": overlap, "written": False}
     record = selection_record(report)
     if write:
         report["replaced_selection"] = write_selection(predictor, record)

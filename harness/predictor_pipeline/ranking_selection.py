@@ -268,7 +268,8 @@ def write_selection(directory: Path, record: dict[str, Any]) -> dict[str, Any]:
 
 def report_header(predictor: Path, base: RunOptions, objective: Objective, budgets: Sequence[int],
                   pool_next: Sequence[int], recency: Sequence[float], n_problems: int) -> dict[str, Any]:
-    """Everything that says what the selection ran on (the rows and the choice are added by ``select``)."""
+    """Everything that says what the selection runs on, taken before it runs (the git sha and date are those of
+    the code that makes the runs); the rows and the choice are added by ``select``."""
     prompts = base.prompts
     assert prompts is not None
     return {
