@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from harness.results.leaderboard import load_runs, markdown, stale_artefacts
 from harness.runs.catalog import shipped_artefacts
 from harness.runs.grid import expand, load_grid
@@ -18,15 +20,17 @@ from zoo import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 BOARD = ROOT / "results" / "leaderboard"
-GRID = ROOT / "harness" / "grids" / "leaderboard.yaml"
-REGENERATE = ("regenerate: dynts-bench sweep harness/grids/leaderboard.yaml --out results/leaderboard/runs && "
+#: one grid per embedded task (budgets are a task's share of its median trace); one report over all their runs
+GRIDS = (ROOT / "harness" / "grids" / "leaderboard.yaml", ROOT / "harness" / "grids" / "leaderboard-program.yaml")
+REGENERATE = ("regenerate: dynts-bench sweep GRID --out results/leaderboard/runs for each of "
+              f"{', '.join(g.name for g in GRIDS)} (in harness/grids/), then "
               "dynts-bench report results/leaderboard/runs --out results/leaderboard")
 #: the tiny reasoner's predictor shipped until 2026-12-04 (results/tiny-reasoner/dynts-2026-12-01/)
 RETIRED_PREDICTOR = "sha256:d0e2d8edb776339c"
 
 
 def _grid_models() -> list[str]:
-    return load_grid(GRID).axes["model"]
+    return [model for grid in GRIDS for model in load_grid(grid).axes["model"]]
 
 
 def _made_with() -> dict:
@@ -51,10 +55,11 @@ def test_a_leaderboard_recording_a_retired_predictor_is_stale(tmp_path) -> None:
                         f"{shipped['tiny-reasoner']['predictor']}"]
 
 
-def test_every_cell_of_the_grid_is_in_the_committed_runs() -> None:
-    runs = BOARD / "runs" / "leaderboard"
-    want = {(c.model, c.policy[0], None if c.policy == ("full",) else c.budget)
-            for c in expand(load_grid(GRID), runs)}
+@pytest.mark.parametrize("grid_path", GRIDS, ids=lambda g: g.stem)
+def test_every_cell_of_the_grid_is_in_the_committed_runs(grid_path: Path) -> None:
+    grid = load_grid(grid_path)
+    runs = BOARD / "runs" / grid.name
+    want = {(c.model, c.policy[0], None if c.policy == ("full",) else c.budget) for c in expand(grid, runs)}
     have = set()
     for path in runs.glob("*/summary.json"):
         config = json.loads(path.read_text())["config"]
@@ -62,10 +67,12 @@ def test_every_cell_of_the_grid_is_in_the_committed_runs() -> None:
     assert want <= have, f"missing cells {sorted(want - have, key=str)[:5]}; {REGENERATE}"
 
 
-def test_the_grid_is_every_registered_policy() -> None:
+@pytest.mark.parametrize("grid_path", GRIDS, ids=lambda g: g.stem)
+def test_the_grid_is_every_registered_policy(grid_path: Path) -> None:
     """A policy added to the zoo is on the leaderboard (and a renamed or removed one is off it)."""
-    on_grid, registered = set(load_grid(GRID).axes["policy"]), set(registry())
-    assert on_grid == registered, (f"on {GRID.relative_to(ROOT)} but not registered: {sorted(on_grid - registered)}; "
+    on_grid, registered = set(load_grid(grid_path).axes["policy"]), set(registry())
+    assert on_grid == registered, (f"on {grid_path.relative_to(ROOT)} but not registered: "
+                                   f"{sorted(on_grid - registered)}; "
                                    f"registered but not on it: {sorted(registered - on_grid)}")
 
 
