@@ -12,7 +12,7 @@ from backends.hf.backend import TransformersBackend
 from backends.hf.decode import generate_batch
 from harness.tinyreasoner import program as pg
 from harness.tinyreasoner.oracle import ROLE, SPENT, Oracle
-from harness.tinyreasoner.problems import DEF_NAME, DEF_VALUE, OTHER
+from harness.tinyreasoner.problems import DEF_NAME, DEF_VALUE, DIGITS, OTHER
 from harness.tinyreasoner.vocab import PROGRAM_VOCABULARY, SUM_VOCABULARY, prompt_tokens
 from zoo.base import CacheView, ModelInfo, PolicyError, StepObservation
 from zoo.schedule import EvictionSchedule
@@ -189,3 +189,11 @@ def test_through_the_decode_loop_under_a_budget_it_keeps_every_critical_statemen
     assert all(r.kv_peak_tokens <= 64 + interval for r in results)
     assert checked["read"] == sum(len(ks) for by_token in reads.values() for ks in by_token.values())
     assert checked["stale"] > 1000 and len(compressed) == 2
+
+
+@pytest.mark.parametrize("task_words", [("iter", "set", "keep"), ("step", "r1")])
+def test_a_subword_vocabulary_holding_a_tasks_words_is_refused(task_words):
+    """SmolLM2's 49k tokens include ``iter``, ``set`` and ``keep``: words alone must not select a task's rules."""
+    texts = ["<pad>", "<eos>", *task_words, "=", ".", *DIGITS, *(f"piece{i}" for i in range(5000))]
+    with pytest.raises(PolicyError, match="use it with --model tiny-reasoner"):
+        Oracle().prepare(ModelInfo("subword-model", "subword-model", 8, 1, lambda: list(texts)))
