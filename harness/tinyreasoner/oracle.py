@@ -9,7 +9,7 @@ import torch
 
 from harness.tinyreasoner import program
 from harness.tinyreasoner.problems import DEF_NAME, DEF_VALUE, DIGITS, EQUALS, OTHER, STEP, SUM, is_result_name
-from harness.tinyreasoner.vocab import PROGRAM_VOCABULARY, SUM_VOCABULARY
+from harness.tinyreasoner.tasks import embedded_task
 from zoo.base import CacheView, ModelInfo, Policy, PolicyError, StepObservation
 
 TOKEN, ROLE, LINE = "oracle_token", "oracle_role", "oracle_line"
@@ -63,7 +63,6 @@ SUM_RULES = TaskRules("sum", ("step", "r1"), ("step",), (), is_result_name, _rea
 PROGRAM_RULES = TaskRules("program", ("iter", "set", "keep"), program.LINE_STARTS, program.COUNTER_STARTS,
                           program.is_name, _overwritten_statements_are_stale)
 RULES = (SUM_RULES, PROGRAM_RULES)
-TASK_VOCABULARIES = {"sum": SUM_VOCABULARY, "program": PROGRAM_VOCABULARY}
 #: a task's words as single tokens are not enough: a general subword vocabulary (SmolLM2's 49k) has ``iter``, ``set``
 #: and ``keep`` too. A tiny reasoner's tokenizer is word-level, the task's own words and little else.
 WORD_LEVEL_FACTOR = 2
@@ -113,7 +112,7 @@ class Oracle(Policy):
         texts = [t.strip() for t in model.token_texts()]
         index = {t: i for i, t in reversed(list(enumerate(texts)))}
         found = [r for r in RULES if all(w in index for w in (*r.marks, "=", ".", *DIGITS))
-                 and len(index) <= WORD_LEVEL_FACTOR * len(TASK_VOCABULARIES[r.task].tokens)]
+                 and len(index) <= WORD_LEVEL_FACTOR * len(embedded_task(r.task).vocabulary.tokens)]
         if not found:
             words = "; ".join(f"{r.task}: {', '.join(r.marks)}" for r in RULES)
             raise PolicyError(

@@ -280,12 +280,14 @@ def critical_mask(tokens: Sequence[str]) -> list[bool]:
     return [role in (DEF_NAME, DEF_VALUE) for role in token_roles(tokens)]
 
 
-def task_facts(items: Sequence[Problem]) -> dict[str, float]:
-    """Length and criticality statistics of a problem set (for the model card and the closing note)."""
+def task_facts(items: Sequence[Problem],
+               roles: Callable[[Sequence[str]], list[int]] = token_roles) -> dict[str, float]:
+    """Length and criticality statistics of a problem set (for the model card and the closing note); ``roles``
+    is the task's role rule (the default: this task's), which tells work-line tokens from filler."""
     lengths = sorted(len(p.trace) for p in items)
     thinking = sum(len(p.trace) for p in items)
     critical = sum(sum(p.critical) for p in items)
-    step_tokens = sum(sum(r != OTHER for r in token_roles(p.trace)) for p in items)
+    step_tokens = sum(sum(r != OTHER for r in roles(p.trace)) for p in items)
     return {
         "problems": len(items),
         "median_thinking_tokens": float(lengths[len(lengths) // 2]),

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from harness.tinyreasoner.problems import (
     DEF_NAME,
     DEF_VALUE,
-    DIGITS,
     OTHER,
     THINK_CLOSE,
     Problem,
@@ -41,6 +40,7 @@ from harness.tinyreasoner.problems import (
     next_role,
     problem_seed,
 )
+from harness.tinyreasoner.problems import task_facts as problems_task_facts
 
 REGISTERS = ("a", "b", "c", "d")
 KEPT = "p"  # the register written before the loop and read after it
@@ -191,20 +191,5 @@ def critical_mask(tokens: Sequence[str]) -> list[bool]:
 
 
 def task_facts(items: Sequence[Problem]) -> dict[str, float]:
-    """Length and criticality statistics of a problem set (for the model card and the closing note)."""
-    lengths = sorted(len(p.trace) for p in items)
-    thinking = sum(len(p.trace) for p in items)
-    critical = sum(sum(p.critical) for p in items)
-    line_tokens = sum(sum(r != OTHER for r in token_roles(p.trace)) for p in items)
-    return {
-        "problems": len(items),
-        "median_thinking_tokens": float(lengths[len(lengths) // 2]),
-        "min_thinking_tokens": float(lengths[0]),
-        "max_thinking_tokens": float(lengths[-1]),
-        "critical_fraction": critical / thinking,
-        "step_line_fraction": line_tokens / thinking,
-    }
-
-
-__all__ = ["DIGITS", "ProgramKnobs", "generate", "problems", "token_roles", "critical_mask", "statement_dead_at",
-           "task_facts"]
+    """Length and criticality statistics of a problem set, by this task's role rules."""
+    return problems_task_facts(items, roles=token_roles)

@@ -43,10 +43,6 @@ class EmbeddedTask:
             yield self.generate(index, seed, split, knobs)
 
 
-def _sum_dead_at(words: Sequence[str], roles: Sequence[int]) -> list[int]:
-    return sum_task.statement_spent_at(words, roles)
-
-
 SUM = EmbeddedTask(
     name="sum",
     summary="the sum of prompt variables by a pairwise reduction: results stated once, read once, far later",
@@ -54,7 +50,7 @@ SUM = EmbeddedTask(
     knobs=sum_task.Knobs,
     generate=sum_task.generate,
     token_roles=sum_task.token_roles,
-    statement_dead_at=_sum_dead_at,
+    statement_dead_at=sum_task.statement_spent_at,
     line_starts=("step",),
     task_facts=sum_task.task_facts,
     warmup_stage=lambda: sum_task.Knobs(min_vars=4, max_vars=8, gap_lines=0, random_filler=True, filler_ratio=1.0),

@@ -11,6 +11,7 @@ the part that matters: values *retrieved* from far back versus sums computed loc
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -35,13 +36,15 @@ RETRIEVED, COMPUTED, FORMAT = 0, 1, 2
 TYPE_NAMES = ("retrieved", "computed", "format")
 
 
-def _digit_ids(vocabulary: Vocabulary) -> set[int]:
-    return {vocabulary.token_id[d] for d in DIGITS}
+@functools.cache  # token_types asks for every problem of every batch
+def _digit_ids(vocabulary: Vocabulary) -> frozenset[int]:
+    return frozenset(vocabulary.token_id[d] for d in DIGITS)
 
 
-def _name_ids(vocabulary: Vocabulary) -> set[int]:
+@functools.cache
+def _name_ids(vocabulary: Vocabulary) -> frozenset[int]:
     """Ids of the names a value follows: one-letter variables and registers, ``r1``.. results."""
-    return {i for i, t in enumerate(vocabulary.tokens) if len(t) == 1 and t.isalpha() or is_result_name(t)}
+    return frozenset(i for i, t in enumerate(vocabulary.tokens) if len(t) == 1 and t.isalpha() or is_result_name(t))
 
 
 @dataclass
