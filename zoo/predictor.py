@@ -55,17 +55,18 @@ class ImportancePredictor(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[..., hidden]`` -> ``[...]`` importance scores."""
-        return self.mlp(hidden.to(self.mlp[0].weight.dtype)).squeeze(-1)
-
-    @torch.no_grad()
-    def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        """What ``forward`` computes, without autograd and calling the layers' functions directly: it runs on
-        every decode step, where the modules' own call overhead is most of the cost of so small a head."""
+        """``[..., hidden]`` -> ``[...]`` importance scores. The layers' functions are called directly (each
+        Linear is followed by a default Softplus): on every decode step the modules' own call overhead would be
+        most of the cost of so small a head."""
         x = hidden.to(self.mlp[0].weight.dtype)
         for linear in self.mlp[::2]:
             x = F.softplus(F.linear(x, linear.weight))
         return x.squeeze(-1)
+
+    @torch.no_grad()
+    def score(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``forward`` without autograd and without ``Module.__call__``: DynTS's per-step path."""
+        return self.forward(hidden)
 
     def save(self, directory: Path) -> None:
         """Write weights and config next to each other, then move each into place: an interrupted save leaves
