@@ -93,7 +93,7 @@ def test_oracle_marks_in_a_wrapping_compacted_ring_match_a_linear_cache_and_the_
         cache, split = _observe_through_ring(words, prompt_len, capacity)
         split_total += split
         assert cache.written > 3 * capacity, "the ring must have wrapped several times"
-        seen = cache.ordered_rows(torch.tensor([0]), cache.ordered_slots())
+        seen = cache.ordered_rows([0], cache.ordered_slots())
         valid = seen["valid"][0]
         positions = seen["positions"][0][valid].tolist()
         state = {name: seen["state"][name][0][valid].long().tolist() for name in (TOKEN, ROLE, LINE)}

@@ -290,3 +290,54 @@ def query_attention(view: CacheView) -> Iterator[torch.Tensor]:
             mask = mask & view.query_valid[:, -w:].unsqueeze(-1)
         logits = logits.masked_fill(~mask.unsqueeze(1), float("-inf"))
         yield torch.softmax(logits, dim=-1).nan_to_num(0.0)  # rows without a valid query give zeros
+
+
+def stacked_layers(layers: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """``[L, ...]``: every layer's tensor in one, when the sequence already holds them that way (the transformers
+    backend's keys and queries, ``stacked()``); None for per-layer sequences (the paged engines read each layer's
+    keys on demand, so stacking them would hold every layer's keys at once)."""
+    stacked = getattr(layers, "stacked", None)
+    return stacked() if callable(stacked) else None
+
+
+def per_key_values(view: CacheView, per_key: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``[L, B, KVH, T]``: ``per_key`` (keys ``[..., T, D]`` ->
+    ``[..., T]``, each key's value from that key alone, such as its norm) over every layer's keys. The transformers
+    backend computes it where the keys lie and reorders only the values (``OrderedKeys.per_key``)."""
+    mapped = getattr(view.keys, "per_key", None)
+    if callable(mapped):
+        return mapped(per_key)
+    stacked = stacked_layers(view.keys)
+    return per_key(stacked) if stacked is not None else torch.stack([per_key(keys) for keys in view.keys])
+
+
+def key_score_mean(view: CacheView, per_key: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``[B, T]``: a per-key score averaged over KV heads and layers, so that every layer keeps the same set.
+
+    ``per_key`` maps keys ``[..., B, KVH, T, D]`` to ``[..., B, KVH, T]``: it runs once on all layers where the
+    keys come stacked, else once per layer; elementwise maps and reductions over the last dims give the same
+    numbers either way (``tests/test_zoo_stacked.py``)."""
+    stacked = stacked_layers(view.keys)
+    if stacked is not None:
+        return per_key(stacked).mean(dim=2).mean(0)
+    return torch.stack([per_key(keys).mean(dim=1) for keys in view.keys]).mean(0)
+
+
+def last_query_attention(view: CacheView) -> torch.Tensor:
+    """``[B, T]``: the newest stored query's attention over the cached keys, averaged over heads and layers.
+
+    The same numbers as the last row of ``query_attention`` (which sees every slot: it is the newest query),
+    computed for all layers in one pass where keys and queries come stacked."""
+    keys, queries = stacked_layers(view.keys), None if view.queries is None else stacked_layers(view.queries)
+    if keys is None or queries is None:
+        return torch.stack([probs[:, :, -1].mean(dim=1) for probs in query_attention(view)]).mean(0)
+    q = queries[:, :, :, -1:].float()  # [L, B, H, 1, D]
+    layers, b, h, _, d = q.shape
+    kv_heads = keys.shape[2]
+    # as in query_attention: query head j reads KV head j // (H / KVH), one matmul per KV head's group
+    grouped = q.reshape(layers, b, kv_heads, h // kv_heads, d) @ keys.float().transpose(-1, -2)
+    logits = grouped.view(layers, b, h, -1) / d**0.5  # [L, B, H, T]
+    mask = view.valid if view.query_valid is None else view.valid & view.query_valid[:, -1:]
+    logits = logits.masked_fill(~mask[None, :, None, :], float("-inf"))
+    probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+    return probs.mean(dim=2).mean(0)

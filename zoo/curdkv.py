@@ -6,19 +6,30 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.base import CacheView, SinkPolicy, option
+from zoo.base import CacheView, SinkPolicy, option, per_key_values
 
 
-def local_key_leverage(keys: torch.Tensor, valid: torch.Tensor, window: int) -> torch.Tensor:
-    """``[B, KVH, T]``: each key's squared norm over the sum in its window of ``window`` consecutive valid slots
-    (counted from the oldest; ``window`` 0: over the whole cache), then over the head's total, so the scores of
-    a head sum to 1. Invalid slots score 0."""
-    energy = keys.float().pow(2).sum(-1) * valid[:, None, :]
+def squared_key_norms(keys: torch.Tensor) -> torch.Tensor:
+    """``[..., T]``: each key's squared L2 norm (keys ``[..., T, D]``), its energy."""
+    return keys.float().pow(2).sum(-1)
+
+
+def local_leverage(energy: torch.Tensor, valid: torch.Tensor, window: int) -> torch.Tensor:
+    """``[..., B, KVH, T]`` from key energies ``[..., B, KVH, T]`` (any leading dims such as layers): each
+    energy over the sum in its window of ``window`` consecutive valid slots (counted from the oldest; ``window``
+    0: over the whole cache), then over the head's total, so the scores of a head sum to 1. Invalid slots
+    score 0."""
+    energy = energy * valid[:, None, :]
     if window > 0:
         group = ((valid.long().cumsum(-1) - 1).clamp(min=0) // window)[:, None, :].expand_as(energy)
         totals = torch.zeros_like(energy).scatter_add_(-1, group, energy)
         energy = energy / totals.gather(-1, group).clamp(min=torch.finfo(energy.dtype).tiny)
     return energy / energy.sum(-1, keepdim=True).clamp(min=torch.finfo(energy.dtype).tiny)
+
+
+def local_key_leverage(keys: torch.Tensor, valid: torch.Tensor, window: int) -> torch.Tensor:
+    """``local_leverage`` of the keys ``[..., B, KVH, T, D]``."""
+    return local_leverage(squared_key_norms(keys), valid, window)
 
 
 @dataclass
@@ -41,5 +52,5 @@ class CurDKV(SinkPolicy):
         self._at_least("local_window", 0)
 
     def score(self, view: CacheView) -> torch.Tensor:
-        per_layer = [local_key_leverage(keys, view.valid, self.local_window).mean(dim=1) for keys in view.keys]
-        return torch.stack(per_layer).mean(0)
+        energy = per_key_values(view, squared_key_norms)  # [L, B, KVH, T]
+        return local_leverage(energy, view.valid, self.local_window).mean(dim=2).mean(0)  # over KV heads, layers

@@ -7,15 +7,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zoo.base import CacheView, Policy
+from zoo.base import CacheView, Policy, key_score_mean
 
 
 def key_diversity_scores(keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """``[B, KVH, T]``: minus each key's cosine similarity to the anchor, the mean of the valid unit keys of its
-    head (padding slots do not pull the anchor)."""
+    """``[..., B, KVH, T]`` (keys ``[..., B, KVH, T, D]``, any leading dims such as layers): minus each key's
+    cosine similarity to the anchor, the mean of the valid unit keys of its head (padding slots do not pull the
+    anchor)."""
     unit = F.normalize(keys.float(), dim=-1)
     mask = valid[:, None, :, None].to(unit.dtype)
-    anchor = (unit * mask).sum(dim=2, keepdim=True) / mask.sum(dim=2, keepdim=True).clamp(min=1)
+    anchor = (unit * mask).sum(dim=-2, keepdim=True) / mask.sum(dim=-2, keepdim=True).clamp(min=1)
     return -F.cosine_similarity(keys.float(), anchor, dim=-1)
 
 
@@ -34,5 +35,4 @@ class KeyDiff(Policy):
     kvpress = "KeyDiffPress"
 
     def score(self, view: CacheView) -> torch.Tensor:
-        per_layer = [key_diversity_scores(keys, view.valid).mean(dim=1) for keys in view.keys]
-        return torch.stack(per_layer).mean(0)
+        return key_score_mean(view, lambda keys: key_diversity_scores(keys, view.valid))

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.base import CacheView, Policy
+from zoo.base import CacheView, Policy, per_key_values
 
 
 def key_norm_scores(keys: torch.Tensor) -> torch.Tensor:
-    """``[B, KVH, T]``: minus each key's L2 norm (RoPE rotates keys, so pre- and post-RoPE norms are equal)."""
+    """``[..., B, KVH, T]``: minus each key's L2 norm (RoPE rotates keys, so pre- and post-RoPE norms are equal)."""
     return -keys.float().norm(dim=-1)
 
 
@@ -27,4 +27,4 @@ class KNorm(Policy):
     kvpress = "KnormPress"
 
     def score(self, view: CacheView) -> torch.Tensor:
-        return torch.stack([key_norm_scores(keys).mean(dim=1) for keys in view.keys]).mean(0)
+        return per_key_values(view, key_norm_scores).mean(dim=2).mean(0)  # over KV heads, then layers

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.base import CacheView, Policy, query_attention
+from zoo.base import CacheView, Policy, last_query_attention
 
 
 def later_tokens(valid: torch.Tensor) -> torch.Tensor:
@@ -35,5 +35,4 @@ class ObservedAttention(Policy):
         return 1
 
     def score(self, view: CacheView) -> torch.Tensor:
-        attention = torch.stack([probs[:, :, -1].mean(dim=1) for probs in query_attention(view)]).mean(0)
-        return attention / later_tokens(view.valid)
+        return last_query_attention(view) / later_tokens(view.valid)

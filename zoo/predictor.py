@@ -53,13 +53,15 @@ class ImportancePredictor(nn.Module):
             layers.append(nn.Linear(a, b, bias=False))
             layers.append(nn.Softplus())
         self.mlp = nn.Sequential(*layers)
+        # the Linear layers, held once: slicing a Sequential builds a new module on every call
+        self._linears: tuple[nn.Linear, ...] = tuple(layers[::2])  # type: ignore[assignment]
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[..., hidden]`` -> ``[...]`` importance scores. The layers' functions are called directly (each
         Linear is followed by a default Softplus): on every decode step the modules' own call overhead would be
         most of the cost of so small a head."""
-        x = hidden.to(self.mlp[0].weight.dtype)
-        for linear in self.mlp[::2]:
+        x = hidden.to(self._linears[0].weight.dtype)
+        for linear in self._linears:
             x = F.softplus(F.linear(x, linear.weight))
         return x.squeeze(-1)
 

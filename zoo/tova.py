@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.base import CacheView, Policy, query_attention
+from zoo.base import CacheView, Policy, last_query_attention
 
 
 @dataclass
@@ -27,5 +27,4 @@ class TOVA(Policy):
         return 1
 
     def score(self, view: CacheView) -> torch.Tensor:
-        per_layer = [probs[:, :, -1].mean(dim=1) for probs in query_attention(view)]  # [B, T] each
-        return torch.stack(per_layer).mean(0)
+        return last_query_attention(view)

@@ -19,7 +19,7 @@ evicted (keys are cached after RoPE). At selection time policies see a sequence'
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -90,10 +90,13 @@ class CompactingLayer(CacheLayerMixin):
 
 class OrderedKeys(Sequence):
     """Per layer, the keys of some sequences with their slots in generation order, made on first access (only
-    policies that read keys pay for the copy)."""
+    policies that read keys pay for the copy); ``stacked()`` gives every layer's at once, in two copies in all
+    rather than two per layer (``zoo.base.stacked_layers``)."""
 
-    def __init__(self, kv: torch.Tensor, rows: torch.Tensor, order: torch.Tensor) -> None:
-        self._kv, self._rows, self._order = kv, rows, order
+    def __init__(self, kv: torch.Tensor, fired: Sequence[int], order: torch.Tensor) -> None:
+        self._kv, self._fired, self._order = kv, list(fired), order
+        self.rows = torch.tensor(self._fired, device=kv.device)
+        self._stacked: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self._kv.shape[0]
@@ -101,7 +104,41 @@ class OrderedKeys(Sequence):
     def __getitem__(self, layer):  # type: ignore[override]
         if isinstance(layer, slice):
             return [self[i] for i in range(*layer.indices(len(self)))]
-        return self._kv[layer, 0].index_select(0, self._rows).index_select(2, self._order)
+        if self._stacked is not None:
+            return self._stacked[layer]
+        return self._kv[layer, 0].index_select(0, self.rows).index_select(2, self._order)
+
+    def per_key(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``[L, B, KVH, T]``: ``fn`` (keys ``[..., T, D]`` -> ``[..., T]``, each key's value from that key alone)
+        over every layer's keys of these sequences, computed where the keys lie and only then put in generation
+        order: no key is copied."""
+        values = torch.stack([fn(self._kv[:, 0, b]) for b in self._fired], dim=1)  # [L, B, KVH, C]
+        return values.index_select(3, self._order)
+
+    def stacked(self) -> torch.Tensor:
+        """``[L, B, KVH, T, D]``: every layer's keys of these sequences, slots in generation order."""
+        if self._stacked is None:  # rows one by one: index_select across the strided batch dim is slow on CPU
+            rows = torch.stack([self._kv[:, 0, b] for b in self._fired], dim=1)
+            self._stacked = rows.index_select(3, self._order)
+        return self._stacked
+
+
+class LayerStack(Sequence):
+    """A ``[L, ...]`` tensor seen as a sequence of layers, which also offers itself whole (``stacked()``)."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self._tensor = tensor
+
+    def __len__(self) -> int:
+        return self._tensor.shape[0]
+
+    def __getitem__(self, layer):  # type: ignore[override]
+        if isinstance(layer, slice):
+            return [self[i] for i in range(*layer.indices(len(self)))]
+        return self._tensor[layer]
+
+    def stacked(self) -> torch.Tensor:
+        return self._tensor
 
 
 class CompactingCache(Cache):
@@ -237,17 +274,20 @@ class CompactingCache(Cache):
         assert self.slot is not None
         return (torch.arange(self.capacity, device=self.slot.device) + self.write_slot) % self.capacity
 
-    def ordered_rows(self, rows: torch.Tensor, order: torch.Tensor) -> dict[str, torch.Tensor | OrderedKeys]:
-        """The metadata, state and keys of sequences ``rows`` with slots in generation order (``order``)."""
+    def ordered_rows(self, fired: Sequence[int], order: torch.Tensor) -> dict[str, torch.Tensor | OrderedKeys]:
+        """The metadata, state and keys of the sequences ``fired`` (batch entries) with slots in generation order
+        (``order``), and ``rows``, those entries as a device tensor."""
         assert self.flags is not None and self.ids is not None and self.kv is not None
+        keys = OrderedKeys(self.kv, fired, order)
+        rows = keys.rows
         flags = self.flags.index_select(1, rows).index_select(2, order)
         ids = self.ids.index_select(1, rows).index_select(2, order)
         state = {}
         if self.scores is not None:
             scores = self.scores.index_select(1, rows).index_select(2, order)
             state = {name: scores[i] for i, name in enumerate(self.state_names)}
-        return {"valid": flags[0], "is_prompt": flags[1], "positions": ids[0], "token_ids": ids[1],
-                "state": state, "keys": OrderedKeys(self.kv, rows, order)}
+        return {"rows": rows, "valid": flags[0], "is_prompt": flags[1], "positions": ids[0], "token_ids": ids[1],
+                "state": state, "keys": keys}
 
     def compact(self, kept: torch.Tensor, kept_valid: torch.Tensor) -> None:
         """Keep slots ``kept[b]`` of every sequence (``[B, K]``, in generation order, ascending, left-padded;

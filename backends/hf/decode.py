@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from backends.base import GenerationRequest, SamplingParams, SequenceResult
-from backends.hf.cache import CompactingCache
+from backends.hf.cache import CompactingCache, LayerStack
 from backends.hf.clock import NO_CLOCK, Clock, sync
 from backends.hf.observe import KVObserver
 from backends.hf.sampling import choose_next, make_generators
@@ -372,13 +372,13 @@ def compress_rows(cache: CompactingCache, observer: KVObserver, policy: Policy, 
     """
     assert schedule is not None
     device = cache.valid.device
-    rows = torch.tensor(fired, device=device)
     with clock.section("view"):
         order = cache.ordered_slots()
-        seen = cache.ordered_rows(rows, order)
+        seen = cache.ordered_rows(fired, order)
+        rows = seen["rows"]
         queries = None
         if observer.query_window:
-            queries = [q.index_select(0, rows) for q in observer.queries]  # type: ignore[union-attr]
+            queries = LayerStack(torch.stack(observer.queries).index_select(1, rows))  # type: ignore[arg-type]
         view = CacheView(
             valid=seen["valid"], positions=seen["positions"], token_ids=seen["token_ids"],  # type: ignore[arg-type]
             is_prompt=seen["is_prompt"], keys=seen["keys"], queries=queries,  # type: ignore[arg-type]

@@ -75,13 +75,13 @@ def next_roles(ids: Ids, new: torch.Tensor, prev_token: torch.Tensor,
     starts = ids["start"][new] | counter
     in_line = starts | ((prev_role != OTHER) & (prev_token != ids["."]))
     digit = ids["digit"][new]
-    role = torch.full_like(prev_role, STEP)
-    role[new == ids["="]] = EQUALS
-    role[(prev_role == EQUALS) & digit] = SUM
-    role[(prev_role == SUM) & ids["name"][new]] = DEF_NAME
-    role[(prev_role == DEF_NAME) & digit] = DEF_VALUE
-    role[~in_line] = OTHER
-    role[counter] = DEF_NAME
+    # each rule overrides the ones before it (``torch.where``, not masked assignment: no mask-to-index step)
+    role = torch.where(new == ids["="], EQUALS, torch.full_like(prev_role, STEP))
+    role = torch.where((prev_role == EQUALS) & digit, SUM, role)
+    role = torch.where((prev_role == SUM) & ids["name"][new], DEF_NAME, role)
+    role = torch.where((prev_role == DEF_NAME) & digit, DEF_VALUE, role)
+    role = torch.where(in_line, role, OTHER)
+    role = torch.where(counter, DEF_NAME, role)
     return role, starts, in_line
 
 
@@ -107,6 +107,7 @@ class Oracle(Policy):
     state_names = (TOKEN, ROLE, LINE, ORDER, OWNER)
     _ids: Ids = field(default_factory=dict, init=False, repr=False)
     _rules: TaskRules = field(default=SUM_RULES, init=False, repr=False)
+    _ids_device: torch.device | None = field(default=None, init=False, repr=False)  # where ``_ids`` live
 
     def prepare(self, model: ModelInfo) -> None:
         texts = [t.strip() for t in model.token_texts()]
@@ -122,6 +123,7 @@ class Oracle(Policy):
             )
         self._rules = found[0]
         self._ids = self._rules.ids(texts, index)
+        self._ids_device = None
 
     @property
     def task(self) -> str:
@@ -136,7 +138,10 @@ class Oracle(Policy):
         generation order, and a statement's value is tied to its name by the name's token id, not by adjacency
         (a ring-written cache wraps, a compacted one moves tokens)."""
         tokens, roles, lines, order, owner = (state[k] for k in (TOKEN, ROLE, LINE, ORDER, OWNER))
-        ids = {k: v.to(tokens.device) for k, v in self._ids.items()}
+        if self._ids_device != tokens.device:  # moved once, not per step
+            self._ids = {k: v.to(tokens.device) for k, v in self._ids.items()}
+            self._ids_device = tokens.device
+        ids = self._ids
         latest, at = order.max(-1)  # the sequence's last observed token (order 0: nothing observed yet)
         seen = latest > 0
         rows = torch.arange(tokens.shape[0], device=tokens.device)

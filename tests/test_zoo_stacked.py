@@ -1,0 +1,70 @@
+"""Scoring every layer in one pass gives the same numbers, to the bit, as scoring one layer at a time.
+
+The transformers backend hands policies their keys and queries stacked (``OrderedKeys.stacked``, ``LayerStack``);
+the paged engines hand them per layer. The per-layer path is the reference: a plain list of per-layer tensors
+(no ``stacked``) makes every policy take it, and TOVA's per-layer formula is written out here independently.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backends.hf.cache import LayerStack, OrderedKeys
+from zoo import build_policy
+from zoo.base import CacheView
+
+LAYERS, BATCH, HEADS, KV_HEADS, CAPACITY, DIM = 3, 4, 8, 2, 40, 16
+
+
+def _views(seed: int = 0) -> tuple[CacheView, CacheView]:
+    """The same cache seen stacked (as the backend builds it) and per layer (plain lists)."""
+    gen = torch.Generator().manual_seed(seed)
+    kv = torch.randn(LAYERS, 2, BATCH + 2, KV_HEADS, CAPACITY, DIM, generator=gen)
+    rows = torch.tensor([0, 2, 3, 5])  # a subset of the batch, as when some rows' schedules fire
+    order = (torch.arange(CAPACITY) + 13) % CAPACITY  # a wrapped ring
+    lengths = torch.tensor([40, 31, 25, 38])
+    valid = torch.arange(CAPACITY)[None, :] >= (CAPACITY - lengths)[:, None]  # left-padded rows
+    queries = torch.randn(LAYERS, BATCH, HEADS, 1, DIM, generator=gen)
+    query_valid = torch.tensor([[True], [True], [False], [True]])  # a row without a real query
+    common = dict(valid=valid, positions=torch.arange(CAPACITY).expand(BATCH, -1).masked_fill(~valid, -1),
+                  token_ids=torch.zeros(BATCH, CAPACITY, dtype=torch.long), is_prompt=torch.zeros_like(valid),
+                  query_valid=query_valid)
+    ordered = OrderedKeys(kv, rows, order)
+    stacked = CacheView(keys=ordered, queries=LayerStack(queries), **common)
+    per_layer = CacheView(keys=[ordered[i] for i in range(LAYERS)], queries=list(queries), **common)
+    return stacked, per_layer
+
+
+@pytest.mark.parametrize("name", ["knorm", "keydiff", "curdkv", "tova", "observed"])
+def test_stacked_scores_equal_per_layer_scores(name):
+    stacked, per_layer = _views()
+    policy = build_policy(name)
+    assert torch.equal(policy.score(stacked), policy.score(per_layer))
+
+
+def test_stacked_keys_are_each_layers_keys_in_generation_order():
+    stacked, _ = _views()
+    gen = torch.Generator().manual_seed(0)
+    kv = torch.randn(LAYERS, 2, BATCH + 2, KV_HEADS, CAPACITY, DIM, generator=gen)
+    order = (torch.arange(CAPACITY) + 13) % CAPACITY
+    expected = torch.stack([kv[layer, 0][[0, 2, 3, 5]][:, :, order] for layer in range(LAYERS)])
+    assert torch.equal(stacked.keys.stacked(), expected)  # type: ignore[union-attr]
+    assert torch.equal(stacked.keys[1], expected[1])
+
+
+def test_tova_is_the_newest_querys_attention_averaged_over_heads_and_layers():
+    stacked, _ = _views()
+    keys, queries = stacked.keys.stacked(), stacked.queries.stacked()  # type: ignore[union-attr]
+    group = HEADS // KV_HEADS
+    per_layer = []
+    for layer in range(LAYERS):
+        k = keys[layer].repeat_interleave(group, dim=1)  # [B, H, T, D]
+        logits = (queries[layer][:, :, -1:] @ k.transpose(-1, -2))[:, :, 0] / DIM**0.5  # [B, H, T]
+        mask = stacked.valid & stacked.query_valid  # type: ignore[operator]
+        probs = torch.softmax(logits.masked_fill(~mask[:, None], float("-inf")), dim=-1).nan_to_num(0.0)
+        per_layer.append(probs.mean(1))
+    got = build_policy("tova").score(stacked)
+    torch.testing.assert_close(got, torch.stack(per_layer).mean(0))
+    assert torch.all(got[2] == 0)  # the row without a real query gives no attention
+    assert torch.allclose(got[[0, 1, 3]].sum(-1), torch.ones(3))
