@@ -306,7 +306,7 @@ def per_key_values(view: CacheView, per_key: Callable[[torch.Tensor], torch.Tens
     backend computes it where the keys lie and reorders only the values (``OrderedKeys.per_key``)."""
     mapped = getattr(view.keys, "per_key", None)
     if callable(mapped):
-        return mapped(per_key)
+        return mapped(lambda keys, _row: per_key(keys))
     stacked = stacked_layers(view.keys)
     return per_key(stacked) if stacked is not None else torch.stack([per_key(keys) for keys in view.keys])
 
@@ -326,17 +326,22 @@ def key_score_mean(view: CacheView, per_key: Callable[[torch.Tensor], torch.Tens
 def last_query_attention(view: CacheView) -> torch.Tensor:
     """``[B, T]``: the newest stored query's attention over the cached keys, averaged over heads and layers.
 
-    The same numbers as the last row of ``query_attention`` (which sees every slot: it is the newest query),
-    computed for all layers in one pass where keys and queries come stacked."""
-    keys, queries = stacked_layers(view.keys), None if view.queries is None else stacked_layers(view.queries)
-    if keys is None or queries is None:
+    The same numbers as the last row of ``query_attention`` (which sees every slot: it is the newest query).
+    Where the keys offer ``per_key`` (the transformers backend) the dot products are taken where the keys lie,
+    for all layers at once, and only the logits are put in generation order, before the softmax."""
+    mapped = getattr(view.keys, "per_key", None)
+    queries = None if view.queries is None else stacked_layers(view.queries)
+    if not callable(mapped) or queries is None:
         return torch.stack([probs[:, :, -1].mean(dim=1) for probs in query_attention(view)]).mean(0)
-    q = queries[:, :, :, -1:].float()  # [L, B, H, 1, D]
-    layers, b, h, _, d = q.shape
-    kv_heads = keys.shape[2]
-    # as in query_attention: query head j reads KV head j // (H / KVH), one matmul per KV head's group
-    grouped = q.reshape(layers, b, kv_heads, h // kv_heads, d) @ keys.float().transpose(-1, -2)
-    logits = grouped.view(layers, b, h, -1) / d**0.5  # [L, B, H, T]
+    q = queries[:, :, :, -1].float()  # [L, B, H, D]
+    layers, _, h, d = q.shape
+
+    def dot_products(keys: torch.Tensor, row: int) -> torch.Tensor:  # keys [L, KVH, T, D] -> [L, H, T]
+        # as in query_attention: query head j reads KV head j // (H / KVH), one matmul per KV head's group
+        kv_heads = keys.shape[1]
+        return (q[:, row].reshape(layers, kv_heads, h // kv_heads, d) @ keys.float().transpose(-1, -2)).flatten(1, 2)
+
+    logits = mapped(dot_products) / d**0.5  # [L, B, H, T]
     mask = view.valid if view.query_valid is None else view.valid & view.query_valid[:, -1:]
     logits = logits.masked_fill(~mask[None, :, None, :], float("-inf"))
     probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)

@@ -108,11 +108,11 @@ class OrderedKeys(Sequence):
             return self._stacked[layer]
         return self._kv[layer, 0].index_select(0, self.rows).index_select(2, self._order)
 
-    def per_key(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """``[L, B, KVH, T]``: ``fn`` (keys ``[..., T, D]`` -> ``[..., T]``, each key's value from that key alone)
-        over every layer's keys of these sequences, computed where the keys lie and only then put in generation
-        order: no key is copied."""
-        values = torch.stack([fn(self._kv[:, 0, b]) for b in self._fired], dim=1)  # [L, B, KVH, C]
+    def per_key(self, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
+        """``[L, B, X, T]``: ``fn(keys, b)`` (sequence ``b``'s keys ``[L, KVH, T, D]`` -> ``[L, X, T]``, each key's
+        values from that key alone: its norm, its dot product with a query) for every sequence, computed where the
+        keys lie and only then put in generation order: no key is copied."""
+        values = torch.stack([fn(self._kv[:, 0, b], i) for i, b in enumerate(self._fired)], dim=1)
         return values.index_select(3, self._order)
 
     def stacked(self) -> torch.Tensor:
