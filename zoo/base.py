@@ -300,48 +300,47 @@ def stacked_layers(layers: Sequence[torch.Tensor]) -> torch.Tensor | None:
     return stacked() if callable(stacked) else None
 
 
-def per_key_values(view: CacheView, per_key: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``[L, B, KVH, T]``: ``per_key`` (keys ``[..., T, D]`` ->
-    ``[..., T]``, each key's value from that key alone, such as its norm) over every layer's keys. The transformers
-    backend computes it where the keys lie and reorders only the values (``OrderedKeys.per_key``)."""
-    mapped = getattr(view.keys, "per_key", None)
+#: ``fn(keys, valid, rows)``: the keys ``[L, R, KVH, T, D]`` of ``R`` of the view's sequences, their validity
+#: ``[R, T]`` and which rows of the view they are -> ``[L, R, X, T]``: each slot's values from its own key, and at
+#: most from sums over the sequence's valid keys (``over_keys`` may hand the slots in another order)
+KeyMap = Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor]
+
+
+def over_keys(view: CacheView, fn: KeyMap) -> torch.Tensor:
+    """``[L, B, X, T]``: ``fn`` over every layer's keys of every sequence, in generation order.
+
+    The transformers backend runs ``fn`` where the keys lie, in its own slot order, and reorders only the result
+    (``OrderedKeys.over_keys``): no key is copied. Otherwise ``fn`` runs once per layer on the view's keys (the
+    paged engines read a layer's keys on demand; stacking them would hold every layer's at once). Values from
+    one key are the same to the bit either way; sums over a sequence's keys may differ in the last bits, since
+    they add in another order."""
+    mapped = getattr(view.keys, "over_keys", None)
     if callable(mapped):
-        return mapped(lambda keys, _row: per_key(keys))
-    stacked = stacked_layers(view.keys)
-    return per_key(stacked) if stacked is not None else torch.stack([per_key(keys) for keys in view.keys])
-
-
-def key_score_mean(view: CacheView, per_key: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``[B, T]``: a per-key score averaged over KV heads and layers, so that every layer keeps the same set.
-
-    ``per_key`` maps keys ``[..., B, KVH, T, D]`` to ``[..., B, KVH, T]``: it runs once on all layers where the
-    keys come stacked, else once per layer; elementwise maps and reductions over the last dims give the same
-    numbers either way (``tests/test_zoo_stacked.py``)."""
-    stacked = stacked_layers(view.keys)
-    if stacked is not None:
-        return per_key(stacked).mean(dim=2).mean(0)
-    return torch.stack([per_key(keys).mean(dim=1) for keys in view.keys]).mean(0)
+        return mapped(fn, view.valid)
+    rows = list(range(view.batch_size))
+    return torch.cat([fn(keys.unsqueeze(0), view.valid, rows) for keys in view.keys])
 
 
 def last_query_attention(view: CacheView) -> torch.Tensor:
     """``[B, T]``: the newest stored query's attention over the cached keys, averaged over heads and layers.
 
     The same numbers as the last row of ``query_attention`` (which sees every slot: it is the newest query).
-    Where the keys offer ``per_key`` (the transformers backend) the dot products are taken where the keys lie,
+    Where the keys offer ``over_keys`` (the transformers backend) the dot products are taken where the keys lie,
     for all layers at once, and only the logits are put in generation order, before the softmax."""
-    mapped = getattr(view.keys, "per_key", None)
     queries = None if view.queries is None else stacked_layers(view.queries)
-    if not callable(mapped) or queries is None:
+    if not callable(getattr(view.keys, "over_keys", None)) or queries is None:
         return torch.stack([probs[:, :, -1].mean(dim=1) for probs in query_attention(view)]).mean(0)
     q = queries[:, :, :, -1].float()  # [L, B, H, D]
     layers, _, h, d = q.shape
 
-    def dot_products(keys: torch.Tensor, row: int) -> torch.Tensor:  # keys [L, KVH, T, D] -> [L, H, T]
-        # as in query_attention: query head j reads KV head j // (H / KVH), one matmul per KV head's group
-        kv_heads = keys.shape[1]
-        return (q[:, row].reshape(layers, kv_heads, h // kv_heads, d) @ keys.float().transpose(-1, -2)).flatten(1, 2)
+    def dot_products(keys: torch.Tensor, valid: torch.Tensor, rows: list[int]) -> torch.Tensor:  # -> [L, R, H, T]
+        # as in query_attention: query head j reads KV head j // (H / KVH), one matmul per KV head's group; one
+        # layer at a time, whose keys are contiguous (a matmul would copy the strided stack of layers)
+        kv_heads = keys.shape[2]
+        grouped = q[:, rows].reshape(layers, len(rows), kv_heads, h // kv_heads, d)
+        return torch.stack([g @ k.float().transpose(-1, -2) for g, k in zip(grouped, keys)]).flatten(2, 3)
 
-    logits = mapped(dot_products) / d**0.5  # [L, B, H, T]
+    logits = over_keys(view, dot_products) / d**0.5  # [L, B, H, T]
     mask = view.valid if view.query_valid is None else view.valid & view.query_valid[:, -1:]
     logits = logits.masked_fill(~mask[None, :, None, :], float("-inf"))
     probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.base import CacheView, SinkPolicy, option, per_key_values
+from zoo.base import CacheView, SinkPolicy, option, over_keys
 
 
 def squared_key_norms(keys: torch.Tensor) -> torch.Tensor:
@@ -52,5 +52,5 @@ class CurDKV(SinkPolicy):
         self._at_least("local_window", 0)
 
     def score(self, view: CacheView) -> torch.Tensor:
-        energy = per_key_values(view, squared_key_norms)  # [L, B, KVH, T]
+        energy = over_keys(view, lambda keys, _valid, _rows: squared_key_norms(keys))  # [L, B, KVH, T]
         return local_leverage(energy, view.valid, self.local_window).mean(dim=2).mean(0)  # over KV heads, layers

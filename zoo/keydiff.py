@@ -5,19 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from zoo.base import CacheView, Policy, key_score_mean
+from zoo.base import CacheView, Policy, over_keys
+
+_NORM_EPS, _COSINE_EPS = 1e-12, 1e-8  # F.normalize's and F.cosine_similarity's defaults
 
 
 def key_diversity_scores(keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """``[..., B, KVH, T]`` (keys ``[..., B, KVH, T, D]``, any leading dims such as layers): minus each key's
-    cosine similarity to the anchor, the mean of the valid unit keys of its head (padding slots do not pull the
-    anchor)."""
-    unit = F.normalize(keys.float(), dim=-1)
-    mask = valid[:, None, :, None].to(unit.dtype)
-    anchor = (unit * mask).sum(dim=-2, keepdim=True) / mask.sum(dim=-2, keepdim=True).clamp(min=1)
-    return -F.cosine_similarity(keys.float(), anchor, dim=-1)
+    """``[B, KVH, T]`` (keys ``[B, KVH, T, D]``; ``[L, B, KVH, T]`` for keys ``[L, B, KVH, T, D]``, one layer at a
+    time): minus each key's cosine similarity to the anchor, the mean of the valid unit keys of its head (padding
+    slots do not pull the anchor)."""
+    if keys.dim() == 5:  # a layer at a time: a layer's keys are contiguous where the layers together are not
+        return torch.stack([key_diversity_scores(layer, valid) for layer in keys])
+    k = keys.float()
+    norms = k.norm(dim=-1)  # [B, KVH, T]
+    # three passes over the keys (norms, anchor, dot products) instead of materialising the unit keys
+    weights = valid[:, None, :] / norms.clamp(min=_NORM_EPS)  # each valid key as a unit vector, padding as 0
+    count = valid.sum(-1).clamp(min=1)[:, None, None, None]
+    anchor = (weights.unsqueeze(-2) @ k) / count  # [B, KVH, 1, D]
+    dots = (k @ anchor.transpose(-1, -2)).squeeze(-1)
+    return -dots / (norms * anchor.norm(dim=-1)).clamp(min=_COSINE_EPS)  # F.cosine_similarity's guard
 
 
 @dataclass
@@ -35,4 +42,5 @@ class KeyDiff(Policy):
     kvpress = "KeyDiffPress"
 
     def score(self, view: CacheView) -> torch.Tensor:
-        return key_score_mean(view, lambda keys: key_diversity_scores(keys, view.valid))
+        scores = over_keys(view, lambda keys, valid, _rows: key_diversity_scores(keys, valid))  # [L, B, KVH, T]
+        return scores.mean(dim=2).mean(0)  # over KV heads, then layers

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.base import CacheView, Policy, per_key_values
+from zoo.base import CacheView, Policy, over_keys
 
 
 def key_norm_scores(keys: torch.Tensor) -> torch.Tensor:
@@ -27,4 +27,5 @@ class KNorm(Policy):
     kvpress = "KnormPress"
 
     def score(self, view: CacheView) -> torch.Tensor:
-        return per_key_values(view, key_norm_scores).mean(dim=2).mean(0)  # over KV heads, then layers
+        norms = over_keys(view, lambda keys, _valid, _rows: key_norm_scores(keys))  # [L, B, KVH, T]
+        return norms.mean(dim=2).mean(0)  # over KV heads, then layers

@@ -90,13 +90,11 @@ class CompactingLayer(CacheLayerMixin):
 
 class OrderedKeys(Sequence):
     """Per layer, the keys of some sequences with their slots in generation order, made on first access (only
-    policies that read keys pay for the copy); ``stacked()`` gives every layer's at once, in two copies in all
-    rather than two per layer (``zoo.base.stacked_layers``)."""
+    policies that read keys pay for the copy); ``over_keys`` computes from them where they lie instead."""
 
     def __init__(self, kv: torch.Tensor, fired: Sequence[int], order: torch.Tensor) -> None:
         self._kv, self._fired, self._order = kv, list(fired), order
         self.rows = torch.tensor(self._fired, device=kv.device)
-        self._stacked: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self._kv.shape[0]
@@ -104,23 +102,24 @@ class OrderedKeys(Sequence):
     def __getitem__(self, layer):  # type: ignore[override]
         if isinstance(layer, slice):
             return [self[i] for i in range(*layer.indices(len(self)))]
-        if self._stacked is not None:
-            return self._stacked[layer]
         return self._kv[layer, 0].index_select(0, self.rows).index_select(2, self._order)
 
-    def per_key(self, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
-        """``[L, B, X, T]``: ``fn(keys, b)`` (sequence ``b``'s keys ``[L, KVH, T, D]`` -> ``[L, X, T]``, each key's
-        values from that key alone: its norm, its dot product with a query) for every sequence, computed where the
-        keys lie and only then put in generation order: no key is copied."""
-        values = torch.stack([fn(self._kv[:, 0, b], i) for i, b in enumerate(self._fired)], dim=1)
+    def over_keys(self, fn: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor],
+                  valid: torch.Tensor) -> torch.Tensor:
+        """``[L, B, X, T]`` in generation order: ``fn(keys, valid, rows)`` (see ``zoo.base.over_keys``) run where
+        the keys lie, in the cache's slot order, with ``valid`` ``[B, T]`` put in that order too; only the result
+        is reordered, so no key is copied. One call per run of consecutive batch entries among the sequences
+        (one call in all when every sequence's schedule fired at once)."""
+        in_slots = torch.zeros_like(valid).index_copy_(1, self._order, valid)  # slot order[t] holds t's flag
+        parts, start = [], 0
+        for end in range(1, len(self._fired) + 1):
+            if end == len(self._fired) or self._fired[end] != self._fired[end - 1] + 1:
+                first = self._fired[start]
+                keys = self._kv[:, 0, first : first + end - start]  # [L, R, KVH, C, D], a view
+                parts.append(fn(keys, in_slots[start:end], list(range(start, end))))
+                start = end
+        values = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         return values.index_select(3, self._order)
-
-    def stacked(self) -> torch.Tensor:
-        """``[L, B, KVH, T, D]``: every layer's keys of these sequences, slots in generation order."""
-        if self._stacked is None:  # rows one by one: index_select across the strided batch dim is slow on CPU
-            rows = torch.stack([self._kv[:, 0, b] for b in self._fired], dim=1)
-            self._stacked = rows.index_select(3, self._order)
-        return self._stacked
 
 
 class LayerStack(Sequence):

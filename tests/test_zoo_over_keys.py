@@ -1,8 +1,9 @@
-"""Scoring every layer in one pass gives the same numbers, to the bit, as scoring one layer at a time.
+"""Scoring keys where they lie (the transformers backend's ``OrderedKeys.over_keys``) gives the numbers of scoring
+them copied into generation order, one layer at a time (the paged engines' path): to the bit where each slot's
+value comes from its own key, to float rounding where a sum over the sequence's keys enters (KeyDiff's anchor).
 
-The transformers backend hands policies their keys and queries stacked (``OrderedKeys.stacked``, ``LayerStack``);
-the paged engines hand them per layer. The per-layer path is the reference: a plain list of per-layer tensors
-(no ``stacked``) makes every policy take it, and TOVA's per-layer formula is written out here independently.
+The per-layer path is the reference: a plain list of per-layer tensors makes every policy take it, and TOVA's
+per-layer formula is also written out here independently.
 """
 
 from __future__ import annotations
@@ -31,31 +32,42 @@ def _views(seed: int = 0) -> tuple[CacheView, CacheView]:
                   token_ids=torch.zeros(BATCH, CAPACITY, dtype=torch.long), is_prompt=torch.zeros_like(valid),
                   query_valid=query_valid)
     ordered = OrderedKeys(kv, rows, order)
-    stacked = CacheView(keys=ordered, queries=LayerStack(queries), **common)
+    in_place = CacheView(keys=ordered, queries=LayerStack(queries), **common)
     per_layer = CacheView(keys=[ordered[i] for i in range(LAYERS)], queries=list(queries), **common)
-    return stacked, per_layer
+    return in_place, per_layer
 
 
-@pytest.mark.parametrize("name", ["knorm", "keydiff", "curdkv", "tova", "observed"])
-def test_stacked_scores_equal_per_layer_scores(name):
-    stacked, per_layer = _views()
+@pytest.mark.parametrize("name", ["knorm", "curdkv", "tova", "observed"])
+def test_scores_in_place_equal_per_layer_scores_to_the_bit(name):
+    in_place, per_layer = _views()
     policy = build_policy(name)
-    assert torch.equal(policy.score(stacked), policy.score(per_layer))
+    assert torch.equal(policy.score(in_place), policy.score(per_layer))
 
 
-def test_stacked_keys_are_each_layers_keys_in_generation_order():
-    stacked, _ = _views()
-    gen = torch.Generator().manual_seed(0)
-    kv = torch.randn(LAYERS, 2, BATCH + 2, KV_HEADS, CAPACITY, DIM, generator=gen)
-    order = (torch.arange(CAPACITY) + 13) % CAPACITY
-    expected = torch.stack([kv[layer, 0][[0, 2, 3, 5]][:, :, order] for layer in range(LAYERS)])
-    assert torch.equal(stacked.keys.stacked(), expected)  # type: ignore[union-attr]
-    assert torch.equal(stacked.keys[1], expected[1])
+def test_keydiff_in_place_equals_per_layer_to_float_rounding():
+    in_place, per_layer = _views()
+    policy = build_policy("keydiff")
+    torch.testing.assert_close(policy.score(in_place), policy.score(per_layer), rtol=1e-5, atol=1e-6)
+
+
+def test_over_keys_runs_once_per_run_of_consecutive_rows_and_returns_generation_order():
+    in_place, _ = _views()
+    calls = []
+
+    def first_coordinate(keys, valid, rows):
+        calls.append(rows)
+        return keys[..., 0] * valid[None, :, None, :]  # [L, R, KVH, T]
+
+    got = in_place.keys.over_keys(first_coordinate, in_place.valid)  # type: ignore[union-attr]
+    assert calls == [[0], [1, 2], [3]]  # batch entries 0 | 2, 3 | 5
+    expected = torch.stack([in_place.keys[layer][..., 0] for layer in range(LAYERS)])
+    assert torch.equal(got, expected * in_place.valid[None, :, None, :])
 
 
 def test_tova_is_the_newest_querys_attention_averaged_over_heads_and_layers():
     stacked, _ = _views()
-    keys, queries = stacked.keys.stacked(), stacked.queries.stacked()  # type: ignore[union-attr]
+    keys = torch.stack([stacked.keys[layer] for layer in range(LAYERS)])
+    queries = stacked.queries.stacked()  # type: ignore[union-attr]
     group = HEADS // KV_HEADS
     per_layer = []
     for layer in range(LAYERS):
