@@ -44,7 +44,7 @@ def _oracle() -> Oracle:
 
 def _compact_keeping_every_other(cache: CompactingCache, window: int) -> None:
     """Evict every other live token but the newest ``window`` (the newest always survives, as under any schedule)."""
-    order = cache.ordered_slots()
+    order = cache.generation_order(torch.tensor([0]))[0]
     live = cache.valid[0, order].nonzero().squeeze(1)
     kept = torch.cat([live[:-window][::2], live[-window:]])
     cache.compact(kept[None], torch.ones(1, kept.numel(), dtype=torch.bool))
@@ -93,7 +93,7 @@ def test_oracle_marks_in_a_wrapping_compacted_ring_match_a_linear_cache_and_the_
         cache, split = _observe_through_ring(words, prompt_len, capacity)
         split_total += split
         assert cache.written > 3 * capacity, "the ring must have wrapped several times"
-        seen = cache.ordered_rows([0], cache.ordered_slots())
+        seen = cache.ordered_rows([0])
         valid = seen["valid"][0]
         positions = seen["positions"][0][valid].tolist()
         state = {name: seen["state"][name][0][valid].long().tolist() for name in (TOKEN, ROLE, LINE)}

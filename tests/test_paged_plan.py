@@ -60,7 +60,7 @@ def test_plan_matches_transformers_compacting_cache():
     plan = plan_compaction("r", table, length, kept, BS, positions=ids)
     apply_moves(slab, merge_plans([plan]), row_major)
     got = read(slab, plan.kept_blocks, plan.new_length)  # [K, H, 2D]
-    order = hf.ordered_slots()  # the ring cache's slots in generation order; the kept ones are the live ones
+    order = hf.generation_order(torch.tensor([0]))[0]  # the cache's slots in generation order, empty ones first
     slots = order[hf.valid[0, order]]
     assert torch.equal(got[:, :, :DIM], hf.layers[0].keys[0][:, slots].permute(1, 0, 2))
     assert torch.equal(got[:, :, DIM:], hf.layers[0].values[0][:, slots].permute(1, 0, 2))

@@ -22,8 +22,8 @@ def _views(seed: int = 0) -> tuple[CacheView, CacheView]:
     """The same cache seen stacked (as the backend builds it) and per layer (plain lists)."""
     gen = torch.Generator().manual_seed(seed)
     kv = torch.randn(LAYERS, 2, BATCH + 2, KV_HEADS, CAPACITY, DIM, generator=gen)
-    rows = torch.tensor([0, 2, 3, 5])  # a subset of the batch, as when some rows' schedules fire
-    order = (torch.arange(CAPACITY) + 13) % CAPACITY  # a wrapped ring
+    fired = [0, 2, 3, 5]  # a subset of the batch, as when some rows' schedules fire
+    order = torch.stack([torch.randperm(CAPACITY, generator=gen) for _ in fired])  # each row's own slot order
     lengths = torch.tensor([40, 31, 25, 38])
     valid = torch.arange(CAPACITY)[None, :] >= (CAPACITY - lengths)[:, None]  # left-padded rows
     queries = torch.randn(LAYERS, BATCH, HEADS, 1, DIM, generator=gen)
@@ -31,7 +31,7 @@ def _views(seed: int = 0) -> tuple[CacheView, CacheView]:
     common = dict(valid=valid, positions=torch.arange(CAPACITY).expand(BATCH, -1).masked_fill(~valid, -1),
                   token_ids=torch.zeros(BATCH, CAPACITY, dtype=torch.long), is_prompt=torch.zeros_like(valid),
                   query_valid=query_valid)
-    ordered = OrderedKeys(kv, rows, order)
+    ordered = OrderedKeys(kv, fired, torch.tensor(fired), order)
     in_place = CacheView(keys=ordered, queries=LayerStack(queries), **common)
     per_layer = CacheView(keys=[ordered[i] for i in range(LAYERS)], queries=list(queries), **common)
     return in_place, per_layer

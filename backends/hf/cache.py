@@ -4,16 +4,19 @@ Capacity is fixed per batch (budget + interval under a budget schedule, prompt +
 cache), so the KV memory a run allocates is known exactly and really drops with the budget. Every layer's keys
 and values live in one stacked buffer ``[layers, 2, B, KVH, capacity, D]``.
 
-All sequences of the batch write their next token to the same slot, which walks round the buffer. A sequence's
-tokens therefore always form one run of slots ending just before the write slot; when its schedule fires, only
-that sequence's kept tokens are moved, to the end of that run, freeing the slots the next writes will use. The
-step attends over a fixed span of the buffer (the whole buffer once it has wrapped) with a validity mask, so
-shapes stay fixed between compactions and nothing in the step depends on a value only the device knows.
+All sequences of the batch write their next token to the same slot, which walks round the buffer (``ring_order``:
+the slot to be written next first, the last written last). When a sequence's schedule fires and it keeps ``K``
+tokens, they must end up in the last ``K`` slots of that order, so that the slots the next writes use are free:
+kept tokens already there stay, and each kept token outside moves into a slot an evicted token left there -- at
+most as many moves as tokens evicted, whatever the policy kept. A sequence's slots are therefore in no particular
+order; its generation order is by logical position (``generation_order``). The step attends over a fixed span of
+the buffer (the whole buffer once it has wrapped) with a validity mask, so shapes stay fixed between compactions
+and nothing in the step depends on a value only the device knows.
 
 Per-slot metadata (validity, logical position, token id, prompt flag, policy state) lives here too and moves with
-the keys and values. Logical positions are what RoPE saw, so a token keeps its position after its neighbours are
-evicted (keys are cached after RoPE). At selection time policies see a sequence's slots in generation order
-(``ordered_slots``); at observe time their state is indexed by physical slot, which wraps (``StepObservation``).
+the keys and values. Logical positions are what RoPE saw, so a token keeps its position wherever its key moves
+(keys are cached after RoPE). At selection time policies see a sequence's slots in generation order; at observe
+time their state is indexed by physical slot (``StepObservation``).
 """
 
 from __future__ import annotations
@@ -92,9 +95,8 @@ class OrderedKeys(Sequence):
     """Per layer, the keys of some sequences with their slots in generation order, made on first access (only
     policies that read keys pay for the copy); ``over_keys`` computes from them where they lie instead."""
 
-    def __init__(self, kv: torch.Tensor, fired: Sequence[int], order: torch.Tensor) -> None:
-        self._kv, self._fired, self._order = kv, list(fired), order
-        self.rows = torch.tensor(self._fired, device=kv.device)
+    def __init__(self, kv: torch.Tensor, fired: Sequence[int], rows: torch.Tensor, order: torch.Tensor) -> None:
+        self._kv, self._fired, self._rows, self._order = kv, list(fired), rows, order  # order: [F, C]
 
     def __len__(self) -> int:
         return self._kv.shape[0]
@@ -102,7 +104,8 @@ class OrderedKeys(Sequence):
     def __getitem__(self, layer):  # type: ignore[override]
         if isinstance(layer, slice):
             return [self[i] for i in range(*layer.indices(len(self)))]
-        return self._kv[layer, 0].index_select(0, self.rows).index_select(2, self._order)
+        keys = self._kv[layer, 0].index_select(0, self._rows)  # [F, KVH, C, D]
+        return keys.gather(2, self._order[:, None, :, None].expand_as(keys))
 
     def over_keys(self, fn: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor],
                   valid: torch.Tensor) -> torch.Tensor:
@@ -110,7 +113,7 @@ class OrderedKeys(Sequence):
         the keys lie, in the cache's slot order, with ``valid`` ``[B, T]`` put in that order too; only the result
         is reordered, so no key is copied. One call per run of consecutive batch entries among the sequences
         (one call in all when every sequence's schedule fired at once)."""
-        in_slots = torch.zeros_like(valid).index_copy_(1, self._order, valid)  # slot order[t] holds t's flag
+        in_slots = torch.zeros_like(valid).scatter_(1, self._order, valid)  # slot order[f, t] holds t's flag
         parts, start = [], 0
         for end in range(1, len(self._fired) + 1):
             if end == len(self._fired) or self._fired[end] != self._fired[end - 1] + 1:
@@ -118,8 +121,8 @@ class OrderedKeys(Sequence):
                 keys = self._kv[:, 0, first : first + end - start]  # [L, R, KVH, C, D], a view
                 parts.append(fn(keys, in_slots[start:end], list(range(start, end))))
                 start = end
-        values = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        return values.index_select(3, self._order)
+        values = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # [L, F, X, C]
+        return values.gather(3, self._order[None, :, None, :].expand_as(values))
 
 
 class LayerStack(Sequence):
@@ -267,76 +270,97 @@ class CompactingCache(Cache):
         return self.valid.sum(-1)
 
     # ---------------------------------------------------------------- eviction
-    def ordered_slots(self) -> torch.Tensor:
-        """Long ``[capacity]``: physical slot of each position in generation order (oldest first; the newest
-        token of every sequence last, slots never written or freed before them)."""
+    def ring_order(self) -> torch.Tensor:
+        """Long ``[capacity]``: every slot, the one the next write uses first and the last one written last."""
         assert self.slot is not None
         return (torch.arange(self.capacity, device=self.slot.device) + self.write_slot) % self.capacity
 
-    def ordered_rows(self, fired: Sequence[int], order: torch.Tensor) -> dict[str, torch.Tensor | OrderedKeys]:
-        """The metadata, state and keys of the sequences ``fired`` (batch entries) with slots in generation order
-        (``order``), and ``rows``, those entries as a device tensor."""
+    def generation_order(self, rows: torch.Tensor) -> torch.Tensor:
+        """Long ``[F, capacity]``: each of sequences ``rows``'s slots, empty ones first (left padding), then its
+        tokens oldest first (by logical position: compaction moves tokens between slots)."""
+        assert self.ids is not None
+        return self.positions.index_select(0, rows).argsort(dim=-1, stable=True)
+
+    def ordered_rows(self, fired: Sequence[int]) -> dict[str, torch.Tensor | OrderedKeys]:
+        """The metadata, state and keys of the sequences ``fired`` (batch entries) with slots in generation order;
+        also ``rows`` (those entries as a device tensor) and ``order`` (``generation_order`` of them)."""
         assert self.flags is not None and self.ids is not None and self.kv is not None
-        keys = OrderedKeys(self.kv, fired, order)
-        rows = keys.rows
-        flags = self.flags.index_select(1, rows).index_select(2, order)
-        ids = self.ids.index_select(1, rows).index_select(2, order)
+        rows = torch.tensor(list(fired), device=self.kv.device)
+        order = self.generation_order(rows)
+        flags = self.flags.index_select(1, rows).gather(2, order.expand(2, -1, -1))
+        ids = self.ids.index_select(1, rows).gather(2, order.expand(2, -1, -1))
         state = {}
         if self.scores is not None:
-            scores = self.scores.index_select(1, rows).index_select(2, order)
+            s = len(self.state_names)
+            scores = self.scores.index_select(1, rows).gather(2, order.expand(s, -1, -1))
             state = {name: scores[i] for i, name in enumerate(self.state_names)}
-        return {"rows": rows, "valid": flags[0], "is_prompt": flags[1], "positions": ids[0], "token_ids": ids[1],
-                "state": state, "keys": keys}
+        return {"rows": rows, "order": order, "valid": flags[0], "is_prompt": flags[1], "positions": ids[0],
+                "token_ids": ids[1], "state": state, "keys": OrderedKeys(self.kv, fired, rows, order)}
 
     def compact(self, kept: torch.Tensor, kept_valid: torch.Tensor) -> None:
-        """Keep slots ``kept[b]`` of every sequence (``[B, K]``, in generation order, ascending, left-padded;
-        ``kept_valid`` marks real entries)."""
+        """Keep slots ``kept[b]`` of every sequence (``[B, K]``, positions in generation order, ascending,
+        left-padded; ``kept_valid`` marks real entries)."""
         rows = torch.arange(kept.shape[0], device=kept.device)
-        self.compact_rows(rows, self.ordered_slots(), kept, kept_valid)
+        self.compact_rows(rows, self.generation_order(rows), kept, kept_valid)
 
     def compact_rows(self, rows: torch.Tensor, order: torch.Tensor, kept: torch.Tensor,
                      kept_valid: torch.Tensor) -> None:
-        """Keep, of sequences ``rows``, the generation-order positions ``kept`` ``[F, K]`` (see ``compact``),
-        moved to the end of each sequence's run of slots. Only slots that change place move: one copy of every
-        layer's keys and values together (one readback of how many move), one per metadata dtype; the other
-        sequences are not touched."""
+        """Keep, of sequences ``rows``, the generation-order positions ``kept`` ``[F, K]`` (see ``compact``;
+        ``order`` is their ``generation_order``), each sequence's in its last ``keep`` slots of the ring order
+        (module docstring). Only the kept tokens outside those slots move, each into a slot an evicted token
+        left: one copy of every layer's keys and values together (one readback: which move), and one
+        gather and scatter per metadata dtype; the other sequences are not touched."""
         assert self.kv is not None and self.flags is not None and self.ids is not None
-        c, k = self.capacity, kept.shape[1]
-        src = order[kept]  # [F, K] physical slots kept
-        dst = order[c - k :].expand_as(src)  # right-aligned: the newest kept token stays the newest slot
-        self._move_kv(rows, src, dst, kept_valid)
+        c = self.capacity
+        kept_slots = torch.zeros(rows.shape[0], c, dtype=torch.bool, device=rows.device)
+        kept_slots.scatter_(1, order.gather(1, kept), kept_valid)  # [F, C]: which physical slots stay live
+        # where each sequence's kept tokens must be: its last `keep` slots in ring order
+        ring_rank = (torch.arange(c, device=rows.device) - self.write_slot) % c  # slot -> place in ring_order
+        region = ring_rank[None, :] >= c - kept_valid.sum(-1, keepdim=True)  # [F, C]
+        movers, holes = kept_slots & ~region, region & ~kept_slots
+        # each sequence's i-th mover (by slot) goes to its i-th hole: as many of each, at most its keep count
+        k = kept.shape[1]
+        src = (~movers).byte().argsort(dim=-1, stable=True)[:, :k]
+        dst = (~holes).byte().argsort(dim=-1, stable=True)[:, :k]
+        pair = torch.arange(k, device=rows.device) < movers.sum(-1, keepdim=True)  # [F, K]: the real moves
+        self._move_kv(rows, src, dst, pair)
+        live = kept_slots & ~movers  # after the move: the kept tokens that stayed, and the holes filled
+        live.scatter_(1, dst, pair | live.gather(1, dst))
+        self._move_metadata(rows, src, dst, pair, live)
 
-        flags = self.flags.index_select(1, rows)
-        new_flags = torch.zeros_like(flags)
-        new_flags.scatter_(2, dst.expand(2, -1, -1), flags.gather(2, src.expand(2, -1, -1)) & kept_valid)
-        self.flags.index_copy_(1, rows, new_flags)
-        ids = self.ids.index_select(1, rows)
-        new_ids = torch.zeros_like(ids)
-        new_ids[0] = -1
-        kept_ids = ids.gather(2, src.expand(2, -1, -1))
-        kept_ids[0].masked_fill_(~kept_valid, -1)
-        new_ids.scatter_(2, dst.expand(2, -1, -1), kept_ids)
-        self.ids.index_copy_(1, rows, new_ids)
-        if self.scores is not None:
-            scores = self.scores.index_select(1, rows)
-            s = len(self.state_names)
-            kept_scores = scores.gather(2, src.expand(s, -1, -1)).masked_fill(~kept_valid, 0.0)
-            self.scores.index_copy_(1, rows, torch.zeros_like(scores).scatter_(2, dst.expand(s, -1, -1), kept_scores))
+    def _move_metadata(self, rows: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, pair: torch.Tensor,
+                       live: torch.Tensor) -> None:
+        """Per metadata tensor: copy slot ``src`` to ``dst`` where ``pair`` (the other pairs write a slot's own
+        value back), then empty every slot not ``live`` (validity False, position -1, token 0, state 0)."""
+        assert self.flags is not None and self.ids is not None
+        for name, empty in (("flags", False), ("ids", None), ("scores", 0.0)):
+            tensor = getattr(self, name)
+            if tensor is None:
+                continue
+            n = tensor.shape[0]
+            sel = tensor.index_select(1, rows)  # [n, F, C]
+            moved = torch.where(pair, sel.gather(2, src.expand(n, -1, -1)), sel.gather(2, dst.expand(n, -1, -1)))
+            sel.scatter_(2, dst.expand(n, -1, -1), moved)
+            if empty is None:  # ids: position -1, token 0
+                sel[0].masked_fill_(~live, -1)
+                sel[1].masked_fill_(~live, 0)
+            else:
+                sel.masked_fill_(~live, empty)
+            tensor.index_copy_(1, rows, sel)
 
-    def _move_kv(self, rows: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, kept_valid: torch.Tensor) -> None:
-        """Copy slot ``src[f, k]`` to ``dst[f, k]`` of sequence ``rows[f]`` in every layer's keys and values, for
-        the kept entries that change place: as rows of ``D`` values of a ``[layers * 2, B * KVH * C, D]`` view."""
+    def _move_kv(self, rows: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, pair: torch.Tensor) -> None:
+        """Copy slot ``src[f, i]`` to ``dst[f, i]`` of sequence ``rows[f]`` where ``pair``, in every layer's keys and
+        values at once: as rows of ``D`` values of a ``[layers * 2, B * KVH * C, D]`` view."""
         assert self.kv is not None
         layers, two, batch, heads, c, dim = self.kv.shape
-        moving = (kept_valid & (src != dst)).flatten().nonzero().squeeze(1)  # flat (f, k) entries that move
+        moving = pair.flatten().nonzero().squeeze(1)  # flat (f, i) entries that move (the one readback)
         if moving.numel() == 0:
             return
         row = rows.index_select(0, moving // src.shape[1])
         first = (row[:, None] * heads + torch.arange(heads, device=rows.device)) * c  # [N, KVH] slot 0 of each head
         flat = self.kv.view(layers * two, batch * heads * c, dim)
-        moved = flat.index_select(1, (first + src.view(-1).index_select(0, moving)[:, None]).flatten())
-        to = dst[0].index_select(0, moving % src.shape[1])  # every row's destinations are the same slots
-        flat.index_copy_(1, (first + to[:, None]).flatten(), moved)
+        moved = flat.index_select(1, (first + src.reshape(-1).index_select(0, moving)[:, None]).flatten())
+        flat.index_copy_(1, (first + dst.reshape(-1).index_select(0, moving)[:, None]).flatten(), moved)
 
     def shrink(self, capacity: int) -> None:
         """Reallocate every buffer to ``capacity`` slots (after a long prompt was compressed below it). Every
@@ -344,7 +368,7 @@ class CompactingCache(Cache):
         if capacity >= self.capacity or self.kv is None:
             return
         assert self.flags is not None and self.ids is not None and self.slot is not None
-        keep = self.ordered_slots()[self.capacity - capacity :]
+        keep = self.ring_order()[self.capacity - capacity :]
         self._rebind(self.kv.index_select(4, keep))
         self.flags = self.flags.index_select(2, keep)
         self.ids = self.ids.index_select(2, keep)

@@ -373,9 +373,8 @@ def compress_rows(cache: CompactingCache, observer: KVObserver, policy: Policy, 
     assert schedule is not None
     device = cache.valid.device
     with clock.section("view"):
-        order = cache.ordered_slots()
-        seen = cache.ordered_rows(fired, order)
-        rows = seen["rows"]
+        seen = cache.ordered_rows(fired)
+        rows, order = seen["rows"], seen["order"]
         queries = None
         if observer.query_window:
             queries = LayerStack(torch.stack(observer.queries).index_select(1, rows))  # type: ignore[arg-type]
