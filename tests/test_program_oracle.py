@@ -197,3 +197,18 @@ def test_a_subword_vocabulary_holding_a_tasks_words_is_refused(task_words):
     texts = ["<pad>", "<eos>", *task_words, "=", ".", *DIGITS, *(f"piece{i}" for i in range(5000))]
     with pytest.raises(PolicyError, match="use it with --model tiny-reasoner"):
         Oracle().prepare(ModelInfo("subword-model", "subword-model", 8, 1, lambda: list(texts)))
+
+
+@pytest.mark.parametrize("vocabulary", [SUM_VOCABULARY, PROGRAM_VOCABULARY], ids=["sum", "program"])
+def test_tabulated_roles_equal_next_roles_for_every_token_and_previous_state(vocabulary):
+    from harness.tinyreasoner.oracle import next_roles, tabulated_roles
+
+    ids = _oracle(vocabulary.tokens)._ids
+    vocab = len(vocabulary.tokens)
+    new = torch.arange(vocab).repeat_interleave((SPENT + 1) * 3)  # every token after every role and 3 kinds of token
+    prev_role = torch.arange(SPENT + 1).float().repeat_interleave(3).repeat(vocab)
+    prev_token = torch.tensor([int(ids["."]), int(ids["="]), 0]).repeat((SPENT + 1) * vocab)
+    expected = next_roles(ids, new, prev_token, prev_role)
+    got = tabulated_roles(ids, new, prev_token, prev_role)
+    for e, g in zip(expected, got):
+        assert torch.equal(e, g)

@@ -17,6 +17,8 @@ TOKEN, ROLE, LINE = "oracle_token", "oracle_role", "oracle_line"
 #: is found wherever the backend put it; and, on a statement's name and value, the name's token id
 ORDER, OWNER = "oracle_order", "oracle_owner"
 SPENT = 9  # a stated value no later line needs any more: read (sum task) or overwritten (program task)
+# mark_spent tells statements (and spent ones) by ``role >= DEF_NAME``
+assert max(OTHER, STEP, EQUALS, SUM) < DEF_NAME < DEF_VALUE < SPENT
 
 Ids = dict[str, torch.Tensor]
 #: (ids, new [B], role [B], in_line [B]) -> bool [B]: whether the new token makes the earlier statements of the
@@ -85,11 +87,51 @@ def next_roles(ids: Ids, new: torch.Tensor, prev_token: torch.Tensor,
     return role, starts, in_line
 
 
+#: the bits of a new token that ``next_roles`` reads: counter start, line start, ``=``, digit, name
+_CLASS_BITS = ("counter", "start", "=", "digit", "name")
+_ROLE_BITS, _STARTS, _IN_LINE = 15, 16, 32  # packing of (role, starts, in_line) in the transition table
+
+
+def token_classes(ids: Ids) -> torch.Tensor:
+    """Long ``[V]``: each token's class, the bits of it that ``next_roles`` reads (``_CLASS_BITS``)."""
+    vocab = ids["name"].shape[0]
+    is_eq = torch.arange(vocab) == ids["="]
+    bits = [is_eq if name == "=" else ids[name] for name in _CLASS_BITS]
+    return sum(bit.long() << i for i, bit in enumerate(bits))  # type: ignore[return-value]
+
+
+def role_transitions() -> torch.Tensor:
+    """Long ``[(SPENT + 1) * 2 * 2**len(_CLASS_BITS)]``: ``next_roles`` tabulated, packed as ``role | starts << 4
+    | in_line << 5``, at ``(previous role * 2 + previous token is '.') * 32 + new token's class`` -- one lookup per
+    step instead of a dozen tensor operations. Built by running ``next_roles`` itself on every combination."""
+    classes, states = 2 ** len(_CLASS_BITS), (SPENT + 1) * 2
+    table = torch.zeros(states, classes, dtype=torch.long)
+    prev_role = (torch.arange(states) // 2).float()
+    prev_token = torch.where(torch.arange(states) % 2 == 1, 1, 2)  # token 1 is the synthetic '.', 2 anything else
+    new = torch.zeros(states, dtype=torch.long)  # token 0 carries the class under test
+    for cls in range(classes):
+        bit = {name: torch.tensor([bool(cls >> i & 1), False, False]) for i, name in enumerate(_CLASS_BITS)}
+        ids = {**bit, ".": torch.tensor(1), "=": torch.tensor(0 if cls >> _CLASS_BITS.index("=") & 1 else 2)}
+        role, starts, in_line = next_roles(ids, new, prev_token, prev_role)
+        table[:, cls] = role.long() | starts.long() * _STARTS | in_line.long() * _IN_LINE
+    return table.flatten()
+
+
+def tabulated_roles(ids: Ids, new: torch.Tensor, prev_token: torch.Tensor,
+                    prev_role: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``next_roles`` by one lookup in ``ids["transitions"]`` (``role_transitions``) at ``ids["class"]`` of the
+    new tokens."""
+    state = prev_role.long() * 2 + (prev_token == ids["."]).long()
+    code = ids["transitions"][state * 2 ** len(_CLASS_BITS) + ids["class"][new]]
+    return (code & _ROLE_BITS).float(), (code & _STARTS) > 0, (code & _IN_LINE) > 0
+
+
 def mark_spent(roles: torch.Tensor, owner: torch.Tensor, new: torch.Tensor, stale: torch.Tensor) -> None:
     """Where ``stale``, mark the statements of the name ``new`` (name and value, found by their owner id, not by
     adjacency) ``SPENT``, in place."""
-    stated = (roles == DEF_NAME) | (roles == DEF_VALUE)
-    roles.masked_fill_(stale.unsqueeze(1) & stated & (owner == new.unsqueeze(1).float()), SPENT)
+    # a statement's name and value carry their name's id as owner (other tokens 0); those already SPENT stay so
+    target = torch.where(stale, new, -1).float().unsqueeze(1)  # no owner is -1: rows without a stale name
+    roles.masked_fill_((owner == target) & (roles >= DEF_NAME), SPENT)
 
 
 @dataclass
@@ -123,6 +165,7 @@ class Oracle(Policy):
             )
         self._rules = found[0]
         self._ids = self._rules.ids(texts, index)
+        self._ids.update({"class": token_classes(self._ids), "transitions": role_transitions()})
         self._ids_device = None
 
     @property
@@ -142,16 +185,17 @@ class Oracle(Policy):
             self._ids = {k: v.to(tokens.device) for k, v in self._ids.items()}
             self._ids_device = tokens.device
         ids = self._ids
-        latest, at = order.max(-1)  # the sequence's last observed token (order 0: nothing observed yet)
+        latest, at = order.max(-1, keepdim=True)  # the sequence's last observed token (order 0: nothing yet)
         seen = latest > 0
-        rows = torch.arange(tokens.shape[0], device=tokens.device)
-        prev_token = torch.where(seen, tokens[rows, at].long(), -1)
-        prev_role = torch.where(seen, roles[rows, at], 0.0)
-        prev_line, prev_owner, prev_order = lines[rows, at] * seen, owner[rows, at] * seen, latest
+        # one gather for the four values of the previous token; nothing observed: token -1, the rest 0
+        prev = torch.stack((tokens, roles, lines, owner)).gather(2, at.expand(4, -1, -1)).squeeze(2)
+        prev = prev.where(seen.T, torch.tensor([-1.0, 0.0, 0.0, 0.0], device=prev.device)[:, None])
+        prev_token, prev_role, prev_line, prev_owner = prev[0].long(), prev[1], prev[2], prev[3]
+        prev_order = latest.squeeze(1)
         for j in range(obs.token_ids.shape[1]):
             slot = obs.slot_start + j
             new = obs.token_ids[:, j]
-            role, starts, in_line = next_roles(ids, new, prev_token, prev_role)
+            role, starts, in_line = tabulated_roles(ids, new, prev_token, prev_role)
             mark_spent(roles, owner, new, self._rules.stale(ids, new, role, in_line))
             line = prev_line + starts.float()
             this_owner = torch.where(role == DEF_NAME, new.float(), torch.where(role == DEF_VALUE, prev_owner, 0.0))
