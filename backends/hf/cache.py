@@ -308,59 +308,50 @@ class CompactingCache(Cache):
         """Keep, of sequences ``rows``, the generation-order positions ``kept`` ``[F, K]`` (see ``compact``;
         ``order`` is their ``generation_order``), each sequence's in its last ``keep`` slots of the ring order
         (module docstring). Only the kept tokens outside those slots move, each into a slot an evicted token
-        left: one copy of every layer's keys and values together (one readback: which move), and one
-        gather and scatter per metadata dtype; the other sequences are not touched."""
+        left there: one copy of every layer's keys and values together, one gather and scatter per metadata
+        dtype (the one readback: which slots move); the other sequences are not touched."""
         assert self.kv is not None and self.flags is not None and self.ids is not None
         c = self.capacity
-        kept_slots = torch.zeros(rows.shape[0], c, dtype=torch.bool, device=rows.device)
-        kept_slots.scatter_(1, order.gather(1, kept), kept_valid)  # [F, C]: which physical slots stay live
-        # where each sequence's kept tokens must be: its last `keep` slots in ring order
+        slots = order.gather(1, kept).masked_fill(~kept_valid, c)  # padding entries -> a spare column
+        kept_slots = torch.zeros(rows.shape[0], c + 1, dtype=torch.bool, device=rows.device)
+        kept_slots = kept_slots.scatter_(1, slots, True)[:, :c]  # [F, C]: the physical slots kept
+        # where each sequence's kept tokens must be: its last `keep` slots in ring order; after the moves these
+        # are exactly its live slots
         ring_rank = (torch.arange(c, device=rows.device) - self.write_slot) % c  # slot -> place in ring_order
-        region = ring_rank[None, :] >= c - kept_valid.sum(-1, keepdim=True)  # [F, C]
-        movers, holes = kept_slots & ~region, region & ~kept_slots
-        # each sequence's i-th mover (by slot) goes to its i-th hole: as many of each, at most its keep count
-        k = kept.shape[1]
-        src = (~movers).byte().argsort(dim=-1, stable=True)[:, :k]
-        dst = (~holes).byte().argsort(dim=-1, stable=True)[:, :k]
-        pair = torch.arange(k, device=rows.device) < movers.sum(-1, keepdim=True)  # [F, K]: the real moves
-        self._move_kv(rows, src, dst, pair)
-        live = kept_slots & ~movers  # after the move: the kept tokens that stayed, and the holes filled
-        live.scatter_(1, dst, pair | live.gather(1, dst))
-        self._move_metadata(rows, src, dst, pair, live)
+        region = ring_rank >= c - kept_valid.sum(-1, keepdim=True)  # [F, C]
+        # (sequence, slot) pairs, by sequence then slot: every sequence has as many holes as kept tokens outside
+        # its region, so the i-th mover goes to the i-th hole
+        movers, holes = (kept_slots & ~region).nonzero(), (region & ~kept_slots).nonzero()
+        entry, src, dst = movers[:, 0], movers[:, 1], holes[:, 1]
+        if entry.numel():
+            self._move_kv(rows.index_select(0, entry), src, dst)
+        self._move_metadata(rows, entry, src, dst, region)
 
-    def _move_metadata(self, rows: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, pair: torch.Tensor,
+    def _move_metadata(self, rows: torch.Tensor, entry: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
                        live: torch.Tensor) -> None:
-        """Per metadata tensor: copy slot ``src`` to ``dst`` where ``pair`` (the other pairs write a slot's own
-        value back), then empty every slot not ``live`` (validity False, position -1, token 0, state 0)."""
-        assert self.flags is not None and self.ids is not None
-        for name, empty in (("flags", False), ("ids", None), ("scores", 0.0)):
+        """Per metadata tensor, for sequences ``rows``: copy slot ``src[i]`` to ``dst[i]`` of ``rows[entry[i]]``,
+        then empty every slot not ``live`` (validity False, position -1, token 0, state 0)."""
+        for name, empty in (("flags", (False,)), ("ids", (-1, 0)), ("scores", (0.0,))):
             tensor = getattr(self, name)
             if tensor is None:
                 continue
-            n = tensor.shape[0]
             sel = tensor.index_select(1, rows)  # [n, F, C]
-            moved = torch.where(pair, sel.gather(2, src.expand(n, -1, -1)), sel.gather(2, dst.expand(n, -1, -1)))
-            sel.scatter_(2, dst.expand(n, -1, -1), moved)
-            if empty is None:  # ids: position -1, token 0
-                sel[0].masked_fill_(~live, -1)
-                sel[1].masked_fill_(~live, 0)
-            else:
-                sel.masked_fill_(~live, empty)
+            if entry.numel():
+                sel[:, entry, dst] = sel[:, entry, src]
+            for i, value in enumerate(empty):  # one value for every row of the tensor, or one per row
+                part = sel if len(empty) == 1 else sel[i]
+                part.masked_fill_(~live, value)
             tensor.index_copy_(1, rows, sel)
 
-    def _move_kv(self, rows: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, pair: torch.Tensor) -> None:
-        """Copy slot ``src[f, i]`` to ``dst[f, i]`` of sequence ``rows[f]`` where ``pair``, in every layer's keys and
-        values at once: as rows of ``D`` values of a ``[layers * 2, B * KVH * C, D]`` view."""
+    def _move_kv(self, rows: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Copy slot ``src[i]`` to ``dst[i]`` of sequence ``rows[i]`` in every layer's keys and values at once: as
+        rows of ``D`` values of a ``[layers * 2, B * KVH * C, D]`` view."""
         assert self.kv is not None
         layers, two, batch, heads, c, dim = self.kv.shape
-        moving = pair.flatten().nonzero().squeeze(1)  # flat (f, i) entries that move (the one readback)
-        if moving.numel() == 0:
-            return
-        row = rows.index_select(0, moving // src.shape[1])
-        first = (row[:, None] * heads + torch.arange(heads, device=rows.device)) * c  # [N, KVH] slot 0 of each head
+        first = (rows[:, None] * heads + torch.arange(heads, device=rows.device)) * c  # [N, KVH] slot 0 of each head
         flat = self.kv.view(layers * two, batch * heads * c, dim)
-        moved = flat.index_select(1, (first + src.reshape(-1).index_select(0, moving)[:, None]).flatten())
-        flat.index_copy_(1, (first + dst.reshape(-1).index_select(0, moving)[:, None]).flatten(), moved)
+        moved = flat.index_select(1, (first + src[:, None]).flatten())
+        flat.index_copy_(1, (first + dst[:, None]).flatten(), moved)
 
     def shrink(self, capacity: int) -> None:
         """Reallocate every buffer to ``capacity`` slots (after a long prompt was compressed below it). Every
