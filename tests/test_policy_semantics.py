@@ -313,3 +313,15 @@ def test_a_predictor_without_a_selection_loads_as_the_papers_ranking(tmp_path) -
     del config["selection"]
     (tmp_path / "predictor.json").write_text(json.dumps(config))
     assert build_policy("dynts", predictor=str(tmp_path)).selection() == (0, 0.0)
+
+
+def test_recent_window_is_the_last_valid_slots_of_each_row() -> None:
+    valid = torch.tensor([[False, False, True, True, False, True, True],  # left padding and a hole
+                          [True, True, True, True, True, True, True],
+                          [False, False, False, False, False, True, True]])  # fewer valid slots than the window
+    got = CacheView(valid=valid, positions=torch.zeros(3, 7, dtype=torch.long),
+                    token_ids=torch.zeros(3, 7, dtype=torch.long), is_prompt=torch.zeros_like(valid),
+                    keys=[]).recent_window(3)
+    assert got.tolist() == [[False, False, False, True, False, True, True],
+                            [False, False, False, False, True, True, True],
+                            [False, False, False, False, False, True, True]]

@@ -61,9 +61,10 @@ class CacheView:
         """Bool [B, T]: the last ``window`` valid slots of every row."""
         if window <= 0:
             return torch.zeros_like(self.valid)
-        # Rank of each valid slot counted from the end: slots are in generation order.
-        rank_from_end = self.valid.flip(-1).long().cumsum(-1).flip(-1)
-        return self.valid & (rank_from_end <= window)
+        # slots are in generation order: a valid slot is among the last `window` when more than (valid slots -
+        # window) valid slots lie at or before it
+        count = self.valid.long().cumsum(-1)
+        return self.valid & (count > count[:, -1:] - window)
 
     def first_tokens(self, count: int) -> torch.Tensor:
         """Bool [B, T]: the first ``count`` tokens of every sequence (attention sinks), by logical position."""
@@ -190,9 +191,9 @@ class Policy:
         ranked = scores.float().masked_fill(must, float("inf")).masked_fill(~view.valid, float("-inf"))
         k = int(keep.max().item())
         top = ranked.topk(k, dim=-1).indices
-        chosen = torch.arange(k, device=top.device).unsqueeze(0) < keep.unsqueeze(1)
+        unchosen = torch.arange(k, device=top.device).unsqueeze(0) >= keep.unsqueeze(1)
         # Unchosen entries become -1 so that sorting puts them first: the kept set is left-padded.
-        ordered = top.masked_fill(~chosen, -1).sort(dim=-1).values
+        ordered = top.masked_fill(unchosen, -1).sort(dim=-1).values
         return ordered.clamp(min=0), ordered >= 0
 
     def evict(self, cache: CompactableCache, kept: torch.Tensor, kept_valid: torch.Tensor) -> None:
