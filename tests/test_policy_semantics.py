@@ -244,8 +244,10 @@ def test_query_attention_reads_each_query_heads_own_kv_head_under_grouped_query_
                 assert torch.allclose(probs[row, j, i], expected, atol=1e-6)
 
 
-def _dynts_with_scores(tmp_path, scores: list[float], selection: dict | None = None, **options):
-    head = ImportancePredictor(PredictorConfig("m", hidden_size=4, layer_sizes=[1], selection=selection or {}))
+def _dynts_with_scores(tmp_path, scores: list[float], selection: dict | None = None, target: str = "importance",
+                       transform: str = "none", **options):
+    head = ImportancePredictor(PredictorConfig("m", hidden_size=4, layer_sizes=[1], selection=selection or {},
+                                               target=target, label_transform=transform))
     head.save(tmp_path)
     policy = build_policy("dynts", predictor=str(tmp_path), **options)
     return policy, {SCORE: torch.tensor([scores])}
@@ -310,6 +312,53 @@ def test_a_predictor_without_a_selection_loads_as_the_papers_ranking(tmp_path) -
     head = ImportancePredictor(PredictorConfig("m", hidden_size=4, layer_sizes=[1]))
     head.save(tmp_path)
     config = json.loads((tmp_path / "predictor.json").read_text())
-    del config["selection"]
+    del config["selection"], config["target"]
     (tmp_path / "predictor.json").write_text(json.dumps(config))
-    assert build_policy("dynts", predictor=str(tmp_path)).selection() == (0, 0.0)
+    policy = build_policy("dynts", predictor=str(tmp_path))
+    assert policy.selection() == (0, 0.0)
+    assert ImportancePredictor.load(tmp_path).config.target == "importance"
+    state = {SCORE: torch.tensor([NAME_VALUE])}
+    assert torch.equal(policy.score(view(state=state)), state[SCORE])  # an importance head's scores, untouched
+
+
+#: predicted lifetimes (tokens) of a lifetime head; the newest cached position is 11, so slot s is 11 - s old.
+#: Slot 3 (age 8) is needed for 30 tokens (``p``: read at the end); slot 4 (age 7) for 6 -- a register statement a
+#: later one overwrote, its need ran out a token ago; slot 7 (age 4) for 5 -- the register's live statement.
+LIFETIMES = [0.0, 0.0, 0.0, 30., 6.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_dynts_lifetime_head_evicts_the_token_whose_predicted_need_ran_out(tmp_path) -> None:
+    # remaining need, lifetime - age: slot 3 22, slot 7 +1, slot 4 -1, the rest -age (-9 .. -2)
+    policy, state = _dynts_with_scores(tmp_path / "a", LIFETIMES, target="lifetime")
+    assert kept(policy, view(state=state)) == PROMPT | RECENT | {3, 7}
+    # the same numbers read as importance keep the longer-lived, dead statement (6 > 5)
+    policy, state = _dynts_with_scores(tmp_path / "b", LIFETIMES)
+    assert kept(policy, view(state=state)) == PROMPT | RECENT | {3, 4}
+    # a head trained on log1p(lifetime) ranks the same once its output is turned back into tokens
+    logged = torch.tensor(LIFETIMES).log1p().tolist()
+    policy, state = _dynts_with_scores(tmp_path / "c", logged, target="lifetime", transform="log1p")
+    assert kept(policy, view(state=state)) == PROMPT | RECENT | {3, 7}
+
+
+def test_dynts_recency_on_a_lifetime_head_makes_age_weigh_more(tmp_path) -> None:
+    """Recency r adds r x (position - oldest), so the score is lifetime - (1 + r) x age + a constant: slot 3
+    (lifetime 11, age 8) against slots 8 and 9 (lifetime 0, ages 3 and 2)."""
+    lifetimes = [0.0] * T
+    lifetimes[3] = 11.0
+    # r = 0: 3, -3, -2 -> {3, 9}; r = 2: 11 - 24 = -13, -9, -6 -> {8, 9}
+    policy, state = _dynts_with_scores(tmp_path / "a", lifetimes, target="lifetime")
+    assert kept(policy, view(state=state)) == PROMPT | RECENT | {3, 9}
+    policy, state = _dynts_with_scores(tmp_path / "b", lifetimes, target="lifetime", recency="2")
+    assert kept(policy, view(state=state)) == PROMPT | RECENT | {8, 9}
+    # every need run out (scores -age, median negative): recency still keeps the newest
+    policy, state = _dynts_with_scores(tmp_path / "c", [0.0] * T, target="lifetime", recency="2")
+    assert kept(policy, view(state=state)) == PROMPT | RECENT | {8, 9}
+
+
+def test_a_lifetime_predictor_that_cannot_give_tokens_back_is_refused(tmp_path) -> None:
+    ImportancePredictor(PredictorConfig("m", 4, [1], label_transform="power", target="lifetime")).save(tmp_path / "a")
+    with pytest.raises(PolicyError, match="--transform log1p"):
+        ImportancePredictor.load(tmp_path / "a")
+    ImportancePredictor(PredictorConfig("m", 4, [1], target="age")).save(tmp_path / "b")
+    with pytest.raises(PolicyError, match="target 'age' is unknown"):
+        ImportancePredictor.load(tmp_path / "b")

@@ -20,7 +20,14 @@ class DynTS(Policy):
     ``</think>`` (the answer) score +inf. ``predictor`` is a directory written by the predictor pipeline (the
     harness fills in the one shipped for the model, when there is one). Two ranking options (ours) act on the
     write-time scores at compression, ``pool_next`` and ``recency``: by default the predictor's own
-    (``selection`` in its ``predictor.json``), and the paper's ranking for a predictor without them."""
+    (``selection`` in its ``predictor.json``), and the paper's ranking for a predictor without them.
+
+    A *lifetime* head (``target`` in its ``predictor.json``, ours) predicts how many tokens after its own a token
+    stays needed; its compaction score is the need that remains, predicted lifetime minus the token's age
+    (newest cached position minus its own), so a token whose need has run out goes first, the longest expired
+    first. Recency is then already part of the score (one token of age costs one token of need), and the
+    ``recency`` option scales with the cached span instead of the median score, which can be negative here:
+    ``recency`` r adds r x (position - oldest cached position), i.e. age weighs 1 + r tokens of need."""
 
     name = "dynts"
     family = "learned"
@@ -80,6 +87,10 @@ class DynTS(Policy):
 
     def score(self, view: CacheView) -> torch.Tensor:
         scores = view.state[SCORE]
+        lifetime = self._model is not None and self._model.config.target == "lifetime"
+        if lifetime:
+            assert self._model is not None
+            scores = remaining_need(self._model.config.lifetime_tokens(scores), view.positions, view.valid)
         if view.think_end_id is not None:
             answer = (view.token_ids == view.think_end_id).long().cumsum(-1) > 0
             scores = scores.masked_fill(answer & view.valid, float("inf"))
@@ -87,8 +98,22 @@ class DynTS(Policy):
         if pool_next:
             scores = pool_successors(scores, view.positions, view.valid, pool_next)
         if recency:
-            scores = scores + recency * _row_median(scores, view.valid)[:, None] * age_rank(view.positions, view.valid)
+            scale = cached_span(view.positions, view.valid) if lifetime else _row_median(scores, view.valid)
+            scores = scores + recency * scale[:, None] * age_rank(view.positions, view.valid)
         return scores
+
+
+def remaining_need(lifetime: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Each slot's predicted lifetime minus its age (the row's newest cached position minus its own), in tokens."""
+    newest = positions.masked_fill(~valid, -1).amax(-1, keepdim=True)
+    return lifetime - (newest - positions).float()
+
+
+def cached_span(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Newest minus oldest cached position of each row (at least 1): ``age_rank`` times it is in tokens."""
+    pos = positions.masked_fill(~valid, -1)
+    oldest = positions.masked_fill(~valid, torch.iinfo(positions.dtype).max).amin(-1)
+    return (pos.amax(-1) - oldest).clamp(min=1).float()
 
 
 def pool_successors(scores: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
