@@ -328,29 +328,41 @@ LIFETIMES = [0.0, 0.0, 0.0, 30., 6.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 0.0]
 
 
 def test_dynts_lifetime_head_evicts_the_token_whose_predicted_need_ran_out(tmp_path) -> None:
-    # remaining need, lifetime - age: slot 3 22, slot 7 +1, slot 4 -1, the rest -age (-9 .. -2)
+    # log(1 + lifetime) - log(1 + age): slot 3 log(31/9), slot 7 log(6/5) > 0, slot 4 log(7/8) < 0, the rest
+    # -log(1 + age), at most -log 3 (slot 9)
     policy, state = _dynts_with_scores(tmp_path / "a", LIFETIMES, target="lifetime")
     assert kept(policy, view(state=state)) == PROMPT | RECENT | {3, 7}
     # the same numbers read as importance keep the longer-lived, dead statement (6 > 5)
     policy, state = _dynts_with_scores(tmp_path / "b", LIFETIMES)
     assert kept(policy, view(state=state)) == PROMPT | RECENT | {3, 4}
-    # a head trained on log1p(lifetime) ranks the same once its output is turned back into tokens
+    # a head trained on log1p(lifetime) ranks the same
     logged = torch.tensor(LIFETIMES).log1p().tolist()
     policy, state = _dynts_with_scores(tmp_path / "c", logged, target="lifetime", transform="log1p")
     assert kept(policy, view(state=state)) == PROMPT | RECENT | {3, 7}
 
 
+def test_dynts_lifetime_head_ranks_by_how_far_through_its_predicted_lifetime_a_token_is(tmp_path) -> None:
+    """(1 + lifetime) / (1 + age), not lifetime - age: slot 2 (age 9, 30 tokens) 31/10, slot 6 (age 5, 20) 21/6,
+    slot 9 (age 2, 11) 12/3 -> slots 6 and 9 stay, though lifetime - age (21, 15, 9) would keep 2 and 6."""
+    lifetimes = [0.0] * T
+    lifetimes[2], lifetimes[6], lifetimes[9] = 30.0, 20.0, 11.0
+    policy, state = _dynts_with_scores(tmp_path, lifetimes, target="lifetime")
+    assert kept(policy, view(state=state)) == PROMPT | RECENT | {6, 9}
+
+
 def test_dynts_recency_on_a_lifetime_head_makes_age_weigh_more(tmp_path) -> None:
-    """Recency r adds r x (position - oldest), so the score is lifetime - (1 + r) x age + a constant: slot 3
-    (lifetime 11, age 8) against slots 8 and 9 (lifetime 0, ages 3 and 2)."""
+    """Recency r adds r x log(1 + span) x age rank (span 11, rank s / 11): slot 3 (lifetime 11, age 8) against
+    slots 8 and 9 (lifetime 0, ages 3 and 2)."""
     lifetimes = [0.0] * T
     lifetimes[3] = 11.0
-    # r = 0: 3, -3, -2 -> {3, 9}; r = 2: 11 - 24 = -13, -9, -6 -> {8, 9}
+    # r = 0: log(12/9) = 0.29, -log 4 = -1.39, -log 3 = -1.10 -> {3, 9}
     policy, state = _dynts_with_scores(tmp_path / "a", lifetimes, target="lifetime")
     assert kept(policy, view(state=state)) == PROMPT | RECENT | {3, 9}
+    # r = 2: + 2 log(12) s / 11 = 4.97 s / 11: slot 3 0.29 + 1.36 = 1.64, slot 8 -1.39 + 3.61 = 2.23, slot 9
+    # -1.10 + 4.07 = 2.97 -> {8, 9}
     policy, state = _dynts_with_scores(tmp_path / "b", lifetimes, target="lifetime", recency="2")
     assert kept(policy, view(state=state)) == PROMPT | RECENT | {8, 9}
-    # every need run out (scores -age, median negative): recency still keeps the newest
+    # every need run out (scores -log(1 + age), median negative): recency still keeps the newest
     policy, state = _dynts_with_scores(tmp_path / "c", [0.0] * T, target="lifetime", recency="2")
     assert kept(policy, view(state=state)) == PROMPT | RECENT | {8, 9}
 

@@ -332,8 +332,8 @@ def test_a_lifetime_head_records_its_target_and_reads_back_in_tokens(store, tmp_
                                                                                         "lifetime")
     config = ImportancePredictor.load(tmp_path / "life").config
     assert config.target == "lifetime"
-    assert torch.allclose(config.lifetime_tokens(torch.tensor([0.0, float(torch.tensor(11.0).log())])),
-                          torch.tensor([0.0, 10.0]))
+    assert torch.allclose(config.log_lifetime(torch.tensor([0.0, 2.5])),
+                          torch.tensor([0.0, 2.5]))
     fit(store, tmp_path / "importance", FitConfig(epochs=1, layer_sizes=[8], val_fraction=0.3, correct_only=False))
     assert ImportancePredictor.load(tmp_path / "importance").config.target == "importance"
     with pytest.raises(TraceStoreError, match="--transform log1p"):

@@ -22,12 +22,13 @@ class DynTS(Policy):
     write-time scores at compression, ``pool_next`` and ``recency``: by default the predictor's own
     (``selection`` in its ``predictor.json``), and the paper's ranking for a predictor without them.
 
-    A *lifetime* head (``target`` in its ``predictor.json``, ours) predicts how many tokens after its own a token
-    stays needed; its compaction score is the need that remains, predicted lifetime minus the token's age
-    (newest cached position minus its own), so a token whose need has run out goes first, the longest expired
-    first. Recency is then already part of the score (one token of age costs one token of need), and the
-    ``recency`` option scales with the cached span instead of the median score, which can be negative here:
-    ``recency`` r adds r x (position - oldest cached position), i.e. age weighs 1 + r tokens of need."""
+    A *lifetime* head (``target`` in its ``predictor.json``, ours) predicts, as log(1 + tokens), how long after its
+    own position a token stays needed. Its compaction score is how likely the token is still needed at its age
+    ``a`` (newest cached position minus its own): the head regresses log(1 + lifetime) under a squared error, a
+    log-normal belief around its output, so P(lifetime > a) rises with output - log(1 + a), which is the score. A
+    token whose predicted lifetime has long passed goes first; of two statements predicted alike, the older (the
+    overwritten one) goes first. Recency is thus already in the score; the ``recency`` option adds r x log(1 +
+    cached span) x age rank there (the median score, its scale for importance heads, is negative here)."""
 
     name = "dynts"
     family = "learned"
@@ -90,7 +91,7 @@ class DynTS(Policy):
         lifetime = self._model is not None and self._model.config.target == "lifetime"
         if lifetime:
             assert self._model is not None
-            scores = remaining_need(self._model.config.lifetime_tokens(scores), view.positions, view.valid)
+            scores = still_needed(self._model.config.log_lifetime(scores), view.positions, view.valid)
         if view.think_end_id is not None:
             answer = (view.token_ids == view.think_end_id).long().cumsum(-1) > 0
             scores = scores.masked_fill(answer & view.valid, float("inf"))
@@ -98,19 +99,20 @@ class DynTS(Policy):
         if pool_next:
             scores = pool_successors(scores, view.positions, view.valid, pool_next)
         if recency:
-            scale = cached_span(view.positions, view.valid) if lifetime else _row_median(scores, view.valid)
+            scale = cached_span(view.positions, view.valid).log1p() if lifetime else _row_median(scores, view.valid)
             scores = scores + recency * scale[:, None] * age_rank(view.positions, view.valid)
         return scores
 
 
-def remaining_need(lifetime: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Each slot's predicted lifetime minus its age (the row's newest cached position minus its own), in tokens."""
+def still_needed(log_lifetime: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Each slot's predicted log(1 + lifetime) minus log(1 + its age), the age being the row's newest cached
+    position minus its own: above 0 while the token is younger than its predicted lifetime."""
     newest = positions.masked_fill(~valid, -1).amax(-1, keepdim=True)
-    return lifetime - (newest - positions).float()
+    return log_lifetime - (newest - positions).clamp(min=0).float().log1p()
 
 
 def cached_span(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Newest minus oldest cached position of each row (at least 1): ``age_rank`` times it is in tokens."""
+    """Newest minus oldest cached position of each row (at least 1): the oldest cached token's age."""
     pos = positions.masked_fill(~valid, -1)
     oldest = positions.masked_fill(~valid, torch.iinfo(positions.dtype).max).amin(-1)
     return (pos.amax(-1) - oldest).clamp(min=1).float()

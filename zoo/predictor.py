@@ -25,7 +25,7 @@ CONFIG = "predictor.json"
 #: what a head's output means: ``importance`` -- a score, higher keeps (the paper's; every head before targets);
 #: ``lifetime`` -- how many tokens after its own the token stays needed, under the head's label transform
 TARGETS = ("importance", "lifetime")
-#: label transforms a lifetime head may use: each has an inverse that gives tokens back
+#: label transforms a lifetime head may use: each gives back log(1 + tokens)
 LIFETIME_TRANSFORMS = ("log1p", "none")
 
 
@@ -50,9 +50,9 @@ class PredictorConfig:
                               f"({', '.join(LIFETIME_TRANSFORMS)}), not {self.label_transform!r}: retrain it with "
                               "--transform log1p")
 
-    def lifetime_tokens(self, output: torch.Tensor) -> torch.Tensor:
-        """A lifetime head's output back in tokens (the label transform undone)."""
-        return torch.expm1(output) if self.label_transform == "log1p" else output
+    def log_lifetime(self, output: torch.Tensor) -> torch.Tensor:
+        """A lifetime head's output as log(1 + lifetime in tokens)."""
+        return output if self.label_transform == "log1p" else output.clamp(min=0).log1p()
 
     @staticmethod
     def default_sizes(hidden_size: int) -> list[int]:
