@@ -41,8 +41,9 @@ class DynTS(Policy):
         "a token's score is at least that of the pool_next tokens written right after it (a statement's name goes "
         "with its value); None: the predictor's stored setting (0: the paper's ranking)"))
     recency: float | None = option(None, (
-        "adds recency x the sequence's median score x the token's age rank (0 oldest .. 1 newest), so tokens the "
-        "head does not single out go oldest first; None: the predictor's stored setting (0: the paper's ranking)"))
+        "adds recency x the sequence's median score (a lifetime head: log(1 + cached span)) x the token's age rank "
+        "(0 oldest .. 1 newest), so tokens the head does not single out go oldest first; None: the predictor's "
+        "stored setting (0: the paper's ranking)"))
     _model: ImportancePredictor | None = field(default=None, init=False, repr=False)
     _source: str | None = field(default=None, init=False, repr=False)
     _device: torch.device | None = field(default=None, init=False, repr=False)  # where the head's weights are

@@ -39,7 +39,8 @@ def train_predictor(
     pool_next: int = typer.Option(0, min=0, help="DynTS ranking stored with the head: a token's score is at "
                                   "least its next N tokens' (0: the paper's)."),
     recency: float = typer.Option(0.0, min=0.0, help="DynTS ranking stored with the head: add R x the median "
-                                  "score x age rank, so unflagged tokens go oldest first (0: the paper's)."),
+                                  "score (a lifetime head: log(1 + cached span)) x age rank, so unflagged tokens "
+                                  "go oldest first (0: the paper's)."),
 ) -> None:
     """Train the importance head on the frozen model's hidden states; early stopping on held-out tau."""
     sizes = hidden_widths(layer_sizes, preset)
