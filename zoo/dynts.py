@@ -143,8 +143,9 @@ def check_selection(selection: dict[str, Any]) -> None:
 
 def nearest_budget(chosen: list[int], budget: int) -> int:
     """The chosen budget whose options serve a run at ``budget``: ``budget`` itself if chosen; between two chosen
-    budgets the nearer by ratio (how much of a trace a budget keeps scales with it: 200 is nearer 256 than 100),
-    a tie to the smaller; below or above every chosen budget, the nearest end (an extrapolation)."""
+    budgets the nearer by ratio, since what a budget keeps of a trace scales with it (240 takes 400's options
+    rather than 100's, though 100 is nearer in tokens), a tie (the geometric mean) to the smaller; below or above
+    every chosen budget, the nearest end (an extrapolation)."""
     return min(chosen, key=lambda b: (abs(math.log(b / budget)), b))
 
 

@@ -60,9 +60,9 @@ def select_ranking(
                                        "of the shipped held-out file (refused by default)."),
     per_budget: bool = typer.Option(False, "--per-budget", help="Also choose at each --budget alone (its best "
                                     "cell, same tie rule); --write then stores a table by budget. A run at budget B "
-                                    "uses B's entry, else the nearest chosen budget by ratio (between two, the "
-                                    "nearer by B/b, a tie to the smaller; below or above all of them, the nearest "
-                                    "end, an extrapolation); a run without a budget (--trigger-len) uses the "
+                                    "uses B's entry; between two chosen budgets the nearer by ratio (240 takes "
+                                    "400's over 100's), a tie to the smaller; below or above all of them the "
+                                    "nearest end's (an extrapolation); a run without a budget (--trigger-len) the "
                                     "mean's choice, stored beside the table."),
     allow_stale: bool = typer.Option(False, "--allow-stale", help="Reuse or resume cells that other code made "
                                      "(refused by default; each run directory records the code that made it)."),
