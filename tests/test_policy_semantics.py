@@ -374,3 +374,57 @@ def test_a_lifetime_predictor_that_cannot_give_tokens_back_is_refused(tmp_path) 
     ImportancePredictor(PredictorConfig("m", 4, [1], target="age")).save(tmp_path / "b")
     with pytest.raises(PolicyError, match="target 'age' is unknown"):
         ImportancePredictor.load(tmp_path / "b")
+
+
+PER_BUDGET = {"pool_next": 1, "recency": 4.0,
+              "by_budget": {"100": {"pool_next": 0, "recency": 0.0}, "400": {"pool_next": 0, "recency": 2.0}}}
+
+
+@pytest.mark.parametrize("budget,options", [
+    (100, (0, 0.0)), (400, (0, 2.0)),  # a chosen budget: its own entry
+    (150, (0, 0.0)), (240, (0, 2.0)),  # between: the nearer by ratio (240 is nearer 100 by difference, 400 by ratio)
+    (200, (0, 0.0)),  # the geometric midpoint of 100 and 400: a tie, to the smaller budget
+    (40, (0, 0.0)), (4000, (0, 2.0)),  # outside: the nearest end
+    (None, (1, 4.0)),  # a run without a budget (paper mode): the single setting
+])
+def test_dynts_looks_its_options_up_by_the_runs_budget(tmp_path, budget, options) -> None:
+    policy, _ = _dynts_with_scores(tmp_path, NAME_VALUE, PER_BUDGET)
+    assert policy.selection(budget) == options
+
+
+def test_an_option_given_overrides_the_stored_table_at_every_budget(tmp_path) -> None:
+    _dynts_with_scores(tmp_path, NAME_VALUE, PER_BUDGET)
+    policy = build_policy("dynts", predictor=str(tmp_path), recency="8")
+    assert [policy.selection(b) for b in (100, 400, None)] == [(0, 8.0), (0, 8.0), (1, 8.0)]
+
+
+def test_a_single_stored_setting_serves_every_budget(tmp_path) -> None:
+    policy, state = _dynts_with_scores(tmp_path, NAME_VALUE, {"pool_next": 1, "recency": 2.0})
+    assert {policy.selection(b) for b in (None, 64, 160, 256, 10_000)} == {(1, 2.0)}
+    with_budget, without = view(state=state), view(state=state)
+    with_budget.budgets = (160,)
+    assert torch.equal(policy.score(with_budget), policy.score(without))
+
+
+def test_each_row_of_a_compression_ranks_with_its_own_budgets_options(tmp_path) -> None:
+    """Row 0 at budget 100 (paper ranking: the two highest scores, slots 5 and 8), row 1 at budget 400 (recency
+    2 on equal scores: the newest, 8 and 9) -- the kept sets written from the options' definitions."""
+    policy, _ = _dynts_with_scores(tmp_path, NAME_VALUE, PER_BUDGET)
+    one = view()
+    cache = CacheView(valid=one.valid.expand(2, T), positions=one.positions.expand(2, T),
+                      token_ids=one.token_ids.expand(2, T), is_prompt=one.is_prompt.expand(2, T), keys=[],
+                      state={SCORE: torch.tensor([NAME_VALUE, [1.0] * T])}, budgets=(100, 400))
+    chosen, valid = policy.select(policy.score(cache), cache, torch.tensor([KEEP, KEEP]), WINDOW, True)
+    assert [set(chosen[r][valid[r]].tolist()) for r in range(2)] == [PROMPT | RECENT | {5, 8},
+                                                                       PROMPT | RECENT | {8, 9}]
+
+
+@pytest.mark.parametrize("table", [5, [160], {"x": {"pool_next": 0}}, {"0": {"pool_next": 0}}, {"160": 3},
+                                   {"160": {"pool_next": "a"}}])
+def test_a_malformed_budget_table_is_refused_when_dynts_is_prepared(tmp_path, table) -> None:
+    head = ImportancePredictor(PredictorConfig("m", hidden_size=4, layer_sizes=[1],
+                                               selection={"pool_next": 0, "by_budget": table}))
+    head.save(tmp_path)
+    policy = build_policy("dynts", predictor=str(tmp_path))
+    with pytest.raises(PolicyError, match="select-ranking"):
+        policy.prepare(ModelInfo("m", "m", 4, 1, lambda: []))
