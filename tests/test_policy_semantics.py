@@ -8,6 +8,8 @@ else. The expected sets are written from the policies' definitions, not computed
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -410,13 +412,42 @@ def test_each_row_of_a_compression_ranks_with_its_own_budgets_options(tmp_path) 
     """Row 0 at budget 100 (paper ranking: the two highest scores, slots 5 and 8), row 1 at budget 400 (recency
     2 on equal scores: the newest, 8 and 9) -- the kept sets written from the options' definitions."""
     policy, _ = _dynts_with_scores(tmp_path, NAME_VALUE, PER_BUDGET)
-    one = view()
-    cache = CacheView(valid=one.valid.expand(2, T), positions=one.positions.expand(2, T),
-                      token_ids=one.token_ids.expand(2, T), is_prompt=one.is_prompt.expand(2, T), keys=[],
-                      state={SCORE: torch.tensor([NAME_VALUE, [1.0] * T])}, budgets=(100, 400))
-    chosen, valid = policy.select(policy.score(cache), cache, torch.tensor([KEEP, KEEP]), WINDOW, True)
-    assert [set(chosen[r][valid[r]].tolist()) for r in range(2)] == [PROMPT | RECENT | {5, 8},
-                                                                       PROMPT | RECENT | {8, 9}]
+    assert kept_per_row(policy, [NAME_VALUE, [1.0] * T], (100, 400)) == [PROMPT | RECENT | {5, 8},
+                                                                          PROMPT | RECENT | {8, 9}]
+
+
+def kept_per_row(policy: Policy, rows: list[list[float]], budgets: tuple[int, ...]) -> list[set[int]]:
+    """The slots ``policy`` keeps of each row of a compression: ``view``'s cache once per row, each row with its
+    own head scores and budget."""
+    one, b = view(), len(rows)
+    cache = CacheView(valid=one.valid.expand(b, T), positions=one.positions.expand(b, T),
+                      token_ids=one.token_ids.expand(b, T), is_prompt=one.is_prompt.expand(b, T), keys=[],
+                      state={SCORE: torch.tensor(rows)}, budgets=budgets)
+    chosen, valid = policy.select(policy.score(cache), cache, torch.tensor([KEEP] * b), WINDOW, True)
+    return [set(chosen[r][valid[r]].tolist()) for r in range(b)]
+
+
+def test_a_lifetime_head_ranks_each_row_with_its_budgets_options_on_its_own_recency_scale(tmp_path) -> None:
+    """``test_dynts_recency_on_a_lifetime_head_makes_age_weigh_more``'s cache in two rows: at budget 100 (recency
+    0) slot 3 (lifetime 11, age 8) stays beside slot 9; at budget 400 (recency 2, scale log(1 + span 11)) the
+    newest, 8 and 9. On the median score's scale (negative for these scores) recency would favour old tokens."""
+    lifetimes = [0.0] * T
+    lifetimes[3] = 11.0
+    policy, _ = _dynts_with_scores(tmp_path, lifetimes, PER_BUDGET, target="lifetime")
+    assert kept_per_row(policy, [lifetimes, lifetimes], (100, 400)) == [PROMPT | RECENT | {3, 9},
+                                                                         PROMPT | RECENT | {8, 9}]
+
+
+def test_a_lifetime_head_with_one_stored_setting_scores_alike_at_any_budget(tmp_path) -> None:
+    """The shipped program head's case (one setting, pool_next 0, recency 0.5): with or without a budget each slot
+    s scores log(1 + lifetime) - log(1 + age 11 - s) + 0.5 x log(1 + 11) x s / 11."""
+    policy, state = _dynts_with_scores(tmp_path, LIFETIMES, {"pool_next": 0, "recency": 0.5}, target="lifetime")
+    s = torch.arange(T, dtype=torch.float32)
+    expected = torch.tensor(LIFETIMES).log1p() - (11 - s).log1p() + 0.5 * math.log(12) * s / 11
+    for budgets in (None, (104,), (80,)):
+        cache = view(state=state)
+        cache.budgets = budgets
+        assert torch.allclose(policy.score(cache)[0], expected, atol=1e-6), budgets
 
 
 @pytest.mark.parametrize("table", [5, [160], {"x": {"pool_next": 0}}, {"0": {"pool_next": 0}}, {"160": 3},
