@@ -8,6 +8,8 @@ else. The expected sets are written from the policies' definitions, not computed
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -244,8 +246,10 @@ def test_query_attention_reads_each_query_heads_own_kv_head_under_grouped_query_
                 assert torch.allclose(probs[row, j, i], expected, atol=1e-6)
 
 
-def _dynts_with_scores(tmp_path, scores: list[float], selection: dict | None = None, **options):
-    head = ImportancePredictor(PredictorConfig("m", hidden_size=4, layer_sizes=[1], selection=selection or {}))
+def _dynts_with_scores(tmp_path, scores: list[float], selection: dict | None = None, target: str = "importance",
+                       transform: str = "none", **options):
+    head = ImportancePredictor(PredictorConfig("m", hidden_size=4, layer_sizes=[1], selection=selection or {},
+                                               target=target, label_transform=transform))
     head.save(tmp_path)
     policy = build_policy("dynts", predictor=str(tmp_path), **options)
     return policy, {SCORE: torch.tensor([scores])}
@@ -310,9 +314,151 @@ def test_a_predictor_without_a_selection_loads_as_the_papers_ranking(tmp_path) -
     head = ImportancePredictor(PredictorConfig("m", hidden_size=4, layer_sizes=[1]))
     head.save(tmp_path)
     config = json.loads((tmp_path / "predictor.json").read_text())
-    del config["selection"]
+    del config["selection"], config["target"]
     (tmp_path / "predictor.json").write_text(json.dumps(config))
-    assert build_policy("dynts", predictor=str(tmp_path)).selection() == (0, 0.0)
+    policy = build_policy("dynts", predictor=str(tmp_path))
+    assert policy.selection() == (0, 0.0)
+    assert ImportancePredictor.load(tmp_path).config.target == "importance"
+    state = {SCORE: torch.tensor([NAME_VALUE])}
+    assert torch.equal(policy.score(view(state=state)), state[SCORE])  # an importance head's scores, untouched
+
+
+#: predicted lifetimes (tokens) of a lifetime head; the newest cached position is 11, so slot s is 11 - s old.
+#: Slot 3 (age 8) is needed for 30 tokens (``p``: read at the end); slot 4 (age 7) for 6 -- a register statement a
+#: later one overwrote, its need ran out a token ago; slot 7 (age 4) for 5 -- the register's live statement.
+LIFETIMES = [0.0, 0.0, 0.0, 30., 6.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_dynts_lifetime_head_evicts_the_token_whose_predicted_need_ran_out(tmp_path) -> None:
+    # log(1 + lifetime) - log(1 + age): slot 3 log(31/9), slot 7 log(6/5) > 0, slot 4 log(7/8) < 0, the rest
+    # -log(1 + age), at most -log 3 (slot 9)
+    policy, state = _dynts_with_scores(tmp_path / "a", LIFETIMES, target="lifetime")
+    assert kept(policy, view(state=state)) == PROMPT | RECENT | {3, 7}
+    # the same numbers read as importance keep the longer-lived, dead statement (6 > 5)
+    policy, state = _dynts_with_scores(tmp_path / "b", LIFETIMES)
+    assert kept(policy, view(state=state)) == PROMPT | RECENT | {3, 4}
+    # a head trained on log1p(lifetime) ranks the same
+    logged = torch.tensor(LIFETIMES).log1p().tolist()
+    policy, state = _dynts_with_scores(tmp_path / "c", logged, target="lifetime", transform="log1p")
+    assert kept(policy, view(state=state)) == PROMPT | RECENT | {3, 7}
+
+
+def test_dynts_lifetime_head_ranks_by_how_far_through_its_predicted_lifetime_a_token_is(tmp_path) -> None:
+    """(1 + lifetime) / (1 + age), not lifetime - age: slot 2 (age 9, 30 tokens) 31/10, slot 6 (age 5, 20) 21/6,
+    slot 9 (age 2, 11) 12/3 -> slots 6 and 9 stay, though lifetime - age (21, 15, 9) would keep 2 and 6."""
+    lifetimes = [0.0] * T
+    lifetimes[2], lifetimes[6], lifetimes[9] = 30.0, 20.0, 11.0
+    policy, state = _dynts_with_scores(tmp_path, lifetimes, target="lifetime")
+    assert kept(policy, view(state=state)) == PROMPT | RECENT | {6, 9}
+
+
+def test_dynts_recency_on_a_lifetime_head_makes_age_weigh_more(tmp_path) -> None:
+    """Recency r adds r x log(1 + span) x age rank (span 11, rank s / 11): slot 3 (lifetime 11, age 8) against
+    slots 8 and 9 (lifetime 0, ages 3 and 2)."""
+    lifetimes = [0.0] * T
+    lifetimes[3] = 11.0
+    # r = 0: log(12/9) = 0.29, -log 4 = -1.39, -log 3 = -1.10 -> {3, 9}
+    policy, state = _dynts_with_scores(tmp_path / "a", lifetimes, target="lifetime")
+    assert kept(policy, view(state=state)) == PROMPT | RECENT | {3, 9}
+    # r = 2: + 2 log(12) s / 11 = 4.97 s / 11: slot 3 0.29 + 1.36 = 1.64, slot 8 -1.39 + 3.61 = 2.23, slot 9
+    # -1.10 + 4.07 = 2.97 -> {8, 9}
+    policy, state = _dynts_with_scores(tmp_path / "b", lifetimes, target="lifetime", recency="2")
+    assert kept(policy, view(state=state)) == PROMPT | RECENT | {8, 9}
+    # every need run out (scores -log(1 + age), median negative): recency still keeps the newest
+    policy, state = _dynts_with_scores(tmp_path / "c", [0.0] * T, target="lifetime", recency="2")
+    assert kept(policy, view(state=state)) == PROMPT | RECENT | {8, 9}
+
+
+def test_a_lifetime_predictor_that_cannot_give_tokens_back_is_refused(tmp_path) -> None:
+    ImportancePredictor(PredictorConfig("m", 4, [1], label_transform="power", target="lifetime")).save(tmp_path / "a")
+    with pytest.raises(PolicyError, match="--transform log1p"):
+        ImportancePredictor.load(tmp_path / "a")
+    ImportancePredictor(PredictorConfig("m", 4, [1], target="age")).save(tmp_path / "b")
+    with pytest.raises(PolicyError, match="target 'age' is unknown"):
+        ImportancePredictor.load(tmp_path / "b")
+
+
+PER_BUDGET = {"pool_next": 1, "recency": 4.0,
+              "by_budget": {"100": {"pool_next": 0, "recency": 0.0}, "400": {"pool_next": 0, "recency": 2.0}}}
+
+
+@pytest.mark.parametrize("budget,options", [
+    (100, (0, 0.0)), (400, (0, 2.0)),  # a chosen budget: its own entry
+    (150, (0, 0.0)), (240, (0, 2.0)),  # between: the nearer by ratio (240 is nearer 100 by difference, 400 by ratio)
+    (200, (0, 0.0)),  # the geometric midpoint of 100 and 400: a tie, to the smaller budget
+    (40, (0, 0.0)), (4000, (0, 2.0)),  # outside: the nearest end
+    (None, (1, 4.0)),  # a run without a budget (paper mode): the single setting
+])
+def test_dynts_looks_its_options_up_by_the_runs_budget(tmp_path, budget, options) -> None:
+    policy, _ = _dynts_with_scores(tmp_path, NAME_VALUE, PER_BUDGET)
+    assert policy.selection(budget) == options
+
+
+def test_an_option_given_overrides_the_stored_table_at_every_budget(tmp_path) -> None:
+    _dynts_with_scores(tmp_path, NAME_VALUE, PER_BUDGET)
+    policy = build_policy("dynts", predictor=str(tmp_path), recency="8")
+    assert [policy.selection(b) for b in (100, 400, None)] == [(0, 8.0), (0, 8.0), (1, 8.0)]
+
+
+def test_a_single_stored_setting_serves_every_budget(tmp_path) -> None:
+    policy, state = _dynts_with_scores(tmp_path, NAME_VALUE, {"pool_next": 1, "recency": 2.0})
+    assert {policy.selection(b) for b in (None, 64, 160, 256, 10_000)} == {(1, 2.0)}
+    with_budget, without = view(state=state), view(state=state)
+    with_budget.budgets = (160,)
+    assert torch.equal(policy.score(with_budget), policy.score(without))
+
+
+def test_each_row_of_a_compression_ranks_with_its_own_budgets_options(tmp_path) -> None:
+    """Row 0 at budget 100 (paper ranking: the two highest scores, slots 5 and 8), row 1 at budget 400 (recency
+    2 on equal scores: the newest, 8 and 9) -- the kept sets written from the options' definitions."""
+    policy, _ = _dynts_with_scores(tmp_path, NAME_VALUE, PER_BUDGET)
+    assert kept_per_row(policy, [NAME_VALUE, [1.0] * T], (100, 400)) == [PROMPT | RECENT | {5, 8},
+                                                                          PROMPT | RECENT | {8, 9}]
+
+
+def kept_per_row(policy: Policy, rows: list[list[float]], budgets: tuple[int, ...]) -> list[set[int]]:
+    """The slots ``policy`` keeps of each row of a compression: ``view``'s cache once per row, each row with its
+    own head scores and budget."""
+    one, b = view(), len(rows)
+    cache = CacheView(valid=one.valid.expand(b, T), positions=one.positions.expand(b, T),
+                      token_ids=one.token_ids.expand(b, T), is_prompt=one.is_prompt.expand(b, T), keys=[],
+                      state={SCORE: torch.tensor(rows)}, budgets=budgets)
+    chosen, valid = policy.select(policy.score(cache), cache, torch.tensor([KEEP] * b), WINDOW, True)
+    return [set(chosen[r][valid[r]].tolist()) for r in range(b)]
+
+
+def test_a_lifetime_head_ranks_each_row_with_its_budgets_options_on_its_own_recency_scale(tmp_path) -> None:
+    """``test_dynts_recency_on_a_lifetime_head_makes_age_weigh_more``'s cache in two rows: at budget 100 (recency
+    0) slot 3 (lifetime 11, age 8) stays beside slot 9; at budget 400 (recency 2, scale log(1 + span 11)) the
+    newest, 8 and 9. On the median score's scale (negative for these scores) recency would favour old tokens."""
+    lifetimes = [0.0] * T
+    lifetimes[3] = 11.0
+    policy, _ = _dynts_with_scores(tmp_path, lifetimes, PER_BUDGET, target="lifetime")
+    assert kept_per_row(policy, [lifetimes, lifetimes], (100, 400)) == [PROMPT | RECENT | {3, 9},
+                                                                         PROMPT | RECENT | {8, 9}]
+
+
+def test_a_lifetime_head_with_one_stored_setting_scores_alike_at_any_budget(tmp_path) -> None:
+    """The shipped program head's case (one setting, pool_next 0, recency 0.5): with or without a budget each slot
+    s scores log(1 + lifetime) - log(1 + age 11 - s) + 0.5 x log(1 + 11) x s / 11."""
+    policy, state = _dynts_with_scores(tmp_path, LIFETIMES, {"pool_next": 0, "recency": 0.5}, target="lifetime")
+    s = torch.arange(T, dtype=torch.float32)
+    expected = torch.tensor(LIFETIMES).log1p() - (11 - s).log1p() + 0.5 * math.log(12) * s / 11
+    for budgets in (None, (104,), (80,)):
+        cache = view(state=state)
+        cache.budgets = budgets
+        assert torch.allclose(policy.score(cache)[0], expected, atol=1e-6), budgets
+
+
+@pytest.mark.parametrize("table", [5, [160], {"x": {"pool_next": 0}}, {"0": {"pool_next": 0}}, {"160": 3},
+                                   {"160": {"pool_next": "a"}}])
+def test_a_malformed_budget_table_is_refused_when_dynts_is_prepared(tmp_path, table) -> None:
+    head = ImportancePredictor(PredictorConfig("m", hidden_size=4, layer_sizes=[1],
+                                               selection={"pool_next": 0, "by_budget": table}))
+    head.save(tmp_path)
+    policy = build_policy("dynts", predictor=str(tmp_path))
+    with pytest.raises(PolicyError, match="select-ranking"):
+        policy.prepare(ModelInfo("m", "m", 4, 1, lambda: []))
 
 
 def test_recent_window_is_the_last_valid_slots_of_each_row() -> None:

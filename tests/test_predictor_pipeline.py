@@ -20,6 +20,8 @@ from harness.predictor_pipeline.labels import (
     far_copies,
     label_store,
     later_label,
+    lifetime_label,
+    lifetimes,
     load_labels,
     lookback_label,
 )
@@ -45,7 +47,7 @@ def store(random_reasoner, tmp_path_factory) -> TraceStore:
     assert report == {"traces": 12, "correct": report["correct"], "new": 12}
     again = collect(engine, trace_rows(12), store, SamplingParams(512))  # resumes: nothing redone
     assert again["new"] == 0 and len(store.records()) == 12
-    label_store(engine, store, ["attention", "gradient", "lookback", "later", "copy"])
+    label_store(engine, store, ["attention", "gradient", "lookback", "later", "copy", "lifetime"])
     return store
 
 
@@ -130,6 +132,65 @@ def test_copy_label_equals_eager_attention_of_the_far_copying_reads(random_reaso
             expected[j] = max(expected[j], float(probs[:, :, i, j].max()) / len(sources))
     torch.testing.assert_close(copy_label(engine, trace), expected[trace.record.thinking], atol=1e-6, rtol=1e-4)
     assert load_labels(store, "copy").keys() == load_labels(store, "attention").keys()
+
+
+def test_lifetime_is_the_distance_to_the_last_substantial_far_copy() -> None:
+    """(5, 6) stated at slots 1-2, copied at 43 -> 44 and again at 85 -> 86 (where slot 44's copy is as far: the
+    credit is split). Attention is placed by hand, the copy at 43 in one layer and the one at 85 in another:
+    key 2 is read at 43 (0.6) and at 85 (0.6 x 1/2 = 0.3, at least a quarter of 0.6), so it is needed for 83
+    tokens; key 44 is read at 85 (0.3): 41 tokens. Faint reads do not extend a lifetime."""
+    filler = [50 + (i % 7) for i in range(40)]
+    tokens = torch.tensor([1, 5, 6, *filler, 5, 6, *filler, 5, 6, 9])
+    weights = far_copies(tokens, 32)
+    t = tokens.numel()
+    first, second = torch.zeros(t, t), torch.zeros(t, t)
+    first[43, 2] = 0.6
+    second[85, 2] = second[85, 44] = 0.6
+    layers = [first * weights, second * weights]
+
+    def reads():
+        return ((torch.arange(t), layer) for layer in layers)
+
+    expected = torch.zeros(t)
+    expected[2], expected[44] = 85 - 2, 85 - 44
+    assert torch.equal(lifetimes(reads, t), expected)
+    second[85, 2] = 0.2  # 0.1 after the split: below a quarter of key 2's strongest read (0.6)
+    layers = [first * weights, second * weights]
+    expected[2] = 43 - 2
+    assert torch.equal(lifetimes(reads, t), expected)
+    first[43, 2], second[85, 2] = 0.04, 0.08  # both reads 0.04: below the floor (0.05), key 2 is never needed
+    layers = [first * weights, second * weights]
+    expected[2] = 0
+    assert torch.equal(lifetimes(reads, t), expected)
+
+
+def test_lifetime_label_equals_eager_attention_of_the_last_far_copying_read(random_reasoner, store) -> None:
+    """Per key: how far the last query is whose far-copy read (single-head attention x its copy weight, in any
+    layer) is at least half the key's strongest; a random model's reads are faint, so the floor is lowered."""
+    engine = TransformersBackend(str(random_reasoner))
+    trace = next(store.load(store.records()[3:4]))
+    end = trace.record.length - (1 if int(trace.tokens[-1]) in engine.parts.eos_ids else 0)
+    eager = LlamaForCausalLM.from_pretrained(random_reasoner, attn_implementation="eager").eval()
+    with torch.no_grad():
+        probs = torch.stack(eager(input_ids=trace.tokens[None, :end], output_attentions=True).attentions)[:, 0]
+    t = trace.tokens[:end].tolist()
+    read = torch.zeros(end, end)  # [query, key]
+    for i in range(end - 1):
+        pair = (t[i], t[i + 1])
+        if any((t[m - 1], t[m]) == pair for m in range(max(1, i - 31), i + 1)):
+            continue
+        sources = [j for j in range(1, i - 31) if (t[j - 1], t[j]) == pair]
+        for j in sources:
+            read[i, j] = float(probs[:, :, i, j].max()) / len(sources)
+    expected = torch.zeros(end)
+    for j in range(end):
+        strongest = float(read[:, j].max())
+        counted = [i for i in range(end) if read[i, j] > 0 and read[i, j] >= 0.5 * strongest]
+        expected[j] = max(counted) - j if counted else 0
+    assert (expected > 0).sum() >= 3  # the trace has far copies to measure
+    got = lifetime_label(engine, trace, min_attention=0.0, share=0.5)
+    assert torch.equal(got, expected[trace.record.thinking])
+    assert load_labels(store, "lifetime").keys() == load_labels(store, "copy").keys()
 
 
 def test_on_policy_collection_stores_the_hidden_states_dynts_saw(random_reasoner, tmp_path) -> None:
@@ -260,6 +321,38 @@ def test_fit_options_pool_and_loss_weights_are_recorded(store, tmp_path) -> None
     report = fit(store, tmp_path / "pred", cfg)
     saved = ImportancePredictor.load(tmp_path / "pred").config
     assert saved.label_method == "later" and report["fit"]["pool"] == "prev" and report["fit"]["mse_weight"] == 0.0
+
+
+def test_a_lifetime_head_records_its_target_and_reads_back_in_tokens(store, tmp_path) -> None:
+    cfg = FitConfig(epochs=1, layer_sizes=[8], val_fraction=0.3, correct_only=False, pool="prev",
+                    label_method="lifetime", transform="log1p", target="lifetime")
+    report = fit(store, tmp_path / "life", cfg)
+    written = json.loads((tmp_path / "life" / "predictor.json").read_text())
+    assert (written["target"], written["label_transform"], report["fit"]["target"]) == ("lifetime", "log1p",
+                                                                                        "lifetime")
+    config = ImportancePredictor.load(tmp_path / "life").config
+    assert config.target == "lifetime"
+    assert torch.allclose(config.log_lifetime(torch.tensor([0.0, 2.5])),
+                          torch.tensor([0.0, 2.5]))
+    fit(store, tmp_path / "importance", FitConfig(epochs=1, layer_sizes=[8], val_fraction=0.3, correct_only=False))
+    assert ImportancePredictor.load(tmp_path / "importance").config.target == "importance"
+    with pytest.raises(TraceStoreError, match="--transform log1p"):
+        fit(store, tmp_path / "bad", FitConfig(epochs=1, label_method="lifetime", transform="power",
+                                               target="lifetime"))
+
+
+def test_cli_trains_a_lifetime_head_for_lifetime_labels(store, tmp_path) -> None:
+    common = [str(store.path), "--epochs", "1", "--layer-sizes", "8", "--include-incorrect", "--val-fraction", "0.3"]
+    result = runner.invoke(app, ["train-predictor", *common, "--out", str(tmp_path / "p"), "--label-method",
+                                 "lifetime"])
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "p" / "predictor.json").read_text())
+    assert (written["target"], written["label_transform"]) == ("lifetime", "log1p")
+    bad = runner.invoke(app, ["train-predictor", *common, "--out", str(tmp_path / "q"), "--label-method", "copy",
+                              "--target", "lifetime", "--transform", "power"])
+    assert bad.exit_code == 2 and "--transform log1p" in " ".join(bad.output.split())
+    bad = runner.invoke(app, ["train-predictor", *common, "--out", str(tmp_path / "q"), "--target", "age"])
+    assert bad.exit_code == 2 and "target 'age' is unknown" in " ".join(bad.output.split())
 
 
 def test_training_on_two_stores_trains_on_both_and_keeps_a_problem_on_one_side(store, tmp_path) -> None:

@@ -9,6 +9,7 @@ from backends.base import BackendError, GenerationRequest, SamplingParams, check
 from backends.hf.decode import generate_batch
 from tests.conftest import make_policy
 from zoo import build_policy
+from zoo.base import CacheView
 from zoo.schedule import EvictionSchedule, ScheduleError
 
 CPU = torch.device("cpu")
@@ -86,3 +87,44 @@ def test_sinks_count_only_when_the_prompt_may_be_evicted():
     with pytest.raises(ScheduleError, match="16-token window plus 4 always-kept tokens"):
         check_schedules([GenerationRequest("p", [1, 2, 3])], build_policy("streamingllm"), schedule)
     check_schedules([GenerationRequest("p", [1, 2, 3])], build_policy("window"), schedule)
+
+
+def test_each_compression_tells_the_policy_its_rows_budgets(tiny):
+    """``CacheView.budgets``: each compressed row's own ``--budget`` (per-sequence schedules included); None in
+    paper mode, which has no budget."""
+    _, parts, info, predictor = tiny
+    seen: list[tuple[int, tuple[int, ...] | None]] = []
+
+    class Recording(type(build_policy("window"))):  # type: ignore[misc]
+        def score(self, view):
+            seen.append((view.batch_size, view.budgets))
+            return super().score(view)
+
+    requests = [
+        GenerationRequest("small", [1, 2, 3, 4, 5], schedule=EvictionSchedule(budget=12, interval=4, window=4)),
+        GenerationRequest("large", [6, 7, 8, 9], schedule=EvictionSchedule(budget=24, interval=4, window=4)),
+    ]
+    generate_batch(parts, requests, Recording(), EvictionSchedule(budget=16, interval=4, window=4),
+                   SamplingParams(40), CPU)
+    assert seen and all(budgets is not None and len(budgets) == rows for rows, budgets in seen)
+    assert {b for _, budgets in seen for b in budgets} == {12, 24}  # type: ignore[union-attr]
+    seen.clear()
+    generate_batch(parts, [GenerationRequest("p", [1, 2, 3])], Recording(),
+                   EvictionSchedule(mode="paper", trigger_len=16, window=4), SamplingParams(30), CPU)
+    assert seen and all(budgets is None for _, budgets in seen)
+
+
+def test_the_paged_engines_view_carries_each_requests_budget():
+    """vLLM's and SGLang's workers lay the due requests out with ``DueBatch``: its view's ``budgets`` are each
+    request's own, in row order."""
+    from backends.paged.batch import DueBatch
+    from backends.paged.state import RequestState
+
+    def due(*schedules: EvictionSchedule) -> CacheView:
+        states = [RequestState(f"r{i}", f"r{i}", s, 2, capacity=8, physical=5) for i, s in enumerate(schedules)]
+        batch = DueBatch.build(build_policy("window"), states, lambda row, st, logical: logical)
+        return batch.view([], None, None, None)
+
+    assert due(EvictionSchedule(budget=24, interval=4, window=4),
+               EvictionSchedule(budget=12, interval=4, window=4)).budgets == (24, 12)
+    assert due(EvictionSchedule(mode="paper", trigger_len=16, window=4)).budgets is None

@@ -45,10 +45,11 @@ def table_runner(values: dict[tuple[int, float, int], float]):
     return lambda options: CellResult(values[(*combo_of(options), options.budget)])
 
 
-def _select(values: dict[tuple[int, float, int], float], objective=ACCURACY) -> dict:
+def _select(values: dict[tuple[int, float, int], float], objective=ACCURACY, per_budget: bool = False) -> dict:
     combos = sorted({(p, r) for p, r, _ in values})
     budgets = sorted({b for _, _, b in values})
-    return select(RunOptions(prompts=Path("v.jsonl")), combos, budgets, table_runner(values), objective)
+    return select(RunOptions(prompts=Path("v.jsonl")), combos, budgets, table_runner(values), objective,
+                  per_budget=per_budget)
 
 
 def test_the_chosen_combination_is_the_argmax_of_the_mean_over_budgets() -> None:
@@ -69,6 +70,25 @@ def test_replay_chooses_the_lowest_kl() -> None:
     values = {(0, 0.0, 160): 0.42, (0, 4.0, 160): 0.37, (1, 4.0, 160): 0.39}
     report = _select(values, KL)
     assert (report["chosen"]["pool_next"], report["chosen"]["recency"]) == (0, 4.0)
+
+
+def test_per_budget_each_budget_chooses_by_its_own_cells() -> None:
+    # KL by hand: at 160 (1,4) is lowest (0.40), at 256 (0,16) (0.095); the mean's best is (1,4): 0.2475
+    values = {(0, 4.0, 160): 0.41, (0, 4.0, 256): 0.097, (0, 16.0, 160): 0.43, (0, 16.0, 256): 0.095,
+              (1, 4.0, 160): 0.40, (1, 4.0, 256): 0.095 + 0.0001, (1, 16.0, 160): 0.44, (1, 16.0, 256): 0.096}
+    report = _select(values, KL, per_budget=True)
+    assert (report["chosen"]["pool_next"], report["chosen"]["recency"]) == (1, 4.0)
+    assert report["by_budget"] == {"160": {"pool_next": 1, "recency": 4.0, "score": 0.40},
+                                   "256": {"pool_next": 0, "recency": 16.0, "score": 0.095}}
+    assert "by_budget" not in _select(values, KL)
+
+
+def test_per_budget_ties_follow_the_same_rule() -> None:
+    # at 86 (0,2) and (1,0) tie at 0.8: smaller pool_next wins; at 128 (1,0) and (1,2) tie at 0.9: smaller recency
+    values = {(0, 2.0, 86): 0.8, (0, 2.0, 128): 0.5, (1, 0.0, 86): 0.8, (1, 0.0, 128): 0.9,
+              (1, 2.0, 86): 0.7, (1, 2.0, 128): 0.9}
+    by_budget = _select(values, ACCURACY, per_budget=True)["by_budget"]
+    assert {b: (c["pool_next"], c["recency"]) for b, c in by_budget.items()} == {"86": (0, 2.0), "128": (1, 0.0)}
 
 
 def test_ties_go_to_the_papers_ranking_then_smaller_pool_next_then_smaller_recency() -> None:
@@ -142,6 +162,35 @@ def test_write_stores_the_choice_and_dynts_then_ranks_with_it(tmp_path, monkeypa
     assert len(report["rows"]) == 4 and all(len(r["cells"]) == 2 for r in report["rows"])
 
 
+class PerBudgetRunner(FakeRunner):
+    """Stands in for ``CellRunner``: (1, 0.5) is best at 86 and on the mean, (0, 2) at 128."""
+
+    VALUES = {86: {(1, 0.5): 0.9}, 128: {(0, 2.0): 0.9, (1, 0.5): 0.8}}  # every other cell 0.5
+
+    def __call__(self, options: RunOptions) -> CellResult:
+        return CellResult(self.VALUES[options.budget].get(combo_of(options), 0.5))
+
+
+def test_write_per_budget_stores_a_table_dynts_reads_by_budget(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(select_ranking_cli, "CellRunner", PerBudgetRunner)
+    pred, prompts = _predictor_copy(tmp_path), _validation(tmp_path)
+    result = runner.invoke(app, ["select-ranking", str(pred), "--prompts", str(prompts), "--budget", "128",
+                                 "--budget", "86", "--pool-next", "0,1", "--recency", "0,0.5,2", "--out",
+                                 str(tmp_path / "runs"), "--json", str(tmp_path / "r.json"), "--write",
+                                 "--per-budget"])
+    assert result.exit_code == 0, result.output
+    assert "chosen at budget 128: pool_next 0, recency 2" in " ".join(result.output.split())
+    stored = json.loads((pred / "predictor.json").read_text())["selection"]
+    # means: (1, 0.5) (0.9 + 0.8) / 2 beats (0, 2) (0.5 + 0.9) / 2
+    assert (stored["pool_next"], stored["recency"]) == (1, 0.5)
+    assert stored["by_budget"] == {"86": {"pool_next": 1, "recency": 0.5}, "128": {"pool_next": 0, "recency": 2.0}}
+    assert stored["selected"]["scores_by_budget"] == {"86": 0.9, "128": 0.9}
+    assert stored["selected"]["budgets"] == [86, 128] and stored["selected"]["by"] == "dynts-bench select-ranking"
+    dynts = DynTS(predictor=str(pred))
+    assert [dynts.selection(b) for b in (86, 128, 100, 110, None)] == [(1, 0.5), (0, 2.0), (1, 0.5), (0, 2.0),
+                                                                         (1, 0.5)]
+
+
 def _error(args: list[str]) -> str:
     result = runner.invoke(app, ["select-ranking", *args])
     assert result.exit_code == 2, result.output
@@ -206,3 +255,16 @@ def test_replay_scores_each_combination_by_its_runs_kl(tmp_path) -> None:
         kl[(row["pool_next"], row["recency"])] = summary["metrics"]["kl_mean"]
         assert cell["kl_mean"] == row["score"] == kl[(row["pool_next"], row["recency"])]
     assert (report["chosen"]["pool_next"], report["chosen"]["recency"]) == min(kl, key=lambda c: (kl[c], c))
+
+
+def test_run_refuses_a_malformed_budget_table_in_one_line(tmp_path) -> None:
+    pred, prompts = _predictor_copy(tmp_path), _validation(tmp_path, 1)
+    config = json.loads((pred / "predictor.json").read_text())
+    config["selection"]["by_budget"] = {"160": {"recency": "high"}}
+    (pred / "predictor.json").write_text(json.dumps(config))
+    result = runner.invoke(app, ["run", "-p", "dynts", "--predictor", str(pred), "--prompts", str(prompts),
+                                 "--budget", "96", "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert text.startswith("error:") and "Traceback" not in text and "select-ranking --write" in text
+    assert not (tmp_path / "runs").exists()

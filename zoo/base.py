@@ -48,6 +48,9 @@ class CacheView:
     query_valid: torch.Tensor | None = None  # bool [B, w]: rows whose prompt was shorter than w
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # per-slot policy state, [B, T] each
     think_end_id: int | None = None  # token id of ``</think>`` when the tokenizer has one
+    #: each row's KV budget (its schedule's ``--budget``), for a policy whose ranking depends on it (DynTS's
+    #: per-budget options); None when the schedule has no budget (paper mode) or the view is not a compression's
+    budgets: tuple[int, ...] | None = None
 
     @property
     def batch_size(self) -> int:

@@ -1,8 +1,8 @@
 """The DynTS importance predictor: a small MLP head on the model's final hidden state.
 
 Stored as a directory with ``model.safetensors`` (weights) and ``predictor.json`` (base model, hidden size,
-layer sizes, how the labels were made). Loading refuses a predictor made for another model: its scores would be
-noise that still looks like a ranking.
+layer sizes, how the labels were made, and what the output means: ``target``). Loading refuses a predictor made
+for another model: its scores would be noise that still looks like a ranking.
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ from zoo.base import ModelInfo, PolicyError
 
 WEIGHTS = "model.safetensors"
 CONFIG = "predictor.json"
+#: what a head's output means: ``importance`` -- a score, higher keeps (the paper's; every head before targets);
+#: ``lifetime`` -- how many tokens after its own the token stays needed, under the head's label transform
+TARGETS = ("importance", "lifetime")
+#: label transforms a lifetime head may use: each gives back log(1 + tokens)
+LIFETIME_TRANSFORMS = ("log1p", "none")
 
 
 @dataclass
@@ -34,6 +39,20 @@ class PredictorConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     #: the DynTS ranking options this head was validated with (``pool_next``, ``recency``); empty: the paper's
     selection: dict[str, Any] = field(default_factory=dict)
+    target: str = "importance"
+
+    def check_target(self) -> None:
+        """Refuse a target this code cannot read, or a lifetime head whose output cannot be turned into tokens."""
+        if self.target not in TARGETS:
+            raise PolicyError(f"predictor target {self.target!r} is unknown: choose from {', '.join(TARGETS)}")
+        if self.target == "lifetime" and self.label_transform not in LIFETIME_TRANSFORMS:
+            raise PolicyError(f"a lifetime predictor needs a label transform it can undo "
+                              f"({', '.join(LIFETIME_TRANSFORMS)}), not {self.label_transform!r}: retrain it with "
+                              "--transform log1p")
+
+    def log_lifetime(self, output: torch.Tensor) -> torch.Tensor:
+        """A lifetime head's output as log(1 + lifetime in tokens)."""
+        return output if self.label_transform == "log1p" else output.clamp(min=0).log1p()
 
     @staticmethod
     def default_sizes(hidden_size: int) -> list[int]:
@@ -93,6 +112,10 @@ class ImportancePredictor(nn.Module):
             config = PredictorConfig(**json.loads((directory / CONFIG).read_text()))
         except (TypeError, ValueError) as exc:
             raise PolicyError(f"unreadable {directory / CONFIG}: {exc}") from None
+        try:
+            config.check_target()
+        except PolicyError as exc:
+            raise PolicyError(f"{directory / CONFIG}: {exc}") from None
         model = cls(config)
         try:
             model.load_state_dict(load_file(str(directory / WEIGHTS)))

@@ -15,6 +15,7 @@ In both modes the last ``window`` tokens are always kept and, unless ``protect_p
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -118,3 +119,8 @@ class EvictionSchedule:
     def to_dict(self) -> dict:
         return asdict(self)
 
+
+def row_budgets(schedules: Sequence[EvictionSchedule | None]) -> tuple[int, ...] | None:
+    """Each row's ``--budget`` (``CacheView.budgets``), or None when any row's schedule has none (paper mode)."""
+    budgets = [s.budget if s is not None and s.mode == "budget" else None for s in schedules]
+    return None if any(b is None for b in budgets) else tuple(int(b) for b in budgets)  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from backends.hf.clock import NO_CLOCK, Clock, sync
 from backends.hf.observe import KVObserver
 from backends.hf.sampling import choose_next, make_generators
 from zoo.base import CacheView, Policy, StepObservation
-from zoo.schedule import EvictionSchedule
+from zoo.schedule import EvictionSchedule, row_budgets
 
 ATTENTION_STATE = "attention"  # per-slot accumulated attention, when a policy needs it
 
@@ -325,7 +325,7 @@ class BatchDecoder:
             chosen = [rows[b] for b in fired]
             keep = [row.schedule.keep_count(row.live, len(row.request.prompt_ids)) for row in chosen]  # type: ignore[union-attr]
             compress_rows(self.cache, self.observer, self.policy, fired, keep, chosen[0].schedule,
-                          self.parts.think_end_id, self.clock)
+                          self.parts.think_end_id, self.clock, row_budgets([row.schedule for row in chosen]))
             # a prompt longer than the budget made the buffers larger than the schedule needs: give that back
             self.cache.shrink(max(row.schedule.steady_capacity() for row in rows if row.schedule))
         elapsed = time.perf_counter() - started
@@ -364,8 +364,10 @@ class _RowCompaction:
 
 
 def compress_rows(cache: CompactingCache, observer: KVObserver, policy: Policy, fired: list[int], keep: list[int],
-                  schedule: EvictionSchedule | None, think_end_id: int | None, clock: Clock = NO_CLOCK) -> None:
-    """Score, select and evict the batch entries ``fired``, keeping ``keep[i]`` tokens of each.
+                  schedule: EvictionSchedule | None, think_end_id: int | None, clock: Clock = NO_CLOCK,
+                  budgets: tuple[int, ...] | None = None) -> None:
+    """Score, select and evict the batch entries ``fired``, keeping ``keep[i]`` tokens of each (``budgets``: the
+    fired rows' ``--budget``, ``CacheView.budgets``).
 
     The policy sees those rows only, slots in generation order (``CacheView``'s contract); keys are copied
     only if it reads them. Every row shares one schedule shape: window and prompt protection come from it.
@@ -382,7 +384,7 @@ def compress_rows(cache: CompactingCache, observer: KVObserver, policy: Policy, 
             valid=seen["valid"], positions=seen["positions"], token_ids=seen["token_ids"],  # type: ignore[arg-type]
             is_prompt=seen["is_prompt"], keys=seen["keys"], queries=queries,  # type: ignore[arg-type]
             query_valid=None if observer.query_valid is None else observer.query_valid.index_select(0, rows),
-            state=seen["state"], think_end_id=think_end_id,  # type: ignore[arg-type]
+            state=seen["state"], think_end_id=think_end_id, budgets=budgets,  # type: ignore[arg-type]
         )
     with clock.section("score"):
         scores = policy.score(view)

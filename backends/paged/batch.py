@@ -16,6 +16,7 @@ import torch
 
 from backends.paged.state import RequestState, flush_observations
 from zoo.base import CacheView, Policy
+from zoo.schedule import row_budgets
 
 
 @dataclass
@@ -63,7 +64,8 @@ class DueBatch:
         return CacheView(valid=self.valid.to(device), positions=self.positions.to(device),
                          token_ids=self.token_ids.to(device), is_prompt=self.is_prompt.to(device), keys=keys,
                          queries=queries, query_valid=None if query_valid is None else query_valid.to(device),
-                         state=self.state, think_end_id=think_end_id)
+                         state=self.state, think_end_id=think_end_id,
+                         budgets=row_budgets([st.schedule for st in self.states]))
 
     def select(self, policy: Policy, view: CacheView) -> tuple[torch.Tensor, torch.Tensor]:
         """``Policy.score`` then ``Policy.select`` down to each request's schedule's keep count."""

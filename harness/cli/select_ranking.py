@@ -58,6 +58,14 @@ def select_ranking(
                                "predictor.json ('selection', with what they were chosen on)."),
     allow_heldout: bool = typer.Option(False, "--allow-heldout", help="Run even when --prompts holds problems "
                                        "of the shipped held-out file (refused by default)."),
+    per_budget: bool = typer.Option(False, "--per-budget", help="Also choose at each --budget alone (its best "
+                                    "cell, same tie rule); --write then stores a table by budget. A run at budget B "
+                                    "uses B's entry; between two chosen budgets the nearer by ratio (240 takes "
+                                    "400's over 100's), a tie to the smaller; below or above all of them the "
+                                    "nearest end's (an extrapolation); a run without a budget (--trigger-len) the "
+                                    "mean's choice, stored beside the table."),
+    allow_stale: bool = typer.Option(False, "--allow-stale", help="Reuse or resume cells that other code made "
+                                     "(refused by default; each run directory records the code that made it)."),
 ) -> None:
     """Run DynTS with every (pool_next, recency) combination on validation prompts, as `run` does, and choose."""
     config = check_predictor(predictor)
@@ -72,7 +80,7 @@ def select_ranking(
     objective = OBJECTIVES[protocol]
     base = RunOptions(model=model or str(config.get("base_model", "")) or "tiny-reasoner", prompts=prompts,
                       protocol=protocol, limit=limit, window=window, interval=interval, predictor=predictor,
-                      batch_size=batch_size, threads=threads, out=out)
+                      batch_size=batch_size, threads=threads, out=out, allow_stale=allow_stale)
     overlap = heldout_overlap(prompts, limit)
     if overlap and not allow_heldout:
         raise SelectionError(f"{overlap}: options chosen on the reported problems overfit the report; pass a "
@@ -93,7 +101,7 @@ def select_ranking(
             def done(combo: Combination, b: int, result: CellResult) -> None:
                 progress.update(bar, advance=1, description=f"pool_next {combo[0]}, recency {combo[1]:g} @{b}")
 
-            outcome = select(base, combos, budgets, runner, objective, done)
+            outcome = select(base, combos, budgets, runner, objective, done, per_budget)
     finally:
         runner.close()
     report = {**header, **outcome, "heldout_overlap": overlap, "written": False}
@@ -108,5 +116,9 @@ def select_ranking(
     say(f"tie rule: {TIE_RULE}")
     say(f"chosen: pool_next {chosen['pool_next']}, recency {chosen['recency']:g} ({objective.metric} "
         f"{chosen['score']:.4g}); report -> {report_path}", style="bold")
+    for b, best in report.get("by_budget", {}).items():
+        say(f"chosen at budget {b}: pool_next {best['pool_next']}, recency {best['recency']:g} ({objective.metric} "
+            f"{best['score']:.4g})", style="bold")
     if write:
-        say(f"stored in {predictor / 'predictor.json'} (selection; the weights are unchanged)")
+        table = " and a table by budget" if per_budget else ""
+        say(f"stored in {predictor / 'predictor.json'} (selection{table}; the weights are unchanged)")

@@ -19,7 +19,12 @@ def train_predictor(
                                            "rounds) are trained on together."),
     out: Path = typer.Option(..., help="Predictor directory to write."),
     label_method: str = typer.Option("attention", help=f"Labels made by `dynts-bench label`: {methods_help()}."),
-    transform: str = typer.Option("power", help="none | power ((x^0.3/0.3)*10) | scale (x*1e4) | rank."),
+    transform: Optional[str] = typer.Option(None, help="none | power ((x^0.3/0.3)*10) | scale (x*1e4) | rank | "
+                                            "log1p (log(1+x)); default: log1p for a lifetime head, else power."),
+    target: Optional[str] = typer.Option(None, help="What the head predicts: importance (a score: higher keeps) | "
+                                         "lifetime (how many tokens the token stays needed; DynTS evicts the "
+                                         "token whose predicted need ran out first). Default: lifetime for "
+                                         "--label-method lifetime, else importance."),
     pool: str = typer.Option("none", help="Spread labels to neighbours first: none | prev (a token also gets "
                              "its successor's label) | max3 (max over a 3-token kernel, as SnapKV pools)."),
     layer_sizes: Optional[str] = typer.Option(None, help="Hidden widths, e.g. 256,64 (default 2h,h/2)."),
@@ -34,14 +39,17 @@ def train_predictor(
     pool_next: int = typer.Option(0, min=0, help="DynTS ranking stored with the head: a token's score is at "
                                   "least its next N tokens' (0: the paper's)."),
     recency: float = typer.Option(0.0, min=0.0, help="DynTS ranking stored with the head: add R x the median "
-                                  "score x age rank, so unflagged tokens go oldest first (0: the paper's)."),
+                                  "score (a lifetime head: log(1 + cached span)) x age rank, so unflagged tokens "
+                                  "go oldest first (0: the paper's)."),
 ) -> None:
     """Train the importance head on the frozen model's hidden states; early stopping on held-out tau."""
     sizes = hidden_widths(layer_sizes, preset)
     if rank_weight < 0 or mse_weight < 0 or rank_weight + mse_weight == 0:
         raise TraceStoreError(f"--rank-weight {rank_weight} and --mse-weight {mse_weight}: both must be >= 0 "
                               "and one > 0")
-    cfg = FitConfig(label_method=label_method, transform=transform, pool=pool, layer_sizes=sizes,
+    target = target or ("lifetime" if label_method == "lifetime" else "importance")
+    transform = transform or ("log1p" if target == "lifetime" else "power")
+    cfg = FitConfig(label_method=label_method, transform=transform, pool=pool, layer_sizes=sizes, target=target,
                     epochs=epochs, lr=lr, rank_weight=rank_weight, mse_weight=mse_weight,
                     val_fraction=val_fraction, seed=seed, correct_only=not include_incorrect,
                     selection={k: v for k, v in (("pool_next", pool_next), ("recency", recency)) if v})

@@ -4,6 +4,11 @@ The reference trains a bias-free MLP on the frozen model's final hidden states w
 rescaled labels, 15 epochs, lr 5e-4, cosine with 10% warm-up, weight decay 0.01. Eviction only needs the
 *order* of tokens, so we add a pairwise ranking term (a logistic loss on score differences of token pairs of
 the same trace, weight ``rank_weight``) and stop early on the held-out traces' Kendall tau.
+
+A head's ``target`` says what its output means (``zoo.predictor.TARGETS``): an importance score, or -- trained
+on ``lifetime`` labels -- how long a token stays needed, a regression in the label transform's space (``log1p``:
+MSE on log-tokens, so that a 10-token error matters at 20 tokens and not at 400) that DynTS turns back into
+tokens.
 """
 
 from __future__ import annotations
@@ -22,16 +27,17 @@ from harness.predictor_pipeline.labels import labels_path, load_labels
 from harness.predictor_pipeline.rankers import mean_metrics, ranking_metrics
 from harness.predictor_pipeline.traces import TraceStore, TraceStoreError
 from harness.runs.fingerprints import model_fingerprint
+from zoo.base import PolicyError
 from zoo.predictor import ImportancePredictor, PredictorConfig
 
-TRANSFORMS = ("none", "power", "scale", "rank")
+TRANSFORMS = ("none", "power", "scale", "rank", "log1p")
 POOLS = ("none", "prev", "max3")
 PRESETS = {"paper": [8192, 2048]}  # the reference's head for 7-8B models (~50M parameters)
 
 
 def transform_labels(labels: torch.Tensor, name: str) -> torch.Tensor:
     """``power``: (x^0.3 / 0.3) * 10 (the reference's Qwen setting); ``scale``: x * 1e4 (its Llama setting);
-    ``rank``: the label's percentile within its trace; ``none``."""
+    ``rank``: the label's percentile within its trace; ``log1p``: log(1 + x), for lifetimes in tokens; ``none``."""
     if name == "none":
         return labels
     if name == "power":
@@ -40,13 +46,16 @@ def transform_labels(labels: torch.Tensor, name: str) -> torch.Tensor:
         return labels * 1e4
     if name == "rank":
         return labels.argsort().argsort().float() / max(1, labels.numel() - 1)
+    if name == "log1p":
+        return labels.clamp(min=0).log1p()
     raise TraceStoreError(f"unknown label transform {name!r}: choose from {', '.join(TRANSFORMS)}")
 
 
 def pool_labels(labels: torch.Tensor, name: str) -> torch.Tensor:
     """Spread a label to its neighbours before training, as SnapKV pools attention over a kernel so that a kept
     token keeps its context: ``prev`` -- a token also gets its successor's label (the name before a value);
-    ``max3`` -- the max over the token and both neighbours; ``none``."""
+    ``max3`` -- the max over the token and both neighbours; ``none``. Both take maxima, which is also right for
+    lifetimes: a name is needed for as long as the value after it."""
     if name == "none" or labels.numel() < 2:
         return labels
     if name == "prev":
@@ -77,6 +86,8 @@ class FitConfig:
     #: DynTS ranking options stored with the head (``pool_next``, ``recency``: zoo.dynts); empty = the paper's
     selection: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: what the head's output means (zoo.predictor.TARGETS): an importance score, or a lifetime in tokens
+    target: str = "importance"
 
 
 def is_validation(trace_id: str, fraction: float) -> bool:
@@ -132,6 +143,7 @@ def fit(store: TraceStore | Sequence[TraceStore], out: Path, cfg: FitConfig,
     """
     transform_labels(torch.zeros(1), cfg.transform)  # an unknown transform fails before any loading
     pool_labels(torch.zeros(2), cfg.pool)
+    check_target(cfg)
     stores = [store] if isinstance(store, TraceStore) else list(store)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -141,7 +153,7 @@ def fit(store: TraceStore | Sequence[TraceStore], out: Path, cfg: FitConfig,
     hidden = meta["hidden_size"]
     sizes = cfg.layer_sizes or PredictorConfig.default_sizes(hidden)
     pconfig = PredictorConfig(meta["model"], hidden, list(sizes), cfg.label_method, cfg.transform,
-                              selection=dict(cfg.selection))
+                              selection=dict(cfg.selection), target=cfg.target)
     model = ImportancePredictor(pconfig)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = _warmup_cosine(optimizer, math.ceil(len(train) / cfg.batch_traces) * cfg.epochs, cfg.warmup)
@@ -175,6 +187,16 @@ def fit(store: TraceStore | Sequence[TraceStore], out: Path, cfg: FitConfig,
 
 
 Example = tuple[str, torch.Tensor, torch.Tensor]  # (trace id, hidden states, transformed labels)
+
+
+def check_target(cfg: FitConfig) -> None:
+    """Refuse a target the head could not be read back with (an unknown one, a lifetime under a transform that
+    cannot be undone), before any training."""
+    probe = PredictorConfig("", 1, [], cfg.label_method, cfg.transform, target=cfg.target)
+    try:
+        probe.check_target()
+    except PolicyError as exc:
+        raise TraceStoreError(str(exc)) from None
 
 
 def _split(data: list[Example], val_fraction: float, stores: list[TraceStore]) -> tuple[list[Example],

@@ -3,7 +3,10 @@ with each combination through the same run lifecycle as ``dynts-bench run`` and 
 
 Objective per protocol: ``generate`` -- accuracy, mean over the budgets (higher is better); ``replay`` (models
 that do not think, e.g. SmolLM2) -- mean KL(full || dynts) over the forced traces, mean over the budgets (lower
-is better). Tie rule (exact ties of the objective): the combination nearest the paper's ranking wins -- smaller
+is better). Per budget (``--per-budget``) each budget's own metric chooses that budget's options as well, stored
+as a table DynTS looks a run's budget up in (``zoo.dynts.stored_selection``).
+
+Tie rule (exact ties of the objective): the combination nearest the paper's ranking wins -- smaller
 ``pool_next`` first, then smaller ``recency`` -- so ``(0, 0)`` wins every tie it is part of.
 """
 
@@ -209,10 +212,11 @@ def choose(scores: dict[Combination, float], objective: Objective) -> Combinatio
 
 
 def select(base: RunOptions, combos: Sequence[Combination], budgets: Sequence[int], run_cell: RunCell,
-           objective: Objective, on_cell: Callable[[Combination, int, CellResult], None] | None = None
-           ) -> dict[str, Any]:
+           objective: Objective, on_cell: Callable[[Combination, int, CellResult], None] | None = None,
+           per_budget: bool = False) -> dict[str, Any]:
     """Score every combination (mean of the objective's metric over ``budgets``) and choose one. Returns the
-    report's ``rows`` (one per combination, with its cells), ``chosen`` and the paper's ranking's score."""
+    report's ``rows`` (one per combination, with its cells), ``chosen`` and the paper's ranking's score; with
+    ``per_budget`` also ``by_budget``, each budget's own choice (``choose_per_budget``)."""
     rows = []
     scores: dict[Combination, float] = {}
     for combo in combos:
@@ -228,21 +232,45 @@ def select(base: RunOptions, combos: Sequence[Combination], budgets: Sequence[in
     chosen = choose(scores, objective)
     for row in rows:
         row["chosen"] = (row["pool_next"], row["recency"]) == chosen
-    return {"rows": rows, "chosen": {"pool_next": chosen[0], "recency": chosen[1], "score": scores[chosen]},
-            "paper_score": scores.get(PAPER)}
+    report = {"rows": rows, "chosen": {"pool_next": chosen[0], "recency": chosen[1], "score": scores[chosen]},
+              "paper_score": scores.get(PAPER), "per_budget": per_budget}
+    if per_budget:
+        report["by_budget"] = choose_per_budget(rows, objective)
+    return report
+
+
+def choose_per_budget(rows: Sequence[dict[str, Any]], objective: Objective) -> dict[str, dict[str, Any]]:
+    """Each budget's best combination by its cells alone (same ``TIE_RULE``), keyed by the budget as text (the
+    form JSON stores): {budget: {pool_next, recency, score}}."""
+    cells: dict[int, dict[Combination, float]] = {}
+    for row in rows:
+        for cell in row["cells"]:
+            cells.setdefault(cell["budget"], {})[(row["pool_next"], row["recency"])] = cell[objective.metric]
+    out = {}
+    for budget in sorted(cells):
+        best = choose(cells[budget], objective)
+        out[str(budget)] = {"pool_next": best[0], "recency": best[1], "score": cells[budget][best]}
+    return out
 
 
 def selection_record(report: dict[str, Any]) -> dict[str, Any]:
-    """What ``--write`` stores in ``predictor.json``'s ``selection``: the options and how they were chosen."""
+    """What ``--write`` stores in ``predictor.json``'s ``selection``: the options and how they were chosen. Per
+    budget, ``by_budget`` holds each budget's choice and ``pool_next`` / ``recency`` the mean's (what DynTS uses in
+    a run without a budget)."""
     chosen = report["chosen"]
+    by_budget = ({"by_budget": {b: {"pool_next": c["pool_next"], "recency": c["recency"]}
+                                for b, c in report["by_budget"].items()}} if report.get("per_budget") else {})
     return {
         "pool_next": chosen["pool_next"],
         "recency": chosen["recency"],
+        **by_budget,
         "selected": {
             "by": COMMAND,
             "protocol": report["protocol"],
             "objective": report["objective"]["metric"],
             "score": chosen["score"],
+            **({"scores_by_budget": {b: c["score"] for b, c in report["by_budget"].items()}}
+               if report.get("per_budget") else {}),
             "prompts": report["prompts"]["name"],
             "prompts_sha256": report["prompts"]["sha256"],
             "limit": report["prompts"]["limit"],

@@ -252,20 +252,31 @@ def task_facts_table(count: int, out: Path, facts: dict[str, float]) -> Table:
 
 def ranking_selection_table(report: dict[str, Any]) -> Table:
     """``select-ranking``: every (pool_next, recency) combination's metric per budget and its score, the chosen
-    one marked."""
+    one marked (per budget, each budget's choice starred)."""
     metric = report["objective"]["metric"]
     spec = ".1%" if metric == "accuracy" else ".4f"
     prompts = report["prompts"]
     title = (f"DynTS ranking options for {report['predictor']} on {prompts['problems']} problems of "
              f"{prompts['name']} ({report['protocol']}, window {report['window']}); score: "
              f"{report['objective']['description']}")
+    by_budget = report.get("by_budget", {})
+    if by_budget:
+        title += "; * each budget's own choice"
     table = Table(title=Text(title))
     for col in ("pool_next", "recency", *(f"{metric} @{b}" for b in report["budgets"]), "score", ""):
         table.add_column(col, justify="right" if col else "left")
     for row in report["rows"]:
-        cells = [_fmt(c[metric], spec) for c in row["cells"]]
+        combo = (row["pool_next"], row["recency"])
+        cells = [_fmt(c[metric], spec) + (" *" if _best_at(by_budget, c["budget"]) == combo else "")
+                 for c in row["cells"]]
         mark = "chosen" if row["chosen"] else ""
         style = "bold" if row["chosen"] else None
         table.add_row(str(row["pool_next"]), f"{row['recency']:g}", *cells, _fmt(row["score"], spec), mark,
                       style=style)
     return table
+
+
+def _best_at(by_budget: dict[str, dict[str, Any]], budget: int) -> tuple[int, float] | None:
+    """The (pool_next, recency) chosen at ``budget`` alone, or None (not chosen per budget)."""
+    best = by_budget.get(str(budget))
+    return (best["pool_next"], best["recency"]) if best else None
