@@ -94,7 +94,9 @@ class DynTS(Policy):
         """The ranking options applied to the compaction scores (a lifetime head's: ``still_needed``), each row
         with the options of its budget."""
         lifetime = self.predicts_lifetime()
-        settings = [self.selection(b) for b in (view.budgets or (None,) * view.batch_size)]
+        budgets = view.budgets or (None,) * view.batch_size
+        by_budget = {b: self.selection(b) for b in dict.fromkeys(budgets)}  # looked up once per distinct budget
+        settings = [by_budget[b] for b in budgets]
         distinct = list(dict.fromkeys(settings))
         if len(distinct) == 1:
             return apply_options(scores, view, *distinct[0], lifetime=lifetime)

@@ -354,8 +354,9 @@ class CompactingCache(Cache):
         flat.index_copy_(1, (first + dst[:, None]).flatten(), moved)
 
     def shrink(self, capacity: int) -> None:
-        """Reallocate every buffer to ``capacity`` slots (after a long prompt was compressed below it). Every
-        sequence must then hold fewer tokens than ``capacity``: its run of slots is what is copied."""
+        """Reallocate every buffer to ``capacity`` slots (after a long prompt was compressed below it): the last
+        ``capacity`` slots of the ring order are copied. Every sequence's tokens must lie there: each one
+        compacted since holds its kept tokens and later writes in its newest slots, fewer than ``capacity``."""
         if capacity >= self.capacity or self.kv is None:
             return
         assert self.flags is not None and self.ids is not None and self.slot is not None
