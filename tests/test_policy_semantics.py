@@ -271,17 +271,19 @@ def test_dynts_pool_next_keeps_the_token_before_a_high_scoring_one(tmp_path) -> 
     assert kept(policy, view(state=state)) == PROMPT | RECENT | {4, 5}
 
 
-def test_dynts_pool_next_follows_logical_positions_not_slots(tmp_path) -> None:
+def test_dynts_pool_next_follows_logical_positions_not_columns(tmp_path) -> None:
     from zoo.dynts import pool_successors
 
-    scores = torch.tensor([[1.0, 5.0, 2.0, 3.0]])
-    valid = torch.ones(1, 4, dtype=torch.bool)
-    # slots hold positions 7, 8, 3, 10: 7 is followed by 8; 3 and 8 have no cached successor (4, 9 evicted)
-    pooled = pool_successors(scores, torch.tensor([[7, 8, 3, 10]]), valid, 1)
-    assert pooled.tolist() == [[5.0, 5.0, 2.0, 3.0]]
-    # an empty slot is nobody's successor
-    pooled = pool_successors(scores, torch.tensor([[7, 8, 3, 10]]), torch.tensor([[True, False, True, True]]), 1)
-    assert pooled[0, 0] == 1.0
+    scores = torch.tensor([[9.0, 1.0, 5.0, 2.0, 3.0]])
+    valid = torch.tensor([[False, True, True, True, True]])  # left padding (its score never pools)
+    # columns hold positions 3, 7, 8, 10 after the padding: 7 is followed by 8; 3 and 8 have no cached successor
+    # (4 and 9 were evicted), so column 1 does not take column 2's 5 though they are adjacent
+    positions = torch.tensor([[-1, 3, 7, 8, 10]])
+    assert pool_successors(scores, positions, valid, 1).tolist() == [[9.0, 1.0, 5.0, 2.0, 3.0]]
+    positions = torch.tensor([[-1, 6, 7, 8, 10]])  # now 6 -> 7 -> 8 follow each other
+    assert pool_successors(scores, positions, valid, 1).tolist() == [[9.0, 5.0, 5.0, 2.0, 3.0]]
+    # pool_next 2: the next two positions, 8 and 10 are 2 apart
+    assert pool_successors(scores, positions, valid, 2).tolist() == [[9.0, 5.0, 5.0, 3.0, 3.0]]
 
 
 def test_dynts_recency_keeps_the_newest_of_equally_scored_tokens(tmp_path) -> None:

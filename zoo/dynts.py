@@ -120,7 +120,7 @@ class DynTS(Policy):
             assert self._model is not None
             scores = still_needed(self._model.config.log_lifetime(scores), view.positions, view.valid)
         if view.think_end_id is not None:
-            answer = (view.token_ids == view.think_end_id).long().cumsum(-1) > 0
+            answer = (view.token_ids == view.think_end_id).cummax(-1).values  # from </think> on
             scores = scores.masked_fill(answer & view.valid, float("inf"))
         return self.ranked(scores, view)
 
@@ -201,28 +201,23 @@ def cached_span(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 def pool_successors(scores: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
     """Each slot's score raised to the largest score among the slots holding the next ``k`` logical positions
-    (those still cached; slots may be in any order)."""
-    big = torch.iinfo(positions.dtype).max
-    order = positions.masked_fill(~valid, big).argsort(-1)
-    s = scores.gather(-1, order)
-    pos = positions.gather(-1, order)
-    ok = valid.gather(-1, order)
-    pooled = s.clone()
+    (those still cached). A view's valid slots are each row's last ones, in generation order (``CacheView``: left
+    padding only), and positions grow by at least 1 a column, so those successors are among the next ``k``
+    columns: the ones whose position is at most ``k`` further."""
+    pooled = scores.clone()
     for shift in range(1, k + 1):
-        follows = torch.zeros_like(ok)
-        follows[:, :-shift] = ok[:, :-shift] & ok[:, shift:] & (pos[:, shift:] - pos[:, :-shift] <= k)
-        later = torch.full_like(s, float("-inf"))
-        later[:, :-shift] = s[:, shift:]
-        pooled = torch.where(follows, torch.maximum(pooled, later), pooled)
-    return torch.empty_like(scores).scatter_(-1, order, pooled)
+        follows = valid[:, :-shift] & valid[:, shift:] & (positions[:, shift:] - positions[:, :-shift] <= k)
+        later = torch.maximum(pooled[:, :-shift], scores[:, shift:])
+        pooled[:, :-shift] = torch.where(follows, later, pooled[:, :-shift])
+    return pooled
 
 
 def age_rank(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Each slot's logical position scaled to 0 (the oldest cached token) .. 1 (the newest); 0 for empty slots."""
-    pos = positions.float()
-    oldest = pos.masked_fill(~valid, float("inf")).amin(-1, keepdim=True)
-    newest = pos.masked_fill(~valid, float("-inf")).amax(-1, keepdim=True)
-    return ((pos - oldest) / (newest - oldest).clamp(min=1)).clamp(min=0).masked_fill(~valid, 0.0)
+    pos, empty = positions.float(), ~valid
+    oldest = pos.masked_fill(empty, float("inf")).amin(-1, keepdim=True)
+    newest = pos.masked_fill(empty, float("-inf")).amax(-1, keepdim=True)
+    return ((pos - oldest) / (newest - oldest).clamp(min=1)).clamp(min=0).masked_fill(empty, 0.0)
 
 
 def _row_median(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
