@@ -331,16 +331,19 @@ class CompactingCache(Cache):
                        live: torch.Tensor) -> None:
         """Per metadata tensor, for sequences ``rows``: copy slot ``src[i]`` to ``dst[i]`` of ``rows[entry[i]]``,
         then empty every slot not ``live`` (validity False, position -1, token 0, state 0)."""
-        for name, empty in (("flags", (False,)), ("ids", (-1, 0)), ("scores", (0.0,))):
+        dead = ~live
+        for name, empty in (("flags", False), ("ids", (-1, 0)), ("scores", 0.0)):
             tensor = getattr(self, name)
             if tensor is None:
                 continue
             sel = tensor.index_select(1, rows)  # [n, F, C]
             if entry.numel():
                 sel[:, entry, dst] = sel[:, entry, src]
-            for i, value in enumerate(empty):  # one value for every row of the tensor, or one per row
-                part = sel if len(empty) == 1 else sel[i]
-                part.masked_fill_(~live, value)
+            if isinstance(empty, tuple):  # one value per row of the tensor (ids: position, token)
+                for part, value in zip(sel, empty):
+                    part.masked_fill_(dead, value)
+            else:
+                sel.masked_fill_(dead, empty)
             tensor.index_copy_(1, rows, sel)
 
     def _move_kv(self, rows: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> None:
