@@ -31,6 +31,13 @@ class PolicyError(UserError, ValueError):
     """A policy option is invalid or a policy cannot run as configured; the message says how to fix it."""
 
 
+def valid_to_newest(valid: torch.Tensor) -> torch.Tensor:
+    """Long ``[B, T]``: how many valid slots lie from each slot (itself included) to the row's end -- for a valid
+    slot of a view in generation order, its rank counted from the newest token (1: the newest)."""
+    count = valid.long().cumsum(-1)
+    return count[:, -1:] - count + valid.long()
+
+
 @dataclass
 class CacheView:
     """What a policy may read at selection time. Every ``[B, T]`` tensor, ``state`` and the keys included, is over
@@ -64,10 +71,7 @@ class CacheView:
         """Bool [B, T]: the last ``window`` valid slots of every row."""
         if window <= 0:
             return torch.zeros_like(self.valid)
-        # slots are in generation order: a valid slot is among the last `window` when more than (valid slots -
-        # window) valid slots lie at or before it
-        count = self.valid.long().cumsum(-1)
-        return self.valid & (count > count[:, -1:] - window)
+        return self.valid & (valid_to_newest(self.valid) <= window)
 
     def first_tokens(self, count: int) -> torch.Tensor:
         """Bool [B, T]: the first ``count`` tokens of every sequence (attention sinks), by logical position."""

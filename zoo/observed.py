@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.base import CacheView, Policy, last_query_attention
+from zoo.base import CacheView, Policy, last_query_attention, valid_to_newest
 
 
 def later_tokens(valid: torch.Tensor) -> torch.Tensor:
     """``[B, T]``: how many valid slots, itself included, each slot has from it to the newest (>= 1)."""
-    return valid.flip(-1).long().cumsum(-1).flip(-1).clamp(min=1)
+    return valid_to_newest(valid).clamp(min=1)
 
 
 @dataclass
