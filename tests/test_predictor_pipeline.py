@@ -112,9 +112,11 @@ def test_far_copies_marks_the_one_far_source_of_a_copied_bigram() -> None:
     assert row[1] == row[3] == 0.5 and row.sum() == 1.0
 
 
-def test_copy_label_equals_eager_attention_of_the_far_copying_reads(random_reasoner, store) -> None:
-    """Per key: the largest single-head attention any far query pays it while writing the token that followed
-    it, that bigram absent from the query's window; split between sources that are equally far copies."""
+def _eager_far_reads(random_reasoner, store):
+    """The copy and lifetime labels' reference, from eager attention and the token bigrams by hand: ``(engine,
+    trace, read)``, ``read[query, key]`` the largest single-head attention a query pays a key while writing the
+    token that followed it, the bigram absent from the query's 32-token window, split between equally far
+    sources; 0 elsewhere."""
     engine = TransformersBackend(str(random_reasoner))
     trace = next(store.load(store.records()[3:4]))
     end = trace.record.length - (1 if int(trace.tokens[-1]) in engine.parts.eos_ids else 0)
@@ -122,14 +124,22 @@ def test_copy_label_equals_eager_attention_of_the_far_copying_reads(random_reaso
     with torch.no_grad():
         probs = torch.stack(eager(input_ids=trace.tokens[None, :end], output_attentions=True).attentions)[:, 0]
     t = trace.tokens[:end].tolist()
-    expected = torch.zeros(end)
+    read = torch.zeros(end, end)
     for i in range(end - 1):
         pair = (t[i], t[i + 1])
         if any((t[m - 1], t[m]) == pair for m in range(max(1, i - 31), i + 1)):
             continue  # the bigram is in the query's window
         sources = [j for j in range(1, i - 31) if (t[j - 1], t[j]) == pair]
         for j in sources:
-            expected[j] = max(expected[j], float(probs[:, :, i, j].max()) / len(sources))
+            read[i, j] = float(probs[:, :, i, j].max()) / len(sources)
+    return engine, trace, read
+
+
+def test_copy_label_equals_eager_attention_of_the_far_copying_reads(random_reasoner, store) -> None:
+    """Per key: the largest single-head attention any far query pays it while writing the token that followed
+    it, that bigram absent from the query's window; split between sources that are equally far copies."""
+    engine, trace, read = _eager_far_reads(random_reasoner, store)
+    expected = read.amax(0)
     torch.testing.assert_close(copy_label(engine, trace), expected[trace.record.thinking], atol=1e-6, rtol=1e-4)
     assert load_labels(store, "copy").keys() == load_labels(store, "attention").keys()
 
@@ -167,21 +177,8 @@ def test_lifetime_is_the_distance_to_the_last_substantial_far_copy() -> None:
 def test_lifetime_label_equals_eager_attention_of_the_last_far_copying_read(random_reasoner, store) -> None:
     """Per key: how far the last query is whose far-copy read (single-head attention x its copy weight, in any
     layer) is at least half the key's strongest; a random model's reads are faint, so the floor is lowered."""
-    engine = TransformersBackend(str(random_reasoner))
-    trace = next(store.load(store.records()[3:4]))
-    end = trace.record.length - (1 if int(trace.tokens[-1]) in engine.parts.eos_ids else 0)
-    eager = LlamaForCausalLM.from_pretrained(random_reasoner, attn_implementation="eager").eval()
-    with torch.no_grad():
-        probs = torch.stack(eager(input_ids=trace.tokens[None, :end], output_attentions=True).attentions)[:, 0]
-    t = trace.tokens[:end].tolist()
-    read = torch.zeros(end, end)  # [query, key]
-    for i in range(end - 1):
-        pair = (t[i], t[i + 1])
-        if any((t[m - 1], t[m]) == pair for m in range(max(1, i - 31), i + 1)):
-            continue
-        sources = [j for j in range(1, i - 31) if (t[j - 1], t[j]) == pair]
-        for j in sources:
-            read[i, j] = float(probs[:, :, i, j].max()) / len(sources)
+    engine, trace, read = _eager_far_reads(random_reasoner, store)
+    end = read.shape[0]
     expected = torch.zeros(end)
     for j in range(end):
         strongest = float(read[:, j].max())
