@@ -463,13 +463,21 @@ def test_a_malformed_budget_table_is_refused_when_dynts_is_prepared(tmp_path, ta
         policy.prepare(ModelInfo("m", "m", 4, 1, lambda: []))
 
 
-def test_recent_window_is_the_last_valid_slots_of_each_row() -> None:
-    valid = torch.tensor([[False, False, True, True, False, True, True],  # left padding and a hole
+def test_recent_window_is_the_last_valid_slots_of_each_left_padded_row() -> None:
+    valid = torch.tensor([[False, False, True, True, True, True, True],  # left padding
                           [True, True, True, True, True, True, True],
                           [False, False, False, False, False, True, True]])  # fewer valid slots than the window
     got = CacheView(valid=valid, positions=torch.zeros(3, 7, dtype=torch.long),
                     token_ids=torch.zeros(3, 7, dtype=torch.long), is_prompt=torch.zeros_like(valid),
                     keys=[]).recent_window(3)
-    assert got.tolist() == [[False, False, False, True, False, True, True],
+    assert got.tolist() == [[False, False, False, False, True, True, True],
                             [False, False, False, False, True, True, True],
                             [False, False, False, False, False, True, True]]
+    # and, on random left-padded rows, the valid slots with at most `window` valid slots from them to the end
+    lengths = torch.randint(0, 41, (64,), generator=torch.Generator().manual_seed(0))
+    valid = torch.arange(40)[None, :] >= 40 - lengths[:, None]
+    view = CacheView(valid=valid, positions=torch.zeros(64, 40, dtype=torch.long),
+                     token_ids=torch.zeros(64, 40, dtype=torch.long), is_prompt=torch.zeros_like(valid), keys=[])
+    for window in (0, 1, 7, 40, 50):
+        from_the_end = valid.flip(-1).long().cumsum(-1).flip(-1)
+        assert torch.equal(view.recent_window(window), valid & (from_the_end <= window))

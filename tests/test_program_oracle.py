@@ -200,15 +200,21 @@ def test_a_subword_vocabulary_holding_a_tasks_words_is_refused(task_words):
 
 
 @pytest.mark.parametrize("vocabulary", [SUM_VOCABULARY, PROGRAM_VOCABULARY], ids=["sum", "program"])
-def test_tabulated_roles_equal_next_roles_for_every_token_and_previous_state(vocabulary):
-    from harness.tinyreasoner.oracle import next_roles, tabulated_roles
+def test_the_step_table_equals_next_roles_and_the_stale_rule_for_every_token_and_previous_state(vocabulary):
+    from harness.tinyreasoner import oracle as o
 
-    ids = _oracle(vocabulary.tokens)._ids
+    policy = _oracle(vocabulary.tokens)
+    ids = policy._ids
     vocab = len(vocabulary.tokens)
-    new = torch.arange(vocab).repeat_interleave((SPENT + 1) * 3)  # every token after every role and 3 kinds of token
-    prev_role = torch.arange(SPENT + 1).float().repeat_interleave(3).repeat(vocab)
-    prev_token = torch.tensor([int(ids["."]), int(ids["="]), 0]).repeat((SPENT + 1) * vocab)
-    expected = next_roles(ids, new, prev_token, prev_role)
-    got = tabulated_roles(ids, new, prev_token, prev_role)
-    for e, g in zip(expected, got):
-        assert torch.equal(e, g)
+    new = torch.arange(vocab).repeat_interleave((SPENT + 1) * 4)  # every token after every role and 4 kinds of token
+    prev_role = torch.arange(SPENT + 1).float().repeat_interleave(4).repeat(vocab)
+    # '.', '=', an ordinary token, and -1: nothing observed yet
+    prev_token = torch.tensor([int(ids["."]), int(ids["="]), 0, -1]).repeat((SPENT + 1) * vocab)
+    role, starts, in_line = o.next_roles(ids, new, prev_token, prev_role)
+    stale = policy._rules.stale(ids, new, role, in_line)
+    step = ids["table"][o.step_index(ids, new, prev_token, prev_role)]
+    assert torch.equal(step[:, o.ROLE_COLUMN], role)
+    assert torch.equal(step[:, o.STARTS_COLUMN] > 0, starts)
+    assert torch.equal(step[:, o.OWNS_COLUMN] > 0, role == DEF_NAME)
+    assert torch.equal(step[:, o.INHERITS_COLUMN] > 0, role == DEF_VALUE)
+    assert torch.equal(step[:, o.STALE_COLUMN] > 0, stale)

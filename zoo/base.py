@@ -68,10 +68,11 @@ class CacheView:
         return self.valid.shape[1]
 
     def recent_window(self, window: int) -> torch.Tensor:
-        """Bool [B, T]: the last ``window`` valid slots of every row."""
+        """Bool [B, T]: the last ``window`` valid slots of every row -- its last ``window`` columns, since the
+        valid slots are each row's last ones (left padding only)."""
         if window <= 0:
             return torch.zeros_like(self.valid)
-        return self.valid & (valid_to_newest(self.valid) <= window)
+        return self.valid & (torch.arange(self.length, device=self.valid.device) >= self.length - window)
 
     def first_tokens(self, count: int) -> torch.Tensor:
         """Bool [B, T]: the first ``count`` tokens of every sequence (attention sinks), by logical position."""
@@ -317,8 +318,9 @@ KeyMap = Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor]
 def over_keys(view: CacheView, fn: KeyMap) -> torch.Tensor:
     """``[L, B, X, T]``: ``fn`` over every layer's keys of every sequence, in generation order.
 
-    The transformers backend runs ``fn`` where the keys lie, in its own slot order, and reorders only the result
-    (``OrderedKeys.over_keys``): no key is copied. Otherwise ``fn`` runs once per layer on the view's keys (the
+    The transformers backend runs ``fn`` once on the keys in its own slot order, and reorders only the result
+    (``OrderedKeys.over_keys``): no key is reordered, and keys are copied only to bring sequences that are not
+    neighbours in the batch together. Otherwise ``fn`` runs once per layer on the view's keys (the
     paged engines read a layer's keys on demand; stacking them would hold every layer's at once). Values from
     one key are the same to the bit either way; sums over a sequence's keys may differ in the last bits, since
     they add in another order."""

@@ -206,18 +206,19 @@ def pool_successors(scores: torch.Tensor, positions: torch.Tensor, valid: torch.
     columns: the ones whose position is at most ``k`` further."""
     pooled = scores.clone()
     for shift in range(1, k + 1):
-        follows = valid[:, :-shift] & valid[:, shift:] & (positions[:, shift:] - positions[:, :-shift] <= k)
+        # a valid slot's later columns are valid too (left padding only): the slot's validity is the pair's
+        follows = valid[:, :-shift] & (positions[:, shift:] - positions[:, :-shift] <= k)
         later = torch.maximum(pooled[:, :-shift], scores[:, shift:])
         pooled[:, :-shift] = torch.where(follows, later, pooled[:, :-shift])
     return pooled
 
 
 def age_rank(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Each slot's logical position scaled to 0 (the oldest cached token) .. 1 (the newest); 0 for empty slots."""
+    """Each slot's logical position scaled to 0 (the oldest cached token) .. 1 (the newest); 0 for empty slots.
+    The newest is each row's last column (a view in generation order, left padding only)."""
     pos, empty = positions.float(), ~valid
     oldest = pos.masked_fill(empty, float("inf")).amin(-1, keepdim=True)
-    newest = pos.masked_fill(empty, float("-inf")).amax(-1, keepdim=True)
-    return ((pos - oldest) / (newest - oldest).clamp(min=1)).clamp(min=0).masked_fill(empty, 0.0)
+    return ((pos - oldest) / (pos[:, -1:] - oldest).clamp(min=1)).clamp(min=0).masked_fill(empty, 0.0)
 
 
 def _row_median(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -12,11 +12,9 @@ _NORM_EPS, _COSINE_EPS = 1e-12, 1e-8  # F.normalize's and F.cosine_similarity's 
 
 
 def key_diversity_scores(keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """``[B, KVH, T]`` (keys ``[B, KVH, T, D]``; ``[L, B, KVH, T]`` for keys ``[L, B, KVH, T, D]``, one layer at a
-    time): minus each key's cosine similarity to the anchor, the mean of the valid unit keys of its head (padding
-    slots do not pull the anchor)."""
-    if keys.dim() == 5:  # a layer at a time: a layer's keys are contiguous where the layers together are not
-        return torch.stack([key_diversity_scores(layer, valid) for layer in keys])
+    """``[..., B, KVH, T]`` (keys ``[..., B, KVH, T, D]``, any leading dims such as layers, all in one batched
+    product): minus each key's cosine similarity to the anchor, the mean of the valid unit keys of its head
+    (padding slots do not pull the anchor)."""
     k = keys.float()
     norms = k.norm(dim=-1)  # [B, KVH, T]
     # three passes over the keys (norms, anchor, dot products) instead of materialising the unit keys

@@ -109,19 +109,18 @@ class OrderedKeys(Sequence):
 
     def over_keys(self, fn: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor],
                   valid: torch.Tensor) -> torch.Tensor:
-        """``[L, B, X, T]`` in generation order: ``fn(keys, valid, rows)`` (see ``zoo.base.over_keys``) run where
-        the keys lie, in the cache's slot order, with ``valid`` ``[B, T]`` put in that order too; only the result
-        is reordered, so no key is copied. One call per run of consecutive batch entries among the sequences
-        (one call in all when every sequence's schedule fired at once)."""
+        """``[L, B, X, T]`` in generation order: ``fn(keys, valid, rows)`` (see ``zoo.base.over_keys``) run once,
+        on the keys in the cache's slot order, with ``valid`` ``[B, T]`` put in that order too; only the result is
+        reordered. The keys are a view of the buffer when the sequences are consecutive batch entries (every
+        sequence's schedule fired at once, or one sequence), else the sequences' keys of every layer copied
+        together: one call over all layers costs less than a call per run of consecutive entries."""
         in_slots = torch.zeros_like(valid).scatter_(1, self._order, valid)  # slot order[f, t] holds t's flag
-        parts, start = [], 0
-        for end in range(1, len(self._fired) + 1):
-            if end == len(self._fired) or self._fired[end] != self._fired[end - 1] + 1:
-                first = self._fired[start]
-                keys = self._kv[:, 0, first : first + end - start]  # [L, R, KVH, C, D], a view
-                parts.append(fn(keys, in_slots[start:end], list(range(start, end))))
-                start = end
-        values = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # [L, F, X, C]
+        first, count = self._fired[0], len(self._fired)
+        if self._fired == list(range(first, first + count)):
+            keys = self._kv[:, 0, first : first + count]  # [L, F, KVH, C, D], a view
+        else:  # a stack of per-sequence views: index_select over a dimension of this strided view is far slower
+            keys = torch.stack([self._kv[:, 0, f] for f in self._fired], dim=1)
+        values = fn(keys, in_slots, list(range(count)))  # [L, F, X, C]
         return values.gather(3, self._order[None, :, None, :].expand_as(values))
 
 
@@ -156,6 +155,7 @@ class CompactingCache(Cache):
         self.ids: torch.Tensor | None = None  # long [2, B, capacity]: logical position (-1 if empty), token id
         self.scores: torch.Tensor | None = None  # float [S, B, capacity]: per-slot policy state
         self.slot: torch.Tensor | None = None  # long [1] on the device: the write slot, for the decode step
+        self._mask_pair: tuple[torch.Tensor, torch.Tensor] | None = None  # see ``_mask_values``
         self.state_names = state_names
         self.peak_allocated_bytes = 0
 
@@ -257,14 +257,25 @@ class CompactingCache(Cache):
             self.slot.fill_(self.write_slot)
 
     def attention_mask(self, q: int) -> torch.Tensor:
-        """4D boolean mask ``[B, 1, q, span]`` over the attended span: a view for a decode step; for a prompt,
-        causal and padding (a padded query sees itself so that no row is fully masked)."""
+        """4D mask ``[B, 1, q, span]`` over the attended span. A decode step's is additive (0 where valid, -inf
+        where not), in the cache's dtype: SDPA converts a boolean mask to exactly that in every layer (two
+        operations each), so one conversion per step replaces them all. A prompt's is boolean, causal and padding
+        (a padded query sees itself so that no row is fully masked)."""
         valid = self.valid[:, None, None, : self.span]
         if q == 1:
-            return valid
+            assert self.kv is not None  # a decode step follows the prompt that allocated the buffers
+            return torch.where(valid, *self._mask_values(self.kv.dtype))
         rows = torch.arange(q, device=valid.device)[:, None]
         cols = torch.arange(self.span, device=valid.device)[None, :]
         return (valid & (cols <= rows)) | (cols == rows)
+
+    def _mask_values(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The additive mask's two values, 0 and -inf, as tensors of ``dtype`` on the cache's device (made once)."""
+        if self._mask_pair is None or self._mask_pair[0].dtype != dtype:
+            device = self.valid.device
+            self._mask_pair = (torch.zeros((), dtype=dtype, device=device),
+                               torch.full((), float("-inf"), dtype=dtype, device=device))
+        return self._mask_pair
 
     def live_counts(self) -> torch.Tensor:
         return self.valid.sum(-1)
@@ -308,53 +319,54 @@ class CompactingCache(Cache):
         """Keep, of sequences ``rows``, the generation-order positions ``kept`` ``[F, K]`` (see ``compact``;
         ``order`` is their ``generation_order``), each sequence's in its last ``keep`` slots of the ring order
         (module docstring). Only the kept tokens outside those slots move, each into a slot an evicted token
-        left there: one copy of every layer's keys and values together, one gather and scatter per metadata
-        dtype (the one readback: which slots move); the other sequences are not touched."""
+        left there: one copy of every layer's keys and values together, one of each metadata tensor (the one
+        readback: which slots move); the other sequences are not touched."""
         assert self.kv is not None and self.flags is not None and self.ids is not None
         c = self.capacity
         slots = order.gather(1, kept).masked_fill(~kept_valid, c)  # padding entries -> a spare column
         kept_slots = torch.zeros(rows.shape[0], c + 1, dtype=torch.bool, device=rows.device)
         kept_slots = kept_slots.scatter_(1, slots, True)[:, :c]  # [F, C]: the physical slots kept
         # where each sequence's kept tokens must be: its last `keep` slots in ring order; after the moves these
-        # are exactly its live slots
-        ring_rank = (torch.arange(c, device=rows.device) - self.write_slot) % c  # slot -> place in ring_order
+        # are exactly its live slots. Slot s is at place (s - write slot) mod C of the ring order.
+        ring_rank = torch.arange(c, device=rows.device).roll(self.write_slot)
         region = ring_rank >= c - kept_valid.sum(-1, keepdim=True)  # [F, C]
-        # (sequence, slot) pairs, by sequence then slot: every sequence has as many holes as kept tokens outside
-        # its region, so the i-th mover goes to the i-th hole
-        movers, holes = (kept_slots & ~region).nonzero(), (region & ~kept_slots).nonzero()
-        entry, src, dst = movers[:, 0], movers[:, 1], holes[:, 1]
-        if entry.numel():
-            self._move_kv(rows.index_select(0, entry), src, dst)
-        self._move_metadata(rows, entry, src, dst, region)
+        # (which, sequence, slot) triples: movers (kept, outside) then holes (inside, not kept), each by sequence
+        # then slot. Every sequence has as many holes as kept tokens outside its region, so the i-th mover goes to
+        # the i-th hole: the first half of the triples are the sources, the second half the destinations.
+        pairs = torch.stack((kept_slots > region, region > kept_slots)).nonzero()
+        moves = pairs.shape[0] // 2
+        entry, src_dst = pairs[:moves, 1], pairs[:, 2].view(2, moves)
+        self._move(rows.index_select(0, entry), src_dst)
+        self._empty_dead(rows, ~region)
 
-    def _move_metadata(self, rows: torch.Tensor, entry: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
-                       live: torch.Tensor) -> None:
-        """Per metadata tensor, for sequences ``rows``: copy slot ``src[i]`` to ``dst[i]`` of ``rows[entry[i]]``,
-        then empty every slot not ``live`` (validity False, position -1, token 0, state 0)."""
-        dead = ~live
-        for name, empty in (("flags", False), ("ids", (-1, 0)), ("scores", 0.0)):
-            tensor = getattr(self, name)
-            if tensor is None:
-                continue
-            sel = tensor.index_select(1, rows)  # [n, F, C]
-            if entry.numel():
-                sel[:, entry, dst] = sel[:, entry, src]
-            if isinstance(empty, tuple):  # one value per row of the tensor (ids: position, token)
-                for part, value in zip(sel, empty):
-                    part.masked_fill_(dead, value)
-            else:
-                sel.masked_fill_(dead, empty)
-            tensor.index_copy_(1, rows, sel)
-
-    def _move_kv(self, rows: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> None:
-        """Copy slot ``src[i]`` to ``dst[i]`` of sequence ``rows[i]`` in every layer's keys and values at once: as
-        rows of ``D`` values of a ``[layers * 2, B * KVH * C, D]`` view."""
-        assert self.kv is not None
+    def _move(self, rows: torch.Tensor, src_dst: torch.Tensor) -> None:
+        """Copy slot ``src_dst[0, i]`` to ``src_dst[1, i]`` of sequence ``rows[i]``: in every layer's keys and
+        values at once (rows of ``D`` values of a ``[layers * 2, B * KVH * C, D]`` view), and in every metadata
+        tensor (elements of its ``[n, B * C]`` view)."""
+        assert self.kv is not None and self.flags is not None and self.ids is not None
+        if not rows.numel():
+            return
         layers, two, batch, heads, c, dim = self.kv.shape
-        first = (rows[:, None] * heads + torch.arange(heads, device=rows.device)) * c  # [N, KVH] slot 0 of each head
-        flat = self.kv.view(layers * two, batch * heads * c, dim)
-        moved = flat.index_select(1, (first + src[:, None]).flatten())
-        flat.index_copy_(1, (first + dst[:, None]).flatten(), moved)
+        at = rows * c + src_dst  # [2, N]: flat slot of each source and destination in a [B * C] row
+        for meta in (self.flags, self.ids, self.scores):
+            if meta is not None:
+                flat = meta.view(meta.shape[0], batch * c)
+                flat.index_copy_(1, at[1], flat.index_select(1, at[0]))
+        head_start = rows[:, None] * (heads * c) + torch.arange(0, heads * c, c, device=rows.device)  # [N, KVH]
+        kv_at = (head_start + src_dst[:, :, None]).flatten(1)  # [2, N * KVH]: rows of a [B * KVH * C, D] view
+        flat_kv = self.kv.view(layers * two, batch * heads * c, dim)
+        flat_kv.index_copy_(1, kv_at[1], flat_kv.index_select(1, kv_at[0]))
+
+    def _empty_dead(self, rows: torch.Tensor, dead: torch.Tensor) -> None:
+        """Empty the slots ``dead`` ``[F, C]`` of sequences ``rows`` in every metadata tensor: validity False,
+        position -1, token 0, policy state 0."""
+        assert self.flags is not None and self.ids is not None
+        where = torch.zeros(self.flags.shape[1:], dtype=torch.bool, device=dead.device).index_copy_(0, rows, dead)
+        self.flags.masked_fill_(where, False)
+        self.ids[0].masked_fill_(where, -1)
+        self.ids[1].masked_fill_(where, 0)
+        if self.scores is not None:
+            self.scores.masked_fill_(where, 0.0)
 
     def shrink(self, capacity: int) -> None:
         """Reallocate every buffer to ``capacity`` slots (after a long prompt was compressed below it): the last

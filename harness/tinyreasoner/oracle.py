@@ -17,7 +17,6 @@ TOKEN, ROLE, LINE = "oracle_token", "oracle_role", "oracle_line"
 #: is found wherever the backend put it; and, on a statement's name and value, the name's token id
 ORDER, OWNER = "oracle_order", "oracle_owner"
 SPENT = 9  # a stated value no later line needs any more: read (sum task) or overwritten (program task)
-# mark_spent tells statements (and spent ones) by ``role >= DEF_NAME``
 assert max(OTHER, STEP, EQUALS, SUM) < DEF_NAME < DEF_VALUE < SPENT
 
 Ids = dict[str, torch.Tensor]
@@ -89,7 +88,11 @@ def next_roles(ids: Ids, new: torch.Tensor, prev_token: torch.Tensor,
 
 #: the bits of a new token that ``next_roles`` reads: counter start, line start, ``=``, digit, name
 _CLASS_BITS = ("counter", "start", "=", "digit", "name")
-_ROLE_BITS, _STARTS, _IN_LINE = 15, 16, 32  # packing of (role, starts, in_line) in the transition table
+_CLASSES = 2 ** len(_CLASS_BITS)
+#: the columns of a row of ``step_table``, what one new token does, as floats: its role, 1 if it opens a line, 1 if
+#: its statement's owner is itself (a stated name) or the previous token's owner (a stated value), 1 if it makes the
+#: earlier statements of its name stale (``TaskRules.stale``)
+ROLE_COLUMN, STARTS_COLUMN, OWNS_COLUMN, INHERITS_COLUMN, STALE_COLUMN = range(5)
 
 
 def token_classes(ids: Ids) -> torch.Tensor:
@@ -100,38 +103,37 @@ def token_classes(ids: Ids) -> torch.Tensor:
     return sum(bit.long() << i for i, bit in enumerate(bits))  # type: ignore[return-value]
 
 
-def role_transitions() -> torch.Tensor:
-    """Long ``[(SPENT + 1) * 2 * 2**len(_CLASS_BITS)]``: ``next_roles`` tabulated, packed as ``role | starts << 4
-    | in_line << 5``, at ``(previous role * 2 + previous token is '.') * 32 + new token's class`` -- one lookup per
-    step instead of a dozen tensor operations. Built by running ``next_roles`` itself on every combination."""
-    classes, states = 2 ** len(_CLASS_BITS), (SPENT + 1) * 2
-    table = torch.zeros(states, classes, dtype=torch.long)
+def step_table(stale: StaleRule) -> torch.Tensor:
+    """Float ``[(SPENT + 1) * 2 * _CLASSES, 5]``: the ``*_COLUMN`` values of a new token, at ``(previous role * 2 +
+    previous token is '.') * _CLASSES + new token's class`` (``step_index``) -- one lookup per step instead of a
+    few dozen tensor operations. Built by running ``next_roles`` and the task's ``stale`` rule on every
+    combination."""
+    states = (SPENT + 1) * 2
+    table = torch.zeros(states, _CLASSES, 5)
     prev_role = (torch.arange(states) // 2).float()
     prev_token = torch.where(torch.arange(states) % 2 == 1, 1, 2)  # token 1 is the synthetic '.', 2 anything else
     new = torch.zeros(states, dtype=torch.long)  # token 0 carries the class under test
-    for cls in range(classes):
+    for cls in range(_CLASSES):
         bit = {name: torch.tensor([bool(cls >> i & 1), False, False]) for i, name in enumerate(_CLASS_BITS)}
         ids = {**bit, ".": torch.tensor(1), "=": torch.tensor(0 if cls >> _CLASS_BITS.index("=") & 1 else 2)}
         role, starts, in_line = next_roles(ids, new, prev_token, prev_role)
-        table[:, cls] = role.long() | starts.long() * _STARTS | in_line.long() * _IN_LINE
-    return table.flatten()
+        columns = (role, starts, role == DEF_NAME, role == DEF_VALUE, stale(ids, new, role, in_line))
+        table[:, cls] = torch.stack([c.float() for c in columns], dim=-1)
+    return table.flatten(0, 1)
 
 
-def tabulated_roles(ids: Ids, new: torch.Tensor, prev_token: torch.Tensor,
-                    prev_role: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``next_roles`` by one lookup in ``ids["transitions"]`` (``role_transitions``) at ``ids["class"]`` of the
-    new tokens."""
-    state = prev_role.long() * 2 + (prev_token == ids["."]).long()
-    code = ids["transitions"][state * 2 ** len(_CLASS_BITS) + ids["class"][new]]
-    return (code & _ROLE_BITS).float(), (code & _STARTS) > 0, (code & _IN_LINE) > 0
+def step_lookups(ids: Ids) -> Ids:
+    """What ``step_index`` reads besides the table: per token id, its class and, as the previous token, its
+    share of the index (``_CLASSES`` for '.', else 0), both as floats so that the index is summed in one dtype.
+    ``after`` has one entry more, 0, which previous token -1 (nothing observed yet) reads."""
+    vocab = ids["name"].shape[0]
+    after = (torch.arange(vocab + 1) == ids["."]).float() * _CLASSES
+    return {"class": token_classes(ids).float(), "after": after}
 
 
-def mark_spent(roles: torch.Tensor, owner: torch.Tensor, new: torch.Tensor, stale: torch.Tensor) -> None:
-    """Where ``stale``, mark the statements of the name ``new`` (name and value, found by their owner id, not by
-    adjacency) ``SPENT``, in place."""
-    # a statement's name and value carry their name's id as owner (other tokens 0); those already SPENT stay so
-    target = torch.where(stale, new, -1).float().unsqueeze(1)  # no owner is -1: rows without a stale name
-    roles.masked_fill_((owner == target) & (roles >= DEF_NAME), SPENT)
+def step_index(ids: Ids, new: torch.Tensor, prev_token: torch.Tensor, prev_role: torch.Tensor) -> torch.Tensor:
+    """Long ``[B]``: each new token's row of ``ids["table"]`` (``step_table``), from the previous token and role."""
+    return (prev_role * (2 * _CLASSES) + ids["after"][prev_token] + ids["class"][new]).long()
 
 
 @dataclass
@@ -165,7 +167,7 @@ class Oracle(Policy):
             )
         self._rules = found[0]
         self._ids = self._rules.ids(texts, index)
-        self._ids.update({"class": token_classes(self._ids), "transitions": role_transitions()})
+        self._ids.update({**step_lookups(self._ids), "table": step_table(self._rules.stale)})
         self._ids_device = None
 
     @property
@@ -175,7 +177,7 @@ class Oracle(Policy):
 
     def observe(self, obs: StepObservation, state: dict[str, torch.Tensor]) -> None:
         """Apply ``next_role`` to each new token, vectorised over the batch, and mark the statements the task's
-        rule makes stale.
+        rule makes stale: one lookup in ``step_table`` gives all a token does.
 
         Nothing here depends on where the backend keeps a token: the previous token is the slot with the highest
         generation order, and a statement's value is tied to its name by the name's token id, not by adjacency
@@ -186,22 +188,28 @@ class Oracle(Policy):
             self._ids_device = tokens.device
         ids = self._ids
         latest, at = order.max(-1, keepdim=True)  # the sequence's last observed token (order 0: nothing yet)
-        seen = latest > 0
-        # one gather for the four values of the previous token; nothing observed: token -1, the rest 0
-        prev = torch.stack((tokens, roles, lines, owner)).gather(2, at.expand(4, -1, -1)).squeeze(2)
-        prev = prev.where(seen.T, torch.tensor([-1.0, 0.0, 0.0, 0.0], device=prev.device)[:, None])
-        prev_token, prev_role, prev_line, prev_owner = prev[0].long(), prev[1], prev[2], prev[3]
         prev_order = latest.squeeze(1)
+        # the previous token's values; with nothing observed yet every slot holds zeros (a role, line and owner of
+        # 0 are right), and the token is -1, so that it is not taken for a token id 0
+        prev_token = tokens.gather(1, at).squeeze(1).long().where(prev_order > 0, -1)
+        prev_role, prev_line, prev_owner = (t.gather(1, at).squeeze(1) for t in (roles, lines, owner))
         for j in range(obs.token_ids.shape[1]):
             slot = obs.slot_start + j
             new = obs.token_ids[:, j]
-            role, starts, in_line = tabulated_roles(ids, new, prev_token, prev_role)
-            mark_spent(roles, owner, new, self._rules.stale(ids, new, role, in_line))
-            line = prev_line + starts.float()
-            this_owner = torch.where(role == DEF_NAME, new.float(), torch.where(role == DEF_VALUE, prev_owner, 0.0))
-            tokens[:, slot], roles[:, slot], lines[:, slot] = new.float(), role, line
-            order[:, slot], owner[:, slot] = prev_order + 1, this_owner
-            prev_token, prev_role, prev_line, prev_owner, prev_order = new, role, line, this_owner, prev_order + 1
+            new_f = new.float()
+            step = ids["table"][step_index(ids, new, prev_token, prev_role)]  # [B, 5]
+            role = step[:, ROLE_COLUMN]
+            # where stale, the statements of the name ``new`` (name and value, found by their owner id, not by
+            # adjacency) become SPENT: only a stated name or value has an owner (its name's id, never 0), and its
+            # role stays DEF_NAME or DEF_VALUE until it is SPENT
+            target = torch.where(step[:, STALE_COLUMN] > 0, new_f, -1.0)  # -1: no owner, for rows without
+            roles.masked_fill_(owner == target[:, None], SPENT)
+            line = prev_line + step[:, STARTS_COLUMN]
+            this_owner = torch.addcmul(prev_owner * step[:, INHERITS_COLUMN], new_f, step[:, OWNS_COLUMN])
+            prev_order = prev_order + 1
+            tokens[:, slot], roles[:, slot], lines[:, slot] = new_f, role, line
+            order[:, slot], owner[:, slot] = prev_order, this_owner
+            prev_token, prev_role, prev_line, prev_owner = new, role, line, this_owner
 
     def score(self, view: CacheView) -> torch.Tensor:
         roles, lines = view.state[ROLE], view.state[LINE]
