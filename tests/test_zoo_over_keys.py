@@ -50,7 +50,7 @@ def test_keydiff_in_place_equals_per_layer_to_float_rounding():
     torch.testing.assert_close(policy.score(in_place), policy.score(per_layer), rtol=1e-5, atol=1e-6)
 
 
-def test_over_keys_runs_once_over_every_sequence_and_returns_generation_order():
+def test_over_keys_runs_once_per_run_of_consecutive_rows_and_returns_generation_order():
     in_place, _ = _views()
     calls = []
 
@@ -59,25 +59,23 @@ def test_over_keys_runs_once_over_every_sequence_and_returns_generation_order():
         return keys[..., 0] * valid[None, :, None, :]  # [L, R, KVH, T]
 
     got = in_place.keys.over_keys(first_coordinate, in_place.valid)  # type: ignore[union-attr]
-    assert calls == [[0, 1, 2, 3]]  # batch entries 0, 2, 3, 5: one call, not one per run of neighbours
+    assert calls == [[0], [1, 2], [3]]  # batch entries 0 | 2, 3 | 5
     expected = torch.stack([in_place.keys[layer][..., 0] for layer in range(LAYERS)])
     assert torch.equal(got, expected * in_place.valid[None, :, None, :])
 
 
-def test_over_keys_reads_neighbouring_sequences_in_place():
-    gen = torch.Generator().manual_seed(1)
-    kv = torch.randn(LAYERS, 2, BATCH, KV_HEADS, CAPACITY, DIM, generator=gen)
-    fired = [1, 2]
-    order = torch.stack([torch.randperm(CAPACITY, generator=gen) for _ in fired])
-    seen = []
+def test_over_keys_together_runs_once_over_every_sequence():
+    in_place, _ = _views()
+    calls = []
 
-    def keys_seen(keys, valid, rows):
-        seen.append(keys)
-        return keys[..., 0]
+    def first_coordinate(keys, valid, rows):
+        calls.append(rows)
+        return keys[..., 0] * valid[None, :, None, :]  # [L, R, KVH, T]
 
-    OrderedKeys(kv, fired, torch.tensor(fired), order).over_keys(keys_seen, torch.ones(2, CAPACITY, dtype=torch.bool))
-    assert seen[0].untyped_storage().data_ptr() == kv.untyped_storage().data_ptr()  # a view, no copy
-    assert torch.equal(seen[0], kv[:, 0, 1:3])
+    got = in_place.keys.over_keys(first_coordinate, in_place.valid, together=True)  # type: ignore[union-attr]
+    assert calls == [[0, 1, 2, 3]]  # batch entries 0, 2, 3, 5 in one call
+    expected = torch.stack([in_place.keys[layer][..., 0] for layer in range(LAYERS)])
+    assert torch.equal(got, expected * in_place.valid[None, :, None, :])
 
 
 def test_tova_is_the_newest_querys_attention_averaged_over_heads_and_layers():

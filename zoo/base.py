@@ -177,9 +177,9 @@ class Policy:
         """Importance of each cached token, float [B, T]: higher is kept first."""
         raise NotImplementedError
 
-    def protected(self, view: CacheView) -> torch.Tensor:
-        """Bool [B, T]: slots this policy always keeps beyond prompt and window (default: none)."""
-        return torch.zeros_like(view.valid)
+    def protected(self, view: CacheView) -> torch.Tensor | None:
+        """Bool [B, T]: slots this policy always keeps beyond prompt and window; None (the default): none."""
+        return None
 
     def select(
         self,
@@ -193,7 +193,10 @@ class Policy:
 
         Returns ``(kept, kept_valid)``, both ``[B, K]`` with ``K = max(keep)``, left-padded like the cache.
         """
-        must = view.recent_window(window) | self.protected(view)
+        must = view.recent_window(window)
+        protected = self.protected(view)
+        if protected is not None:
+            must = must | protected
         if protect_prompt:
             must = must | view.is_prompt
         ranked = scores.float().masked_fill(must, float("inf")).masked_fill(~view.valid, float("-inf"))
@@ -315,18 +318,19 @@ def stacked_layers(layers: Sequence[torch.Tensor]) -> torch.Tensor | None:
 KeyMap = Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor]
 
 
-def over_keys(view: CacheView, fn: KeyMap) -> torch.Tensor:
+def over_keys(view: CacheView, fn: KeyMap, together: bool = False) -> torch.Tensor:
     """``[L, B, X, T]``: ``fn`` over every layer's keys of every sequence, in generation order.
 
-    The transformers backend runs ``fn`` once on the keys in its own slot order, and reorders only the result
-    (``OrderedKeys.over_keys``): no key is reordered, and keys are copied only to bring sequences that are not
-    neighbours in the batch together. Otherwise ``fn`` runs once per layer on the view's keys (the
+    The transformers backend runs ``fn`` where the keys lie, in its own slot order, and reorders only the result
+    (``OrderedKeys.over_keys``): no key is copied, but ``fn`` runs once per run of neighbouring sequences in the
+    batch; ``together`` asks for one call in all (the keys of sequences that are not neighbours are stacked),
+    which pays for a ``fn`` of many small operations. Otherwise ``fn`` runs once per layer on the view's keys (the
     paged engines read a layer's keys on demand; stacking them would hold every layer's at once). Values from
     one key are the same to the bit either way; sums over a sequence's keys may differ in the last bits, since
     they add in another order."""
     mapped = getattr(view.keys, "over_keys", None)
     if callable(mapped):
-        return mapped(fn, view.valid)
+        return mapped(fn, view.valid, together)
     rows = list(range(view.batch_size))
     return torch.cat([fn(keys.unsqueeze(0), view.valid, rows) for keys in view.keys])
 

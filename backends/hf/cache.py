@@ -108,20 +108,35 @@ class OrderedKeys(Sequence):
         return keys.gather(2, self._order[:, None, :, None].expand_as(keys))
 
     def over_keys(self, fn: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor],
-                  valid: torch.Tensor) -> torch.Tensor:
-        """``[L, B, X, T]`` in generation order: ``fn(keys, valid, rows)`` (see ``zoo.base.over_keys``) run once,
-        on the keys in the cache's slot order, with ``valid`` ``[B, T]`` put in that order too; only the result is
-        reordered. The keys are a view of the buffer when the sequences are consecutive batch entries (every
-        sequence's schedule fired at once, or one sequence), else the sequences' keys of every layer copied
-        together: one call over all layers costs less than a call per run of consecutive entries."""
+                  valid: torch.Tensor, together: bool = False) -> torch.Tensor:
+        """``[L, B, X, T]`` in generation order: ``fn(keys, valid, rows)`` (see ``zoo.base.over_keys``) run where
+        the keys lie, in the cache's slot order, with ``valid`` ``[B, T]`` put in that order too; only the result
+        is reordered. One call per run of consecutive batch entries among the sequences, on a view of the buffer
+        (one call in all when every sequence's schedule fired at once); with ``together``, one call in all, the
+        sequences' keys stacked first when they are not neighbours (for a ``fn`` of many operations, whose cost
+        per call outweighs the copy)."""
         in_slots = torch.zeros_like(valid).scatter_(1, self._order, valid)  # slot order[f, t] holds t's flag
-        first, count = self._fired[0], len(self._fired)
-        if self._fired == list(range(first, first + count)):
-            keys = self._kv[:, 0, first : first + count]  # [L, F, KVH, C, D], a view
-        else:  # a stack of per-sequence views: index_select over a dimension of this strided view is far slower
+        runs = _runs(self._fired)
+        if together and len(runs) > 1:
+            # a stack of per-sequence views: index_select over a dimension of this strided view is far slower
             keys = torch.stack([self._kv[:, 0, f] for f in self._fired], dim=1)
-        values = fn(keys, in_slots, list(range(count)))  # [L, F, X, C]
+            values = fn(keys, in_slots, list(range(len(self._fired))))
+        else:
+            parts = [fn(self._kv[:, 0, first : first + end - start], in_slots[start:end], list(range(start, end)))
+                     for start, end, first in runs]  # [L, R, KVH, C, D] views
+            values = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # [L, F, X, C]
         return values.gather(3, self._order[None, :, None, :].expand_as(values))
+
+
+def _runs(entries: list[int]) -> list[tuple[int, int, int]]:
+    """``(start, end, first)`` of every run of consecutive batch entries in ``entries``: its index range there and
+    its first batch entry."""
+    runs, start = [], 0
+    for end in range(1, len(entries) + 1):
+        if end == len(entries) or entries[end] != entries[end - 1] + 1:
+            runs.append((start, end, entries[start]))
+            start = end
+    return runs
 
 
 class LayerStack(Sequence):

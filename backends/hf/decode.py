@@ -224,6 +224,9 @@ class BatchDecoder:
         prompt_len = max(len(r.prompt_ids) for r in requests)
         state_names = policy.state_names + ((ATTENTION_STATE,) if "attention" in policy.needs else ())
         self.cache = CompactingCache(parts.num_layers, self._capacity(prompt_len), state_names)
+        #: below this capacity no compaction can shrink the buffers (a check per compaction, not a loop over rows)
+        self.least_steady_capacity = min((row.schedule.steady_capacity() for row in self.rows if row.schedule),
+                                         default=0)
         self.observer = KVObserver(parts.num_layers, policy.query_window if "queries" in policy.needs else 0,
                                    accumulates="attention" in policy.needs)
         self.stopper = StopChecker(sampling.stop, parts.decode_text)
@@ -327,7 +330,8 @@ class BatchDecoder:
             compress_rows(self.cache, self.observer, self.policy, fired, keep, chosen[0].schedule,
                           self.parts.think_end_id, self.clock, row_budgets([row.schedule for row in chosen]))
             # a prompt longer than the budget made the buffers larger than the schedule needs: give that back
-            self.cache.shrink(max(row.schedule.steady_capacity() for row in rows if row.schedule))
+            if self.cache.capacity > self.least_steady_capacity:
+                self.cache.shrink(max(row.schedule.steady_capacity() for row in rows if row.schedule))
         elapsed = time.perf_counter() - started
         for row, kept in zip(chosen, keep):
             row.live = kept
