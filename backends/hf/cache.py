@@ -170,7 +170,9 @@ class CompactingCache(Cache):
         self.ids: torch.Tensor | None = None  # long [2, B, capacity]: logical position (-1 if empty), token id
         self.scores: torch.Tensor | None = None  # float [S, B, capacity]: per-slot policy state
         self.slot: torch.Tensor | None = None  # long [1] on the device: the write slot, for the decode step
-        self._mask_pair: tuple[torch.Tensor, torch.Tensor] | None = None  # see ``_mask_values``
+        #: the additive mask's two values, 0 and -inf, in the buffers' dtype and on their device (made with them, so
+        #: that a compiled decode step only reads them)
+        self.mask_values: tuple[torch.Tensor, torch.Tensor] | None = None
         self.state_names = state_names
         self.peak_allocated_bytes = 0
 
@@ -223,6 +225,9 @@ class CompactingCache(Cache):
         """Allocate every layer's keys and values at once (zeros: masked slots must hold finite values)."""
         b, h, _, d = key_states.shape
         shape = (len(self.layers), 2, b, h, self.capacity, d)
+        dtype, device = key_states.dtype, key_states.device
+        self.mask_values = (torch.zeros((), dtype=dtype, device=device),
+                            torch.full((), float("-inf"), dtype=dtype, device=device))
         self._rebind(torch.zeros(shape, dtype=key_states.dtype, device=key_states.device))
 
     def _rebind(self, kv: torch.Tensor) -> None:
@@ -278,19 +283,11 @@ class CompactingCache(Cache):
         (a padded query sees itself so that no row is fully masked)."""
         valid = self.valid[:, None, None, : self.span]
         if q == 1:
-            assert self.kv is not None  # a decode step follows the prompt that allocated the buffers
-            return torch.where(valid, *self._mask_values(self.kv.dtype))
+            assert self.mask_values is not None  # a decode step follows the prompt that allocated the buffers
+            return torch.where(valid, *self.mask_values)
         rows = torch.arange(q, device=valid.device)[:, None]
         cols = torch.arange(self.span, device=valid.device)[None, :]
         return (valid & (cols <= rows)) | (cols == rows)
-
-    def _mask_values(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The additive mask's two values, 0 and -inf, as tensors of ``dtype`` on the cache's device (made once)."""
-        if self._mask_pair is None or self._mask_pair[0].dtype != dtype:
-            device = self.valid.device
-            self._mask_pair = (torch.zeros((), dtype=dtype, device=device),
-                               torch.full((), float("-inf"), dtype=dtype, device=device))
-        return self._mask_pair
 
     def live_counts(self) -> torch.Tensor:
         return self.valid.sum(-1)

@@ -202,7 +202,7 @@ class Oracle(Policy):
             # where stale, the statements of the name ``new`` (name and value, found by their owner id, not by
             # adjacency) become SPENT: only a stated name or value has an owner (its name's id, never 0), and its
             # role stays DEF_NAME or DEF_VALUE until it is SPENT
-            target = torch.where(step[:, STALE_COLUMN] > 0, new_f, -1.0)  # -1: no owner, for rows without
+            target = torch.where(step[:, STALE_COLUMN] > 0, new_f, -1.0)  # -1 (no owner's id): nothing stale
             roles.masked_fill_(owner == target[:, None], SPENT)
             line = prev_line + step[:, STARTS_COLUMN]
             this_owner = torch.addcmul(prev_owner * step[:, INHERITS_COLUMN], new_f, step[:, OWNS_COLUMN])
