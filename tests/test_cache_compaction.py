@@ -128,3 +128,20 @@ def test_a_row_keeping_fewer_tokens_uses_its_own_last_slots():
     ring = cache.ring_order()
     assert cache.valid[1, ring[-10:]].all() and not cache.valid[1, ring[:-10]].any()
     assert int(cache.valid[0].sum()) == 14 and int(cache.valid[1].sum()) == 10
+
+
+def test_a_decode_steps_mask_is_zero_on_live_slots_and_minus_infinity_elsewhere_in_the_caches_dtype():
+    cache = CompactingCache(LAYERS, CAPACITY)
+    prompt = torch.arange(6).expand(2, -1)
+    cache.append(prompt, prompt, torch.tensor([[True] * 6, [False, False, True, True, True, True]]), True)
+    for layer in range(LAYERS):
+        cache.layers[layer].update(torch.ones(2, HEADS, 6, DIM, dtype=torch.bfloat16),
+                                   torch.ones(2, HEADS, 6, DIM, dtype=torch.bfloat16))
+    cache.advance(6)
+    cache.append(torch.full((2, 1), 6), torch.full((2, 1), 6), torch.ones(2, 1, dtype=torch.bool), False)
+    mask = cache.attention_mask(1)
+    assert mask.dtype == torch.bfloat16 and mask.shape == (2, 1, 1, cache.span)
+    live = cache.valid[:, : cache.span]
+    assert live[0, :7].all() and not live[1, :2].any()  # the prompt's padding and the new token's slot
+    assert torch.equal(mask[:, 0, 0][live], torch.zeros(int(live.sum()), dtype=torch.bfloat16))
+    assert torch.isneginf(mask[:, 0, 0][~live]).all()
