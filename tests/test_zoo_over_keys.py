@@ -50,30 +50,20 @@ def test_keydiff_in_place_equals_per_layer_to_float_rounding():
     torch.testing.assert_close(policy.score(in_place), policy.score(per_layer), rtol=1e-5, atol=1e-6)
 
 
-def test_over_keys_runs_once_per_run_of_consecutive_rows_and_returns_generation_order():
+@pytest.mark.parametrize("together, calls", [
+    (False, [[0], [1, 2], [3]]),  # batch entries 0 | 2, 3 | 5: one call per run of neighbours
+    (True, [[0, 1, 2, 3]]),  # one call in all
+], ids=["per-run", "together"])
+def test_over_keys_calls_once_per_run_of_consecutive_rows_or_once_together_in_generation_order(together, calls):
     in_place, _ = _views()
-    calls = []
+    seen = []
 
     def first_coordinate(keys, valid, rows):
-        calls.append(rows)
+        seen.append(rows)
         return keys[..., 0] * valid[None, :, None, :]  # [L, R, KVH, T]
 
-    got = in_place.keys.over_keys(first_coordinate, in_place.valid)  # type: ignore[union-attr]
-    assert calls == [[0], [1, 2], [3]]  # batch entries 0 | 2, 3 | 5
-    expected = torch.stack([in_place.keys[layer][..., 0] for layer in range(LAYERS)])
-    assert torch.equal(got, expected * in_place.valid[None, :, None, :])
-
-
-def test_over_keys_together_runs_once_over_every_sequence():
-    in_place, _ = _views()
-    calls = []
-
-    def first_coordinate(keys, valid, rows):
-        calls.append(rows)
-        return keys[..., 0] * valid[None, :, None, :]  # [L, R, KVH, T]
-
-    got = in_place.keys.over_keys(first_coordinate, in_place.valid, together=True)  # type: ignore[union-attr]
-    assert calls == [[0, 1, 2, 3]]  # batch entries 0, 2, 3, 5 in one call
+    got = in_place.keys.over_keys(first_coordinate, in_place.valid, together)  # type: ignore[union-attr]
+    assert seen == calls
     expected = torch.stack([in_place.keys[layer][..., 0] for layer in range(LAYERS)])
     assert torch.equal(got, expected * in_place.valid[None, :, None, :])
 

@@ -181,6 +181,15 @@ class Policy:
         """Bool [B, T]: slots this policy always keeps beyond prompt and window; None (the default): none."""
         return None
 
+    def must_keep(self, view: CacheView, window: int, protect_prompt: bool) -> torch.Tensor:
+        """Bool [B, T]: the slots ``select`` keeps whatever their score: the recent window, the policy's
+        ``protected`` slots and, with ``protect_prompt``, the prompt."""
+        must = view.recent_window(window)
+        protected = self.protected(view)
+        if protected is not None:
+            must = must | protected
+        return must | view.is_prompt if protect_prompt else must
+
     def select(
         self,
         scores: torch.Tensor,
@@ -193,12 +202,7 @@ class Policy:
 
         Returns ``(kept, kept_valid)``, both ``[B, K]`` with ``K = max(keep)``, left-padded like the cache.
         """
-        must = view.recent_window(window)
-        protected = self.protected(view)
-        if protected is not None:
-            must = must | protected
-        if protect_prompt:
-            must = must | view.is_prompt
+        must = self.must_keep(view, window, protect_prompt)
         ranked = scores.float().masked_fill(must, float("inf")).masked_fill(~view.valid, float("-inf"))
         k = int(keep.max().item())
         top = ranked.topk(k, dim=-1).indices

@@ -188,15 +188,21 @@ def _budget_table(table: Any) -> dict[int, dict[str, Any]]:
 def still_needed(log_lifetime: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Each slot's predicted log(1 + lifetime) minus log(1 + its age), the age being the row's newest cached
     position minus its own: above 0 while the token is younger than its predicted lifetime."""
-    newest = positions.masked_fill(~valid, -1).amax(-1, keepdim=True)
+    _, newest = position_range(positions, valid)
     return log_lifetime - (newest - positions).clamp(min=0).float().log1p()
 
 
 def cached_span(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Newest minus oldest cached position of each row (at least 1): the oldest cached token's age."""
-    pos = positions.masked_fill(~valid, -1)
-    oldest = positions.masked_fill(~valid, torch.iinfo(positions.dtype).max).amin(-1)
-    return (pos.amax(-1) - oldest).clamp(min=1).float()
+    oldest, newest = position_range(positions, valid)
+    return (newest - oldest).squeeze(-1).clamp(min=1).float()
+
+
+def position_range(positions: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, 1]`` each: the oldest and the newest cached position of each row. The newest is the row's last
+    column (a view in generation order, left padding only)."""
+    oldest = positions.masked_fill(~valid, torch.iinfo(positions.dtype).max).amin(-1, keepdim=True)
+    return oldest, positions[:, -1:]
 
 
 def pool_successors(scores: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
@@ -214,11 +220,10 @@ def pool_successors(scores: torch.Tensor, positions: torch.Tensor, valid: torch.
 
 
 def age_rank(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Each slot's logical position scaled to 0 (the oldest cached token) .. 1 (the newest); 0 for empty slots.
-    The newest is each row's last column (a view in generation order, left padding only)."""
-    pos, empty = positions.float(), ~valid
-    oldest = pos.masked_fill(empty, float("inf")).amin(-1, keepdim=True)
-    return ((pos - oldest) / (pos[:, -1:] - oldest).clamp(min=1)).clamp(min=0).masked_fill(empty, 0.0)
+    """Each slot's logical position scaled to 0 (the oldest cached token) .. 1 (the newest); 0 for empty slots."""
+    oldest, newest = position_range(positions, valid)
+    age = (positions - oldest).float() / (newest - oldest).clamp(min=1).float()
+    return age.clamp(min=0).masked_fill(~valid, 0.0)
 
 
 def _row_median(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

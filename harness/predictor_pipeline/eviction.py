@@ -84,12 +84,7 @@ def _recorder(policy: Policy, logs: dict[tuple[int, ...], SequenceLog]) -> None:
 
     def recording_select(scores, view, keep, window, protect_prompt):
         kept, kept_valid = select(scores, view, keep, window, protect_prompt)
-        must = view.recent_window(window)
-        protected = policy.protected(view)
-        if protected is not None:
-            must = must | protected
-        if protect_prompt:
-            must = must | view.is_prompt
+        must = policy.must_keep(view, window, protect_prompt)
         for b in range(view.batch_size):
             valid = view.valid[b]
             if int(valid.sum()) <= int(keep[b]):
