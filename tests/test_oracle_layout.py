@@ -1,6 +1,7 @@
-"""The oracle's online roles do not depend on where a backend keeps a token: the transformers cache is written as a
-ring and compacted, so physical slots wrap and move, yet roles, step lines and spent statements must be those of
-the task's own rules (``problems.token_roles``) applied to the tokens in generation order."""
+"""The oracle's online roles do not depend on where a backend keeps a token: the transformers cache writes each new
+token into a slot an eviction freed, so a sequence's slots come in no order, yet roles, step lines and spent
+statements must be those of the task's own rules (``problems.token_roles``) applied to the tokens in generation
+order."""
 
 from __future__ import annotations
 
@@ -50,30 +51,32 @@ def _compact_keeping_every_other(cache: CompactingCache, window: int) -> None:
     cache.compact(kept[None], torch.ones(1, kept.numel(), dtype=torch.bool))
 
 
-def _observe_through_ring(words: list[str], prompt_len: int, capacity: int) -> tuple[CompactingCache, int]:
+def _observe_through_cache(words: list[str], prompt_len: int, capacity: int) -> tuple[CompactingCache, int]:
     """Feed ``words`` to the oracle as the transformers backend does: the prompt at once, then one token per step
-    at the ring's write slot, compacting whenever the cache is full. Returns the cache and how many statement
-    names were written to the ring's last slot (so that their value went to slot 0)."""
+    at the sequence's write slot, compacting whenever the cache is full. Returns the cache and how many statement
+    values were not written to the slot after their name's."""
     oracle, ids = _oracle(), encode(words)
     cache = CompactingCache(1, capacity, oracle.state_names)
     prompt = torch.tensor([ids[:prompt_len]])
-    start = cache.append(prompt, torch.arange(prompt_len)[None], torch.ones_like(prompt, dtype=torch.bool), True)
+    where = cache.append(prompt, torch.arange(prompt_len)[None], torch.ones_like(prompt, dtype=torch.bool), True)
     cache.allocate_kv(torch.zeros(1, 1, 1, 1))
-    oracle.observe(StepObservation(prompt, start, is_prefill=True), cache.state)
+    oracle.observe(StepObservation(prompt, where.start, is_prefill=True), cache.state)
     cache.advance(prompt_len)
-    roles, split_statements = token_roles(words), 0
+    roles, split_statements, slot = token_roles(words), 0, prompt_len - 1
     for pos in range(prompt_len, len(ids)):
         if int(cache.live_counts()[0]) == capacity:
             _compact_keeping_every_other(cache, window=8)
         token = torch.tensor([[ids[pos]]])
-        start = cache.append(token, torch.tensor([[pos]]), torch.tensor([[True]]), False)
-        oracle.observe(StepObservation(token, start), cache.state)
+        where = cache.append(token, torch.tensor([[pos]]), torch.tensor([[True]]), False)
+        assert where.per_row is not None
+        oracle.observe(StepObservation(token, where.start, slots=where.per_row), cache.state)
         cache.advance(1)
-        split_statements += int(roles[pos] == DEF_NAME and start == capacity - 1)
+        previous, slot = slot, int(where.per_row[0, 0])
+        split_statements += int(roles[pos] == DEF_VALUE and slot != previous + 1)
     return cache, split_statements
 
 
-def test_oracle_marks_in_a_wrapping_compacted_ring_match_a_linear_cache_and_the_task_rules() -> None:
+def test_oracle_marks_in_a_compacted_cache_reusing_freed_slots_match_a_linear_cache_and_the_task_rules() -> None:
     problem = generate(7)
     words = prompt_tokens(problem.prompt) + problem.trace
     prompt_len = len(prompt_tokens(problem.prompt))
@@ -89,10 +92,10 @@ def test_oracle_marks_in_a_wrapping_compacted_ring_match_a_linear_cache_and_the_
     assert linear[LINE][0].long().tolist() == lines
 
     split_total = 0
-    for capacity in (32, 45, 56, 69):  # 32, 56 and 69 put a statement name in the last slot
-        cache, split = _observe_through_ring(words, prompt_len, capacity)
+    for capacity in (32, 45, 56, 69):
+        cache, split = _observe_through_cache(words, prompt_len, capacity)
         split_total += split
-        assert cache.written > 3 * capacity, "the ring must have wrapped several times"
+        assert cache.written > 3 * capacity, "the slots must have been reused several times"
         seen = cache.ordered_rows([0])
         valid = seen["valid"][0]
         positions = seen["positions"][0][valid].tolist()
@@ -102,7 +105,7 @@ def test_oracle_marks_in_a_wrapping_compacted_ring_match_a_linear_cache_and_the_
         assert state[TOKEN] == [ids[p] for p in positions]
         assert state[ROLE] == [marks[p] for p in positions], capacity
         assert state[LINE] == [lines[p] for p in positions], capacity
-    assert split_total > 0, "some statement should have had its name in the ring's last slot and its value in slot 0"
+    assert split_total > 0, "some statement's value should have gone to a slot away from its name's"
 
 
 def test_oracle_through_the_paged_engines_glue_matches_the_task_rules() -> None:
@@ -153,7 +156,7 @@ class RecordingOracle(Oracle):
         return super().score(view)
 
 
-def test_oracle_through_the_transformers_backend_keeps_task_roles_after_the_ring_wraps() -> None:
+def test_oracle_through_the_transformers_backend_keeps_task_roles_as_freed_slots_are_reused() -> None:
     backend = TransformersBackend("tiny-reasoner", batch_size=2)
     problems = [generate(i, split="heldout") for i in range(2)]
     requests = [GenerationRequest(str(i), backend.encode_prompt(p.prompt)) for i, p in enumerate(problems)]
@@ -164,7 +167,7 @@ def test_oracle_through_the_transformers_backend_keeps_task_roles_after_the_ring
                                SamplingParams(max_new_tokens=400))
     texts = [t.strip() for t in backend.model_info().token_texts()]
     streams = [r.prompt_ids + res.output_ids for r, res in zip(requests, results)]
-    assert all(len(s) > 3 * capacity for s in streams), "every sequence must wrap the ring several times"
+    assert all(len(s) > 3 * capacity for s in streams), "every sequence must reuse the slots several times"
     assert len(policy.seen) >= 2 * 8
     checked_after_wrap = 0
     for positions, token_ids, roles, lines in policy.seen:

@@ -99,19 +99,30 @@ class StepObservation:
     """What the backend saw in one forward pass, handed to ``Policy.observe``.
 
     At observe time the ``state`` tensors are indexed by the backend's physical slots, and a policy may assume only
-    this of them: the ``q`` new tokens, in generation order, are in slots ``[slot_start, slot_start + q)`` (which
-    hold zeros in the policy's own state tensors until ``observe`` writes them), and a slot's state stays with its
-    token when the backend moves or drops tokens. Nothing else: physical order is not generation order (a ring-written
-    cache wraps, so the token before slot 0 may be in the last slot, and compaction moves tokens), slot 0 is not
+    this of them: the ``q`` new tokens of each row are in the slots ``write`` stores at (which hold zeros in the
+    policy's own state tensors until ``observe`` writes them), and a slot's state stays with its token when the
+    backend moves or drops tokens. Nothing else: physical order is not generation order (the transformers cache
+    writes a row's new token into a slot its evictions freed, a paged engine compacts to the front), slot 0 is not
     the start of a sequence, and physically adjacent slots need not hold adjacent tokens. A policy that needs the
     previous token or a token's neighbour keeps what it needs in its own state (the tiny-reasoner oracle keeps
     a generation counter per slot).
     """
 
     token_ids: torch.Tensor  # long [B, q]
-    slot_start: int  # the q tokens were written to physical slots [slot_start, slot_start + q), see above
+    #: every row's q tokens went to physical slots [slot_start, slot_start + q); -1 when ``slots`` says where
+    slot_start: int
     hidden: torch.Tensor | None = None  # [B, q, hidden] final (post-norm) hidden states, if needed
     is_prefill: bool = False
+    slots: torch.Tensor | None = None  # long [B, q]: each row's own slots, when rows wrote to different ones
+
+    def write(self, target: torch.Tensor, values: torch.Tensor, first: int = 0) -> None:
+        """Store ``values`` ``[B, n]`` for new tokens ``first .. first + n - 1`` of every row in the state tensor
+        ``target`` ``[B, slots]``, at those tokens' slots."""
+        n = values.shape[1]
+        if self.slots is None:
+            target[:, self.slot_start + first : self.slot_start + first + n] = values
+        else:
+            target.scatter_(1, self.slots[:, first : first + n], values)
 
 
 class CompactableCache(Protocol):

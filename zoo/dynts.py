@@ -111,8 +111,7 @@ class DynTS(Policy):
         if self._device != obs.hidden.device:  # moved once, not per step: Module.to walks every parameter
             self._model.to(obs.hidden.device)
             self._device = obs.hidden.device
-        q = obs.hidden.shape[1]
-        state[SCORE][:, obs.slot_start : obs.slot_start + q] = self._model.score(obs.hidden).float()
+        obs.write(state[SCORE], self._model.score(obs.hidden).float())
 
     def score(self, view: CacheView) -> torch.Tensor:
         scores = view.state[SCORE]

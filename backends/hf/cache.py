@@ -1,28 +1,31 @@
-"""A KV cache with a fixed slot capacity, written as a ring, compacted one sequence at a time.
+"""A KV cache with a fixed slot capacity, where each sequence writes into the slots its evictions freed.
 
 Capacity is fixed per batch (budget + interval under a budget schedule, prompt + max_new_tokens for the full
 cache), so the KV memory a run allocates is known exactly and really drops with the budget. Every layer's keys
 and values live in one stacked buffer ``[layers, 2, B, KVH, capacity, D]``.
 
-All sequences of the batch write their next token to the same slot, which walks round the buffer (``ring_order``:
-the slot to be written next first, the last written last). When a sequence's schedule fires and it keeps ``K``
-tokens, they must end up in the last ``K`` slots of that order, so that the slots the next writes use are free:
-kept tokens already there stay, and each kept token outside moves into a slot an evicted token left there -- at
-most as many moves as tokens evicted, whatever the policy kept. A sequence's slots are therefore in no particular
-order; its generation order is by logical position (``generation_order``). The step attends over a fixed span of
-the buffer (the whole buffer once it has wrapped) with a validity mask, so shapes stay fixed between compactions
-and nothing in the step depends on a value only the device knows.
+Every sequence writes one token a step, each to its own next free slot: ``free`` lists a sequence's free slots in
+ascending order and ``cursor`` counts how many of them it has used since. The left-padded prompt fills the first
+slots; a sequence's free list is then its padding and the slots after the prompt. When a sequence's schedule
+fires, compaction only empties the slots of its evicted tokens, which become its free list: no token ever moves,
+whatever the policy kept. A sequence's slots are therefore in no particular order; its generation order is by
+logical position (``generation_order``). A sequence's free list holds the emptied slots (all below ``written``,
+the slots advanced so far) before the never-written ones, and its writes since its compaction never outnumber the
+slots advanced since, so every live token lies in ``[0, written)``: the step attends over that span (in steps of
+``SPAN_STEP`` slots, the whole buffer once ``written`` reaches it) with a validity mask, so shapes stay fixed
+between compactions and nothing in the step depends on a value only the device knows.
 
-Per-slot metadata (validity, logical position, token id, prompt flag, policy state) lives here too and moves with
-the keys and values. Logical positions are what RoPE saw, so a token keeps its position wherever its key moves
-(keys are cached after RoPE). At selection time policies see a sequence's slots in generation order; at observe
-time their state is indexed by physical slot (``StepObservation``).
+Per-slot metadata (validity, logical position, token id, prompt flag, policy state) lives here too, by slot.
+Logical positions are what RoPE saw (keys are cached after RoPE). At selection time policies see a sequence's slots
+in generation order; at observe time their state is indexed by physical slot (``StepObservation``: a decode step's
+tokens are at each sequence's own slot).
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -33,6 +36,14 @@ SPAN_STEP = 64
 
 class CacheCapacityError(RuntimeError):
     """Writing past the preallocated capacity: a scheduling bug, never a user error."""
+
+
+class WriteSlots(NamedTuple):
+    """Where a forward's tokens went: a prompt's ``q`` tokens to slots ``[start, start + q)`` of every sequence
+    (``per_row`` None), a decode step's token to each sequence's own slot, ``per_row`` ``[B, 1]`` (``start`` -1)."""
+
+    start: int
+    per_row: torch.Tensor | None
 
 
 class CompactingLayer(CacheLayerMixin):
@@ -69,15 +80,13 @@ class CompactingLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         owner = self.owner
         q = key_states.shape[-2]
-        if q == 1:  # a decode step: the write slot is a device tensor, so the step has one shape per span
-            self.keys.index_copy_(2, owner.slot, key_states)
-            self.values.index_copy_(2, owner.slot, value_states)
-        else:
-            start = owner.write_slot
-            if start + q > owner.capacity:
-                raise CacheCapacityError(f"cache capacity {owner.capacity} exceeded (need {start + q} slots)")
-            self.keys[:, :, start : start + q] = key_states
-            self.values[:, :, start : start + q] = value_states
+        if q == 1:  # a decode step: each row's slot is on the device, so the step has one shape per span
+            at = owner.slot_index
+            self.keys.scatter_(2, at, key_states)
+            self.values.scatter_(2, at, value_states)
+        else:  # a prompt, into an empty cache (``append`` checked)
+            self.keys[:, :, :q] = key_states
+            self.values[:, :, :q] = value_states
         span = owner.span
         return self.keys[:, :, :span], self.values[:, :, :span]
 
@@ -158,18 +167,21 @@ class LayerStack(Sequence):
 
 
 class CompactingCache(Cache):
-    """Ring-written, per-sequence compacting KV cache for the project's decode loop (see module docstring)."""
+    """Per-sequence compacting KV cache for the project's decode loop, written into freed slots (module docstring)."""
 
     def __init__(self, num_layers: int, capacity: int, state_names: tuple[str, ...] = ()) -> None:
         self.capacity = capacity
-        self.written = 0  # slots advanced since the start; the write slot is ``written % capacity``
+        self.written = 0  # slots advanced since the start (capped at capacity by ``shrink``): live slots lie below
         self.span = 0  # slots the next forward attends over (set by ``append``)
         super().__init__(layers=[CompactingLayer(self, i) for i in range(num_layers)])
         self.kv: torch.Tensor | None = None  # [layers, 2, B, KVH, capacity, D]
         self.flags: torch.Tensor | None = None  # bool [2, B, capacity]: valid, is_prompt
         self.ids: torch.Tensor | None = None  # long [2, B, capacity]: logical position (-1 if empty), token id
         self.scores: torch.Tensor | None = None  # float [S, B, capacity]: per-slot policy state
-        self.slot: torch.Tensor | None = None  # long [1] on the device: the write slot, for the decode step
+        self.free: torch.Tensor | None = None  # long [B, capacity]: each row's free slots first, ascending
+        self.cursor: torch.Tensor | None = None  # long [B, 1]: how many of them the row has written since
+        self.slot: torch.Tensor | None = None  # long [B, 1]: the decode step's write slot of every row, in place
+        self.slot_index: torch.Tensor | None = None  # ``slot`` expanded to ``[B, KVH, 1, D]``, for the layers
         #: the additive mask's two values, 0 and -inf, in the buffers' dtype and on their device (made with them, so
         #: that a compiled decode step only reads them)
         self.mask_values: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -200,14 +212,6 @@ class CompactingCache(Cache):
         return {name: self.scores[i] for i, name in enumerate(self.state_names)}
 
     @property
-    def write_slot(self) -> int:
-        return self.written % self.capacity
-
-    @property
-    def wrapped(self) -> bool:
-        return self.written >= self.capacity
-
-    @property
     def length(self) -> int:
         """Slots that have ever been written: every live token lies in ``[0, length)``."""
         return min(self.written, self.capacity)
@@ -219,7 +223,9 @@ class CompactingCache(Cache):
         self.ids = torch.zeros(2, batch, c, dtype=torch.long, device=device)
         self.ids[0] = -1
         self.scores = torch.zeros(len(self.state_names), batch, c, device=device) if self.state_names else None
-        self.slot = torch.zeros(1, dtype=torch.long, device=device)
+        self.free = torch.arange(c, device=device).expand(batch, c).clone()  # the prompt's ``append`` sets it
+        self.cursor = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.slot = torch.zeros(batch, 1, dtype=torch.long, device=device)
 
     def allocate_kv(self, key_states: torch.Tensor) -> None:
         """Allocate every layer's keys and values at once (zeros: masked slots must hold finite values)."""
@@ -237,22 +243,28 @@ class CompactingCache(Cache):
         self.peak_allocated_bytes = max(self.peak_allocated_bytes, self.allocated_bytes())
 
     # ---------------------------------------------------------------- writing
-    def append(self, token_ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, is_prompt: bool) -> int:
-        """Record the metadata of ``q`` tokens about to be written; returns their first slot.
+    def append(self, token_ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
+               is_prompt: bool) -> WriteSlots:
+        """Record the metadata of ``q`` tokens about to be written; returns where they go.
 
         Call before the forward pass that writes them; ``advance`` after it. Several tokens at once (a prompt)
-        only into an empty cache; a decode step writes one token per sequence, at the device-side write slot.
+        only into an empty cache; a decode step writes one token per sequence, at its own next free slot.
         """
         b, q = token_ids.shape
         if self.flags is None:
             self._allocate_metadata(b, token_ids.device)
         assert self.flags is not None and self.ids is not None and self.slot is not None
-        start = self.write_slot
         if q == 1:
-            self.flags.index_copy_(2, self.slot, torch.stack([valid, torch.full_like(valid, is_prompt)]))
-            self.ids.index_copy_(2, self.slot, torch.stack([torch.where(valid, positions, -1), token_ids]))
+            torch.gather(self.free, 1, self.cursor, out=self.slot)  # type: ignore[arg-type]
+            at = self.slot[None].expand(2, -1, -1)
+            self.flags.scatter_(2, at, torch.stack([valid, torch.full_like(valid, is_prompt)]))
+            self.ids.scatter_(2, at, torch.stack([torch.where(valid, positions, -1), token_ids]))
             if self.scores is not None:
-                self.scores.index_fill_(2, self.slot, 0.0)
+                self.scores.scatter_(2, self.slot[None].expand(self.scores.shape[0], -1, -1), 0.0)
+            if self.kv is not None:
+                _, _, _, heads, _, dim = self.kv.shape
+                self.slot_index = self.slot[:, None, :, None].expand(b, heads, 1, dim)
+            where = WriteSlots(-1, self.slot)
         else:
             if self.written:
                 raise CacheCapacityError("several tokens at once can only be written into an empty cache")
@@ -262,19 +274,18 @@ class CompactingCache(Cache):
             self.flags[1, :, :q] = is_prompt
             self.ids[0, :, :q] = torch.where(valid, positions, -1)
             self.ids[1, :, :q] = token_ids
+            self.free = self.valid.argsort(dim=1, stable=True)  # a shorter prompt's padding is free too
+            where = WriteSlots(0, None)
         self.span = self.capacity if self.written + q > self.capacity else min(
             self.capacity, -(-(self.written + q) // SPAN_STEP) * SPAN_STEP
         )
-        return start
+        return where
 
     def advance(self, q: int) -> None:
-        """The forward wrote ``q`` tokens: move the write slot on (host and device side)."""
+        """The forward wrote ``q`` tokens: count them (host and device side)."""
         self.written += q
-        assert self.slot is not None
         if q == 1:
-            self.slot.add_(1).remainder_(self.capacity)
-        else:
-            self.slot.fill_(self.write_slot)
+            self.cursor.add_(1)  # type: ignore[union-attr]
 
     def attention_mask(self, q: int) -> torch.Tensor:
         """4D mask ``[B, 1, q, span]`` over the attended span. A decode step's is additive (0 where valid, -inf
@@ -293,11 +304,6 @@ class CompactingCache(Cache):
         return self.valid.sum(-1)
 
     # ---------------------------------------------------------------- eviction
-    def ring_order(self) -> torch.Tensor:
-        """Long ``[capacity]``: every slot, the one the next write uses first and the last one written last."""
-        assert self.slot is not None
-        return (torch.arange(self.capacity, device=self.slot.device) + self.write_slot) % self.capacity
-
     def generation_order(self, rows: torch.Tensor) -> torch.Tensor:
         """Long ``[F, capacity]``: each of sequences ``rows``'s slots, empty ones first (left padding), then its
         tokens oldest first (by logical position: compaction moves tokens between slots)."""
@@ -329,47 +335,18 @@ class CompactingCache(Cache):
     def compact_rows(self, rows: torch.Tensor, order: torch.Tensor, kept: torch.Tensor,
                      kept_valid: torch.Tensor) -> None:
         """Keep, of sequences ``rows``, the generation-order positions ``kept`` ``[F, K]`` (see ``compact``;
-        ``order`` is their ``generation_order``), each sequence's in its last ``keep`` slots of the ring order
-        (module docstring). Only the kept tokens outside those slots move, each into a slot an evicted token
-        left there: one copy of every layer's keys and values together, one of each metadata tensor (the one
-        readback: which slots move); the other sequences are not touched."""
-        assert self.kv is not None and self.flags is not None and self.ids is not None
+        ``order`` is their ``generation_order``): every other slot of theirs is emptied and becomes, in ascending
+        order, their free list (module docstring). Nothing moves; the other sequences are not touched."""
+        assert self.free is not None and self.cursor is not None
         c = self.capacity
         slots = order.gather(1, kept).masked_fill(~kept_valid, c)  # padding entries -> a spare column
         kept_slots = torch.zeros(rows.shape[0], c + 1, dtype=torch.bool, device=rows.device)
         kept_slots = kept_slots.scatter_(1, slots, True)[:, :c]  # [F, C]: the physical slots kept
-        # where each sequence's kept tokens must be: its last `keep` slots in ring order; after the moves these
-        # are exactly its live slots. Slot s is at place (s - write slot) mod C of the ring order.
-        ring_rank = torch.arange(c, device=rows.device).roll(self.write_slot)
-        region = ring_rank >= c - kept_valid.sum(-1, keepdim=True)  # [F, C]
-        # (which, sequence, slot) triples: movers (kept, outside) then holes (inside, not kept), each by sequence
-        # then slot. Every sequence has as many holes as kept tokens outside its region, so the i-th mover goes to
-        # the i-th hole: the first half of the triples are the sources, the second half the destinations.
-        pairs = torch.stack((kept_slots > region, region > kept_slots)).nonzero()
-        moves = pairs.shape[0] // 2
-        entry, src_dst = pairs[:moves, 1], pairs[:, 2].view(2, moves)
-        self._move(rows.index_select(0, entry), src_dst)
-        self._empty_dead(rows, ~region)
+        self._empty(rows, ~kept_slots)
+        self.free.index_copy_(0, rows, kept_slots.argsort(dim=1, stable=True))  # not kept (False) first
+        self.cursor.index_fill_(0, rows, 0)
 
-    def _move(self, rows: torch.Tensor, src_dst: torch.Tensor) -> None:
-        """Copy slot ``src_dst[0, i]`` to ``src_dst[1, i]`` of sequence ``rows[i]``: in every layer's keys and
-        values at once (rows of ``D`` values of a ``[layers * 2, B * KVH * C, D]`` view), and in every metadata
-        tensor (elements of its ``[n, B * C]`` view)."""
-        assert self.kv is not None and self.flags is not None and self.ids is not None
-        if not rows.numel():
-            return
-        layers, two, batch, heads, c, dim = self.kv.shape
-        at = rows * c + src_dst  # [2, N]: flat slot of each source and destination in a [B * C] row
-        for meta in (self.flags, self.ids, self.scores):
-            if meta is not None:
-                flat = meta.view(meta.shape[0], batch * c)
-                flat.index_copy_(1, at[1], flat.index_select(1, at[0]))
-        head_start = rows[:, None] * (heads * c) + torch.arange(0, heads * c, c, device=rows.device)  # [N, KVH]
-        kv_at = (head_start + src_dst[:, :, None]).flatten(1)  # [2, N * KVH]: rows of a [B * KVH * C, D] view
-        flat_kv = self.kv.view(layers * two, batch * heads * c, dim)
-        flat_kv.index_copy_(1, kv_at[1], flat_kv.index_select(1, kv_at[0]))
-
-    def _empty_dead(self, rows: torch.Tensor, dead: torch.Tensor) -> None:
+    def _empty(self, rows: torch.Tensor, dead: torch.Tensor) -> None:
         """Empty the slots ``dead`` ``[F, C]`` of sequences ``rows`` in every metadata tensor: validity False,
         position -1, token 0, policy state 0."""
         assert self.flags is not None and self.ids is not None
@@ -381,21 +358,24 @@ class CompactingCache(Cache):
             self.scores.masked_fill_(where, 0.0)
 
     def shrink(self, capacity: int) -> None:
-        """Reallocate every buffer to ``capacity`` slots (after a long prompt was compressed below it): the last
-        ``capacity`` slots of the ring order are copied. Every sequence's tokens must lie there: each one
-        compacted since holds its kept tokens and later writes in its newest slots, fewer than ``capacity``."""
+        """Reallocate every buffer to ``capacity`` slots (after a long prompt was compressed below it): each
+        sequence's live slots, in slot order, become its first slots, and the rest its free list. Every sequence
+        must hold at most ``capacity`` tokens (one compacted since holds its kept tokens and later writes)."""
         if capacity >= self.capacity or self.kv is None:
             return
         assert self.flags is not None and self.ids is not None and self.slot is not None
-        keep = self.ring_order()[self.capacity - capacity :]
-        self._rebind(self.kv.index_select(4, keep))
-        self.flags = self.flags.index_select(2, keep)
-        self.ids = self.ids.index_select(2, keep)
+        live_first = self.valid.logical_not().argsort(dim=1, stable=True)[:, :capacity]  # [B, capacity]
+        layers, two, batch, heads, _, dim = self.kv.shape
+        self._rebind(self.kv.gather(4, live_first[None, None, :, None, :, None].expand(
+            layers, two, batch, heads, capacity, dim)))
+        self.flags = self.flags.gather(2, live_first.expand(2, -1, -1))
+        self.ids = self.ids.gather(2, live_first.expand(2, -1, -1))
         if self.scores is not None:
-            self.scores = self.scores.index_select(2, keep)
+            self.scores = self.scores.gather(2, live_first.expand(self.scores.shape[0], -1, -1))
         self.capacity = capacity
-        self.written = capacity  # wrapped, the write slot back at 0
-        self.slot.zero_()
+        self.written = capacity  # the span is the whole buffer
+        self.free = self.valid.argsort(dim=1, stable=True)  # the empty slots after each row's live ones
+        self.cursor.zero_()  # type: ignore[union-attr]
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Drop finished sequences from the batch (frees their share of the buffers)."""
@@ -406,6 +386,9 @@ class CompactingCache(Cache):
             self.ids = self.ids.index_select(1, rows)  # type: ignore[union-attr]
             if self.scores is not None:
                 self.scores = self.scores.index_select(1, rows)
+            self.free = self.free.index_select(0, rows)  # type: ignore[union-attr]
+            self.cursor = self.cursor.index_select(0, rows)  # type: ignore[union-attr]
+            self.slot = self.slot.index_select(0, rows)  # type: ignore[union-attr]
 
     # ---------------------------------------------------------------- accounting
     @property

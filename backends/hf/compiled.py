@@ -1,11 +1,11 @@
 """``--compile``: the decode step under ``torch.compile(mode="reduce-overhead")``, i.e. replayed as CUDA graphs.
 
 The step (``decode.decode_forward``) has one shape per (batch, attention span) -- the span is the whole buffer
-once it has wrapped -- and no host synchronisation, so each shape is captured once and replayed. What changes
-per step lives in device tensors the step updates in place (write slot, positions, the cache's buffers); those
-are marked as static addresses, as transformers' own static cache does. Compaction, finishing rows and the
-prompt forward run eagerly, outside the graphs. A batch that loses rows or a cache that shrinks gets new buffers,
-hence one more capture.
+once the slots advanced reach it -- and no host synchronisation, so each shape is captured once and replayed.
+What changes per step lives in device tensors updated in place (every row's write slot, positions, the cache's
+buffers); those are marked as static addresses, as transformers' own static cache does. Compaction, finishing
+rows and the prompt forward run eagerly, outside the graphs. A batch that loses rows or a cache that shrinks gets
+new buffers, hence one more capture.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Per step: forward the incoming tokens through the decoder into a ``CompactingCac
 schedule fires: score -> select -> evict (that row only). Prompt tokens are processed in one prefill forward.
 
 The decode step (``decode_forward``) has fixed shapes between compactions and reads nothing back from the device:
-the write slot and the positions are device tensors moved on in place, the mask is a view of the cache's validity.
+every row's write slot and the positions are device tensors moved on in place, the mask is made from the cache's
+validity.
 What the host must know (live tokens per row, when a schedule fires, how many tokens survive) it counts itself;
 the one device-to-host transfer per step is the sampled tokens (``read_tokens``), needed to finish rows.
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from backends.base import GenerationRequest, SamplingParams, SequenceResult
-from backends.hf.cache import CompactingCache, LayerStack
+from backends.hf.cache import CompactingCache, LayerStack, WriteSlots
 from backends.hf.clock import NO_CLOCK, Clock, sync
 from backends.hf.observe import KVObserver
 from backends.hf.sampling import choose_next, make_generators
@@ -133,10 +134,10 @@ def decode_forward(parts: ModelParts, cache: CompactingCache, observer: KVObserv
 
 def _forward(parts: ModelParts, cache: CompactingCache, observer: KVObserver, input_ids, positions, valid, prompt,
              clock: Clock = NO_CLOCK):
-    """One forward of the incoming tokens into the cache; returns (first slot written, hidden, last logits)."""
+    """One forward of the incoming tokens into the cache; returns (where they were written, hidden, last logits)."""
     q = input_ids.shape[1]
     with clock.section("cache write"):
-        start = cache.append(input_ids, positions, valid, is_prompt=prompt)
+        where = cache.append(input_ids, positions, valid, is_prompt=prompt)
         observer.begin(valid, cache.state.get(ATTENTION_STATE))
     watching = observer if observer.watches else None
     step = parts.compiled_step if parts.compiled_step is not None and q == 1 else decode_forward
@@ -144,7 +145,7 @@ def _forward(parts: ModelParts, cache: CompactingCache, observer: KVObserver, in
         hidden, logits = step(parts, cache, watching, input_ids, positions)
     with clock.section("cache write"):
         cache.advance(q)
-    return start, hidden, logits
+    return where, hidden, logits
 
 
 def prefill_batch(
@@ -167,9 +168,9 @@ def prefill_batch(
     )
 
 
-def _restore(prefill: Prefill, cache: CompactingCache, observer: KVObserver) -> None:
-    """Load a shared prefill into a policy's own (differently sized) cache and observer."""
-    cache.append(prefill.input_ids, prefill.positions, prefill.valid, is_prompt=True)
+def _restore(prefill: Prefill, cache: CompactingCache, observer: KVObserver) -> WriteSlots:
+    """Load a shared prefill into a policy's own (differently sized) cache and observer; returns where it went."""
+    where = cache.append(prefill.input_ids, prefill.positions, prefill.valid, is_prompt=True)
     for layer, keys, values in zip(cache.layers, prefill.keys, prefill.values):
         layer.update(keys, values)
     cache.advance(prefill.input_ids.shape[1])
@@ -181,6 +182,7 @@ def _restore(prefill: Prefill, cache: CompactingCache, observer: KVObserver) -> 
             raise ValueError(f"the shared prefill kept fewer than the {w} queries this policy needs")
         observer.queries = [q[:, :, -w:] for q in prefill.queries]  # type: ignore[index]
         observer.query_valid = None if prefill.query_valid is None else prefill.query_valid[:, -w:]
+    return where
 
 
 @dataclass
@@ -241,31 +243,30 @@ class BatchDecoder:
         return max(row.schedule.capacity(prompt_len, new) if row.schedule else prompt_len + new for row in self.rows)
 
     # ---------------------------------------------------------------- one step's jobs
-    def forward_prompt(self, prefill: Prefill | None) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The prompt forward (or a shared prefill loaded); returns (slot start, ids, hidden, logits)."""
+    def forward_prompt(self, prefill: Prefill | None) -> tuple[WriteSlots, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prompt forward (or a shared prefill loaded); returns (where it went, ids, hidden, logits)."""
         if prefill is not None:
-            _restore(prefill, self.cache, self.observer)
-            return 0, prefill.input_ids, prefill.hidden, prefill.logits
+            return _restore(prefill, self.cache, self.observer), prefill.input_ids, prefill.hidden, prefill.logits
         ids, valid, positions = _left_pad([r.request for r in self.rows], self.parts.pad_id, self.device)
-        start, hidden, logits = _forward(self.parts, self.cache, self.observer, ids, positions, valid, True)
-        return start, ids, hidden, logits
+        where, hidden, logits = _forward(self.parts, self.cache, self.observer, ids, positions, valid, True)
+        return where, ids, hidden, logits
 
-    def forward_step(self, input_ids: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
-        """One decode forward of every active row's last token; returns (slot, hidden, logits)."""
+    def forward_step(self, input_ids: torch.Tensor) -> tuple[WriteSlots, torch.Tensor, torch.Tensor]:
+        """One decode forward of every active row's last token; returns (where it went, hidden, logits)."""
         valid = torch.ones_like(input_ids, dtype=torch.bool)
-        start, hidden, logits = _forward(self.parts, self.cache, self.observer, input_ids, self.positions, valid,
+        where, hidden, logits = _forward(self.parts, self.cache, self.observer, input_ids, self.positions, valid,
                                          False, self.clock)
         with self.clock.section("cache write"):
             self.positions.add_(1)
         for i in self.active:
             self.rows[i].live += 1
-        return start, hidden, logits
+        return where, hidden, logits
 
-    def observe(self, ids: torch.Tensor, start: int, hidden: torch.Tensor, prompt: bool) -> float:
+    def observe(self, ids: torch.Tensor, where: WriteSlots, hidden: torch.Tensor, prompt: bool) -> float:
         """Hand the forward's observation to the policy; returns the seconds charged to it."""
         with self.clock.section("observe"):
             started = time.perf_counter()
-            obs = StepObservation(ids, start, hidden if self.want_hidden else None, prompt)
+            obs = StepObservation(ids, where.start, hidden if self.want_hidden else None, prompt, where.per_row)
             self.policy.observe(obs, self.cache.state)
             return time.perf_counter() - started + self.observer.take_seconds()
 
@@ -441,22 +442,22 @@ def _decode(decoder: BatchDecoder, prefill: Prefill | None, on_forward: OnForwar
     decoder.started = time.perf_counter()
     if log is not None:
         log.start()
-    start, ids, hidden, logits = decoder.forward_prompt(prefill)
-    next_ids = _after_forward(decoder, start, ids, hidden, logits, True, prefill, on_forward, log)
+    where, ids, hidden, logits = decoder.forward_prompt(prefill)
+    next_ids = _after_forward(decoder, where, ids, hidden, logits, True, prefill, on_forward, log)
     while next_ids is not None:
         with decoder.clock.section("decode step"):
             ids = next_ids.unsqueeze(1)
-            start, hidden, logits = decoder.forward_step(ids)
-            next_ids = _after_forward(decoder, start, ids, hidden, logits, False, None, on_forward, log)
+            where, hidden, logits = decoder.forward_step(ids)
+            next_ids = _after_forward(decoder, where, ids, hidden, logits, False, None, on_forward, log)
 
 
-def _after_forward(decoder: BatchDecoder, start: int, ids: torch.Tensor, hidden: torch.Tensor, logits: torch.Tensor,
-                   prompt: bool, prefill: Prefill | None, on_forward: OnForward | None,
+def _after_forward(decoder: BatchDecoder, where: WriteSlots, ids: torch.Tensor, hidden: torch.Tensor,
+                   logits: torch.Tensor, prompt: bool, prefill: Prefill | None, on_forward: OnForward | None,
                    log: StepLog | None) -> torch.Tensor | None:
     """Everything a step does after its forward; returns the next step's tokens, None once every row is done."""
     if on_forward is not None:
         on_forward(decoder.cache, logits, [decoder.rows[i].request.request_id for i in decoder.active])
-    observe_s = decoder.observe(ids, start, hidden, prompt)
+    observe_s = decoder.observe(ids, where, hidden, prompt)
     next_ids, tokens = decoder.choose(logits)
     if prompt:
         decoder.ttft = time.perf_counter() - decoder.started + (prefill.seconds if prefill is not None else 0.0)

@@ -194,7 +194,6 @@ class Oracle(Policy):
         prev_token = tokens.gather(1, at).squeeze(1).long().where(prev_order > 0, -1)
         prev_role, prev_line, prev_owner = (t.gather(1, at).squeeze(1) for t in (roles, lines, owner))
         for j in range(obs.token_ids.shape[1]):
-            slot = obs.slot_start + j
             new = obs.token_ids[:, j]
             new_f = new.float()
             step = ids["table"][step_index(ids, new, prev_token, prev_role)]  # [B, 5]
@@ -207,8 +206,9 @@ class Oracle(Policy):
             line = prev_line + step[:, STARTS_COLUMN]
             this_owner = torch.addcmul(prev_owner * step[:, INHERITS_COLUMN], new_f, step[:, OWNS_COLUMN])
             prev_order = prev_order + 1
-            tokens[:, slot], roles[:, slot], lines[:, slot] = new_f, role, line
-            order[:, slot], owner[:, slot] = prev_order, this_owner
+            for target, value in ((tokens, new_f), (roles, role), (lines, line), (order, prev_order),
+                                  (owner, this_owner)):
+                obs.write(target, value[:, None], j)
             prev_token, prev_role, prev_line, prev_owner = new, role, line, this_owner
 
     def score(self, view: CacheView) -> torch.Tensor:
