@@ -306,7 +306,7 @@ class CompactingCache(Cache):
     # ---------------------------------------------------------------- eviction
     def generation_order(self, rows: torch.Tensor) -> torch.Tensor:
         """Long ``[F, capacity]``: each of sequences ``rows``'s slots, empty ones first (left padding), then its
-        tokens oldest first (by logical position: compaction moves tokens between slots)."""
+        tokens oldest first (by logical position: a sequence's tokens fill its freed slots in no order)."""
         assert self.ids is not None
         return self.positions.index_select(0, rows).argsort(dim=-1, stable=True)
 
