@@ -181,7 +181,8 @@ class Oracle(Policy):
 
         Nothing here depends on where the backend keeps a token: the previous token is the slot with the highest
         generation order, and a statement's value is tied to its name by the name's token id, not by adjacency
-        (a ring-written cache wraps, a compacted one moves tokens)."""
+        (the transformers cache writes a token into whatever slot an eviction freed, a paged engine compacts
+        to the front)."""
         tokens, roles, lines, order, owner = (state[k] for k in (TOKEN, ROLE, LINE, ORDER, OWNER))
         if self._ids_device != tokens.device:  # moved once, not per step
             self._ids = {k: v.to(tokens.device) for k, v in self._ids.items()}
