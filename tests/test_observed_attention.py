@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from backends.hf.observe import per_query_head_sdpa, spreads_query_heads
+from backends.hf.observe import SPREAD_BYTES, per_query_head_sdpa, spreads_query_heads
 
 HEADS, KV_HEADS, DIM, SPAN = 9, 3, 16, 40
 MODULE = SimpleNamespace(num_key_value_groups=HEADS // KV_HEADS, scaling=DIM**-0.5, is_causal=True, layer_idx=0)
@@ -45,12 +45,17 @@ def test_query_heads_are_spread_only_for_a_masked_cpu_decode_step_with_fewer_ite
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        query, _, _, mask, _ = _step(1)
-        assert spreads_query_heads(MODULE, query, mask, {})  # 1 x 3 packed items < 4
-        assert not spreads_query_heads(MODULE, _step(2)[0], _step(2)[3], {})  # 2 x 3 >= 4
-        assert not spreads_query_heads(MODULE, query, None, {})  # no mask: transformers already spreads them
-        assert not spreads_query_heads(MODULE, torch.randn(1, HEADS, 2, DIM), mask, {})  # a prompt
-        assert not spreads_query_heads(SimpleNamespace(num_key_value_groups=1), query, mask, {})  # no grouping
-        assert not spreads_query_heads(MODULE, query, mask, {"dropout": 0.1})
+        query, key, _, mask, _ = _step(1)
+        assert spreads_query_heads(MODULE, query, key, mask, {})  # 1 x 3 packed items < 4
+        two = _step(2)
+        assert not spreads_query_heads(MODULE, two[0], two[1], two[3], {})  # 2 x 3 >= 4
+        assert not spreads_query_heads(MODULE, query, key, None, {})  # no mask: transformers already spreads them
+        assert not spreads_query_heads(MODULE, torch.randn(1, HEADS, 2, DIM), key, mask, {})  # a prompt
+        assert not spreads_query_heads(SimpleNamespace(num_key_value_groups=1), query, key, mask, {})  # no grouping
+        assert not spreads_query_heads(MODULE, query, key, mask, {"dropout": 0.1})
+        # a KV head's keys and values just over SPREAD_BYTES: read once, packed
+        long_key = torch.zeros(1, KV_HEADS, SPREAD_BYTES // (2 * DIM * 4) + 1, DIM)
+        assert not spreads_query_heads(MODULE, query, long_key, mask, {})
+        assert spreads_query_heads(MODULE, query, long_key[:, :, :-1], mask, {})
     finally:
         torch.set_num_threads(threads)
