@@ -137,6 +137,12 @@ class OrderedKeys(Sequence):
         return values.gather(3, self._order[None, :, None, :].expand_as(values))
 
 
+def free_first(occupied: torch.Tensor) -> torch.Tensor:
+    """Long ``[B, C]``: each row's slots, the free ones (``occupied`` False) first, each group in ascending slot
+    order: a row's free list, read from its ``cursor``-th entry on."""
+    return occupied.argsort(dim=1, stable=True)
+
+
 def _runs(entries: list[int]) -> list[tuple[int, int, int]]:
     """``(start, end, first)`` of every run of consecutive batch entries in ``entries``: its index range there and
     its first batch entry."""
@@ -274,7 +280,7 @@ class CompactingCache(Cache):
             self.flags[1, :, :q] = is_prompt
             self.ids[0, :, :q] = torch.where(valid, positions, -1)
             self.ids[1, :, :q] = token_ids
-            self.free = self.valid.argsort(dim=1, stable=True)  # a shorter prompt's padding is free too
+            self.free = free_first(self.valid)  # a shorter prompt's padding is free too
             where = WriteSlots(0, None)
         self.span = self.capacity if self.written + q > self.capacity else min(
             self.capacity, -(-(self.written + q) // SPAN_STEP) * SPAN_STEP
@@ -343,7 +349,7 @@ class CompactingCache(Cache):
         kept_slots = torch.zeros(rows.shape[0], c + 1, dtype=torch.bool, device=rows.device)
         kept_slots = kept_slots.scatter_(1, slots, True)[:, :c]  # [F, C]: the physical slots kept
         self._empty(rows, ~kept_slots)
-        self.free.index_copy_(0, rows, kept_slots.argsort(dim=1, stable=True))  # not kept (False) first
+        self.free.index_copy_(0, rows, free_first(kept_slots))
         self.cursor.index_fill_(0, rows, 0)
 
     def _empty(self, rows: torch.Tensor, dead: torch.Tensor) -> None:
@@ -374,7 +380,7 @@ class CompactingCache(Cache):
             self.scores = self.scores.gather(2, live_first.expand(self.scores.shape[0], -1, -1))
         self.capacity = capacity
         self.written = capacity  # the span is the whole buffer
-        self.free = self.valid.argsort(dim=1, stable=True)  # the empty slots after each row's live ones
+        self.free = free_first(self.valid)  # the empty slots after each row's live ones
         self.cursor.zero_()  # type: ignore[union-attr]
 
     def select_rows(self, rows: torch.Tensor) -> None:

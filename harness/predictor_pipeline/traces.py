@@ -172,7 +172,7 @@ def tap_hidden(policy: Policy) -> tuple[Policy, dict[int, list[torch.Tensor]]]:
         # Every observed slot carries its row's id (any slot may since have been freed, overwritten or moved),
         # and the new slots hold zeros until written: the row's maximum is its id.
         rows = ids.amax(-1)
-        obs.write(ids, rows[:, None].expand_as(obs.token_ids).contiguous())
+        obs.write(ids, rows[:, None].expand_as(obs.token_ids))
         for b, row in enumerate(rows.long().tolist()):
             captured.setdefault(row, []).append(obs.hidden[b, -1].float().cpu())
 
